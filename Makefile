@@ -1,0 +1,60 @@
+# VisionOps developer entry points. `make demo` and `make test` are all a fresh clone needs.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := requirements/constraints.txt
+STAMP := $(VENV)/.installed
+EXTRAS := pipeline,serve,openvino,dev
+PYTEST_ARGS ?=
+
+.PHONY: help install tools demo test lint format lock clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@echo ">> creating $(VENV) and installing visionops[$(EXTRAS)] (pinned by $(CONSTRAINTS))"
+	@test -x $(BIN)/python || { command -v $(PYTHON) >/dev/null || PYTHON=python3; $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install -q --upgrade pip
+	@# torch first: this pair installs from the machine's wheel cache, not as a multi-GB download
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) torch torchvision
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip check
+	@touch $@
+
+install: $(STAMP) ## Create .venv and install the project with every extra
+
+tools: ## System tools the tests use (shellcheck, promtool, prometheus), via apt if missing
+	@missing=""; for t in shellcheck promtool prometheus; do command -v $$t >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  echo ">> installing shellcheck and prometheus (promtool) with apt"; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends shellcheck prometheus >/dev/null; \
+	fi
+
+demo: $(STAMP) ## Generate data, train, serve and monitor on one machine
+	$(BIN)/visionops demo
+
+lint: $(STAMP) tools ## ruff check + format check, shellcheck, hadolint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	@shopt -s nullglob; scripts=(hack/*.sh); if ((${#scripts[@]})); then shellcheck "$${scripts[@]}"; fi
+	@shopt -s nullglob; files=(images/*Dockerfile*); if ((${#files[@]})); then $(BIN)/hadolint "$${files[@]}"; fi
+
+format: $(STAMP) ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint ## Lint, then the whole test suite (unit, integration with real servers, end to end)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lock: ## Re-pin requirements/constraints.txt from the current .venv
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^visionops' > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+
+clean: ## Remove local outputs (keeps .venv)
+	rm -rf .visionops local_outputs .pytest_cache .ruff_cache

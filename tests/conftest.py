@@ -1,0 +1,74 @@
+"""Shared fixtures: an isolated data dir per session, offline settings, and a network guard.
+
+The guard makes any connection to a non-loopback address fail inside the test process, so a
+library that tries to reach the internet fails the test instead of passing quietly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _is_local(address: object) -> bool:
+    if not isinstance(address, tuple) or not address:
+        return True  # AF_UNIX paths and the like
+    host = str(address[0])
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False  # a host name that would need DNS
+
+
+def _guarded(real):  # type: ignore[no-untyped-def]
+    def connect(self: socket.socket, address: object):  # type: ignore[no-untyped-def]
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_local(address):
+            raise OSError(f"tests may only connect to 127.0.0.1; blocked {address!r}")
+        return real(self, address)
+
+    return connect
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point VISIONOPS_DATA_DIR at a temporary dir, bootstrap offline, guard the network."""
+    from visionops.bootstrap import bootstrap
+    from visionops.config import get_settings
+
+    data_dir = tmp_path_factory.mktemp("visionops-data")
+    saved = os.environ.copy()
+    os.environ["VISIONOPS_DATA_DIR"] = str(data_dir)
+    for key in [k for k in os.environ if k.startswith("VISIONOPS_") and k != "VISIONOPS_DATA_DIR"]:
+        del os.environ[key]
+    get_settings.cache_clear()
+    bootstrap()
+    socket.socket.connect = _guarded(_real_connect)  # type: ignore[method-assign]
+    socket.socket.connect_ex = _guarded(_real_connect_ex)  # type: ignore[method-assign]
+    try:
+        yield data_dir
+    finally:
+        socket.socket.connect = _real_connect  # type: ignore[method-assign]
+        socket.socket.connect_ex = _real_connect_ex  # type: ignore[method-assign]
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+
+
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Set VISIONOPS_* variables for one test; the settings cache is reset around it."""
+    from visionops.config import get_settings
+
+    get_settings.cache_clear()
+    yield monkeypatch
+    get_settings.cache_clear()

@@ -1,0 +1,5 @@
+"""`python -m visionops` runs the CLI."""
+
+from visionops.cli.app import main
+
+main()

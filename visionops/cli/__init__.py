@@ -1,0 +1,1 @@
+"""The `visionops` command: a thin layer over the library, one module per topic."""

@@ -1,0 +1,119 @@
+"""One typed settings object, read once from the environment (prefix `VISIONOPS_`).
+
+Everything configurable lives here, so a newcomer finds every knob in one file and nothing else in
+the project reads `os.environ` for its own configuration. `bootstrap.py` exports the few values that
+third-party libraries read from the environment themselves (MLflow, boto3, KServe storage).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from visionops.errors import ConfigError
+
+DEFAULT_MODEL_NAME = "visionops-yolov8n"
+IMAGE_REGISTRY = "localhost:5001"
+IMAGE_TAG = "0.1.0"
+
+
+class Settings(BaseSettings):
+    """VisionOps configuration; each field is the env var `VISIONOPS_<FIELD>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VISIONOPS_", extra="ignore", frozen=True, validate_default=True
+    )
+
+    # Where everything local goes: datasets, MLflow store, Ultralytics config, caches, reports.
+    data_dir: Path = Path(".visionops")
+    debug: bool = Field(False, description="Show tracebacks for errors the CLI reports.")
+
+    # Tracking and registry (MLflow). Unset: sqlite store + local artifacts under data_dir.
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "visionops"
+    model_name: str = DEFAULT_MODEL_NAME
+
+    # Object storage (MinIO on a cluster, any S3 server locally). Unset endpoint: local disk.
+    s3_endpoint: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "visionops"
+
+    # Training defaults (CLI flags and pipeline parameters override them).
+    imgsz: int = Field(320, ge=32, le=2048)
+    epochs: int = Field(30, ge=1)
+    batch: int = Field(16, ge=1)
+    device: str = Field("auto", description="auto, cpu, cuda:0, ...")
+    seed: int = 0
+
+    # Container images the cluster runs (compiled pipelines, manifests, hack/build-images.sh).
+    pipeline_image: str = f"{IMAGE_REGISTRY}/visionops-pipeline:{IMAGE_TAG}"
+    predictor_image: str = f"{IMAGE_REGISTRY}/visionops-predictor:{IMAGE_TAG}"
+    kfp_host: str = "http://ml-pipeline.kubeflow:8888"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _endpoint_is_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"must look like http://host:port, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials_in_pairs(self) -> Settings:
+        if (self.s3_access_key is None) != (self.s3_secret_key is None):
+            raise ValueError(
+                "set both VISIONOPS_S3_ACCESS_KEY and VISIONOPS_S3_SECRET_KEY, or neither"
+            )
+        return self
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.data_dir / "mlflow"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI in effect: the configured one or the embedded sqlite store."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def s3_secure(self) -> bool:
+        return bool(self.s3_endpoint and self.s3_endpoint.startswith("https://"))
+
+    def public_dict(self) -> dict[str, object]:
+        """Settings as shown to users: secrets masked, paths as strings."""
+        shown: dict[str, object] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = "********"
+            elif isinstance(value, Path):
+                value = str(value)
+            shown[name] = value
+        shown["tracking_uri"] = self.tracking_uri
+        return shown
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"VISIONOPS_{'_'.join(str(p) for p in e['loc']).upper() or '*'}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from error
