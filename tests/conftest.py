@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import S3Server, s3_server
+
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
 
@@ -72,3 +74,34 @@ def settings_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch
     get_settings.cache_clear()
     yield monkeypatch
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS) on 127.0.0.1 with credentials, shared by the session."""
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_settings(s3: S3Server, settings_env: pytest.MonkeyPatch, request: pytest.FixtureRequest):
+    """Settings pointing at the session's S3 server, with a fresh bucket for this test."""
+    from visionops.config import get_settings
+    from visionops.storage import S3Store, s3_client
+
+    bucket = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50]
+    bucket = bucket.strip("-")
+    for key, value in s3.env(bucket).items():
+        settings_env.setenv(key, value)
+    get_settings.cache_clear()
+    settings = get_settings()
+    S3Store(s3_client(settings), bucket, endpoint=s3.endpoint).ensure_bucket()
+    return settings
+
+
+@pytest.fixture(scope="session")
+def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory exported from an untrained YOLOv8n (3 classes, imgsz 320)."""
+    from tests.models import untrained_model_dir
+
+    return untrained_model_dir(tmp_path_factory.mktemp("models") / "untrained")

