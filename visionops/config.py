@@ -51,10 +51,42 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda:0, ...")
     seed: int = 0
 
+    # Promotion gate (training/registry.py): a version becomes `champion` only if it meets both
+    # minimums and its mAP50-95 beats the champion's, on the same evaluation data, by > margin.
+    gate_min_map50: float = Field(0.05, ge=0, le=1)
+    gate_min_map50_95: float = Field(0.0, ge=0, le=1)
+    gate_margin: float = Field(0.005, ge=0, le=1)
+    # MLflow calls: bounded retries with exponential backoff, then a clear error.
+    mlflow_retries: int = Field(3, ge=0, le=10)
+    mlflow_backoff: int = Field(1, ge=0, le=10, description="seconds; doubles per retry")
+    mlflow_timeout: int = Field(30, gt=0, description="seconds per HTTP request")
+    # The code version recorded with every run; default: `git rev-parse HEAD` of the checkout.
+    git_commit: str | None = None
+
     # Container images the cluster runs (compiled pipelines, manifests, hack/build-images.sh).
     pipeline_image: str = f"{IMAGE_REGISTRY}/visionops-pipeline:{IMAGE_TAG}"
     predictor_image: str = f"{IMAGE_REGISTRY}/visionops-predictor:{IMAGE_TAG}"
     kfp_host: str = "http://ml-pipeline.kubeflow:8888"
+
+    # Drift check (monitoring/drift.py). Defaults chosen by benchmarks/drift_calibration.py; see
+    # README "Monitoring". Methods are Evidently stattest names; thresholds: p-value methods
+    # (ks, chisquare) drift below it, distance methods (wasserstein, psi, ...) at or above it.
+    drift_min_rows: int = Field(50, ge=2, description="fewer current rows: not enough data")
+    drift_num_method: str = "ks"
+    drift_cat_method: str = "chisquare"
+    drift_num_threshold: float = Field(0.001, gt=0)
+    drift_cat_threshold: float = Field(0.001, gt=0)
+    drift_share: float = Field(0.1, gt=0, le=1, description="drifted-column share for drift")
+    drift_columns: list[str] | None = Field(None, description="JSON list; default: all features")
+    drift_column_methods: dict[str, str] = Field(default_factory=dict, description="JSON object")
+    drift_column_thresholds: dict[str, float] = Field(default_factory=dict, description="JSON")
+    # Prediction log (monitoring/prediction_log.py), written by the predictor off the request path.
+    log_enabled: bool = True
+    log_prefix: str = Field("predictions", min_length=1, description="store prefix of the log")
+    log_max_queue: int = Field(512, ge=1, description="records waiting; more are dropped")
+    log_max_queue_mb: int = Field(256, ge=1, description="image memory waiting; more dropped")
+    log_batch_size: int = Field(256, ge=1, description="records per file, at most")
+    log_flush_every_s: float = Field(10.0, gt=0, description="longest a record waits for disk")
 
     @field_validator("data_dir")
     @classmethod
