@@ -62,6 +62,10 @@ class InferenceError(VisionOpsError, RuntimeError):
     """The inference engine failed on input that was valid."""
 
 
+class ModelLoadError(VisionOpsError, RuntimeError):
+    """A model file exists but cannot be loaded (corrupt ONNX, unknown engine or precision)."""
+
+
 class InvalidImage(VisionOpsError, ValueError):
     """An input is not a decodable image, or exceeds the configured limits (HTTP 400)."""
 

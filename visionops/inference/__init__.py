@@ -1,0 +1,23 @@
+"""The inference engine: image decoding with limits, letterbox, ONNX Runtime (or another backend),
+NMS. Plain numpy/OpenCV; serving and evaluation both use it. Heavy libraries load on first use."""
+
+from visionops.inference.detector import (
+    DEFAULT_CONF,
+    DEFAULT_IOU,
+    DEFAULT_MAX_DET,
+    Detector,
+    check_thresholds,
+    model_file,
+)
+from visionops.inference.images import decode_image, image_size
+
+__all__ = [
+    "DEFAULT_CONF",
+    "DEFAULT_IOU",
+    "DEFAULT_MAX_DET",
+    "Detector",
+    "check_thresholds",
+    "decode_image",
+    "image_size",
+    "model_file",
+]

@@ -1,0 +1,122 @@
+"""Inference engines behind one small interface, chosen by name (`--engine`).
+
+A backend only runs the network: float32 NCHW in, the raw head output `[B, 4 + nc, anchors]` out.
+Decoding, letterboxing and NMS live once, in `Detector`, so every engine returns the same boxes.
+A new engine (OpenVINO) is one more class registered in `ENGINES`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from visionops.errors import InferenceError, ModelLoadError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+class InferenceBackend(ABC):
+    """Runs a YOLOv8 detection network on a batch."""
+
+    name: str = ""
+
+    @property
+    @abstractmethod
+    def input_size(self) -> tuple[int, int] | None:
+        """The fixed input (h, w), or None when any multiple of the stride is accepted."""
+
+    @property
+    @abstractmethod
+    def max_batch(self) -> int | None:
+        """The fixed batch size of the network, or None when it is dynamic."""
+
+    @abstractmethod
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """float32 [B, 3, H, W] RGB in [0, 1] -> float32 [B, 4 + nc, anchors]."""
+
+
+class OnnxRuntimeBackend(InferenceBackend):
+    """ONNX Runtime on CPU.
+
+    `threads` intra-op threads run each inference when several run at once (the server's executor
+    calls `run` from several threads; one session serves them all). With `solo_threads` greater
+    than `threads`, a second session with that many threads takes an inference that runs alone, so
+    a lone request uses every core while concurrent ones do not fight over them.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model_path: Path, *, threads: int = 0, solo_threads: int = 0) -> None:
+        if threads < 0 or solo_threads < 0:
+            raise UsageError("ONNX Runtime thread counts must be >= 0 (0: one per core)")
+        self.model_path = Path(model_path)
+        self._shared = self._session(threads)
+        self._solo = self._session(solo_threads) if solo_threads > max(threads, 1) else None
+        self._lock = threading.Lock()
+        self._running = 0
+        meta = self._shared.get_inputs()[0]
+        self._input_name = meta.name
+        self._output_name = self._shared.get_outputs()[0].name
+        batch, _, height, width = meta.shape
+        self._max_batch = batch if isinstance(batch, int) else None
+        fixed = isinstance(height, int) and isinstance(width, int)
+        self._input_size = (height, width) if fixed else None
+
+    def _session(self, threads: int):  # type: ignore[no-untyped-def]
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        try:
+            return ort.InferenceSession(
+                str(self.model_path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # ORT raises its own pybind exception types
+            raise ModelLoadError(f"cannot load ONNX model {self.model_path}: {error}") from error
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        return self._input_size
+
+    @property
+    def max_batch(self) -> int | None:
+        return self._max_batch
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._running += 1
+            alone = self._running == 1
+        session = self._solo if alone and self._solo is not None else self._shared
+        try:
+            return session.run([self._output_name], {self._input_name: batch})[0]
+        except Exception as error:
+            shape = list(batch.shape)
+            raise InferenceError(f"ONNX Runtime failed on a {shape} batch: {error}") from error
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+BackendFactory = Callable[..., InferenceBackend]
+ENGINES: dict[str, BackendFactory] = {OnnxRuntimeBackend.name: OnnxRuntimeBackend}
+
+
+def create_backend(
+    engine: str, model_path: Path, *, threads: int = 0, solo_threads: int = 0
+) -> InferenceBackend:
+    """The backend called `engine` for the model file at `model_path`."""
+    try:
+        factory = ENGINES[engine]
+    except KeyError as error:
+        known = ", ".join(sorted(ENGINES))
+        raise UsageError(f"unknown engine {engine!r} (known: {known})") from error
+    return factory(model_path, threads=threads, solo_threads=solo_threads)

@@ -1,0 +1,143 @@
+"""The detector: decoded images in, `Detections` out, on any engine of `backends`.
+
+Serving and evaluation both run images through `Detector.detect`, so the numbers evaluation
+reports describe exactly what the predictor serves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from visionops.detections import Detections
+from visionops.errors import InvalidImage, UsageError
+from visionops.inference.backends import InferenceBackend, create_backend
+from visionops.inference.letterbox import letterbox, to_input_tensor
+from visionops.inference.postprocess import detections_from_output
+from visionops.model_artifact import (
+    MODEL_INT8_ONNX,
+    MODEL_ONNX,
+    ModelMetadata,
+    check_model_dir,
+    read_metadata,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONF = 0.25
+DEFAULT_IOU = 0.7
+DEFAULT_MAX_DET = 300
+PRECISION_FILES = {"fp32": MODEL_ONNX, "int8": MODEL_INT8_ONNX}
+
+
+def model_file(model_dir: Path, precision: str = "fp32") -> Path:
+    """The ONNX file of `precision` in a model directory (from metadata.json's variants)."""
+    metadata = read_metadata(model_dir)
+    name = metadata.variants.get(precision, {}).get("file") or PRECISION_FILES.get(precision)
+    if name is None:
+        known = sorted({*PRECISION_FILES, *metadata.variants})
+        raise UsageError(f"unknown precision {precision!r} (known: {', '.join(known)})")
+    check_model_dir(model_dir, name)
+    return Path(model_dir) / name
+
+
+def check_thresholds(conf: float, iou: float, max_det: int) -> None:
+    """Raise `UsageError` naming the first out-of-range detection parameter."""
+    if not 0.0 <= conf <= 1.0:
+        raise UsageError(f"conf must be between 0 and 1, got {conf}")
+    if not 0.0 <= iou <= 1.0:
+        raise UsageError(f"iou must be between 0 and 1, got {iou}")
+    if max_det < 1:
+        raise UsageError(f"max_det must be at least 1, got {max_det}")
+
+
+class Detector:
+    """YOLOv8 detection with Ultralytics' letterbox and NMS on an `InferenceBackend`."""
+
+    def __init__(
+        self, backend: InferenceBackend, metadata: ModelMetadata, *, batch_size: int = 1
+    ) -> None:
+        if batch_size < 1:
+            raise UsageError(f"batch_size must be at least 1, got {batch_size}")
+        self.backend = backend
+        self.metadata = metadata
+        self.batch_size = min(batch_size, backend.max_batch or batch_size)
+
+    @classmethod
+    def from_model_dir(
+        cls,
+        model_dir: Path,
+        *,
+        engine: str = "onnxruntime",
+        precision: str = "fp32",
+        threads: int = 0,
+        solo_threads: int = 0,
+        batch_size: int = 1,
+    ) -> Detector:
+        """Load the model directory's ONNX file of `precision` on `engine`.
+
+        `threads` per inference (0: the engine's default, every core); see `OnnxRuntimeBackend`
+        for `solo_threads`. Raises `ModelNotFound`, `DataError` or `ModelLoadError`.
+        """
+        path = model_file(Path(model_dir), precision)
+        metadata = read_metadata(path.parent)
+        backend = create_backend(engine, path, threads=threads, solo_threads=solo_threads)
+        log.info(
+            "loaded %s (%s, %s) on %s: %d classes, imgsz %d",
+            model_dir, precision, backend.input_size or "dynamic size", engine,
+            len(metadata.names), metadata.imgsz,
+        )  # fmt: skip
+        return cls(backend, metadata, batch_size=batch_size)
+
+    @property
+    def names(self) -> list[str]:
+        return self.metadata.names
+
+    def detect(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        conf: float = DEFAULT_CONF,
+        iou: float = DEFAULT_IOU,
+        max_det: int = DEFAULT_MAX_DET,
+    ) -> list[Detections]:
+        """Detections for each BGR uint8 image [H, W, 3], in the order given.
+
+        A model with dynamic input size sees each image letterboxed to the minimum rectangle (a
+        multiple of the stride), as Ultralytics' predict does; a fixed-size model sees the square.
+        Images of the same shape run together in batches of `batch_size`.
+        """
+        check_thresholds(conf, iou, max_det)
+        fixed = self.backend.input_size
+        new_shape = fixed or (self.metadata.imgsz, self.metadata.imgsz)
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for index, image in enumerate(images):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise InvalidImage(
+                    f"image {index}: expected a BGR uint8 array [H, W, 3], "
+                    f"got {image.dtype} {list(image.shape)}"
+                )
+            groups[() if fixed else image.shape[:2]].append(index)
+        results: list[Detections] = [Detections.empty()] * len(images)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                boxed = [
+                    letterbox(images[i], new_shape, stride=self.metadata.stride, auto=not fixed)
+                    for i in chunk
+                ]
+                output = self.backend.run(to_input_tensor(boxed))
+                for row, i in enumerate(chunk):
+                    results[i] = detections_from_output(
+                        output[row],
+                        input_shape=boxed[row].shape[:2],
+                        image_shape=images[i].shape[:2],
+                        conf=conf,
+                        iou=iou,
+                        max_det=max_det,
+                    )
+        return results
