@@ -138,3 +138,65 @@ def s3_server(
     finally:
         stop(proc)
         log.close()
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    """A real `mlflow server` whose artifacts live in a bucket of an S3 server."""
+
+    url: str
+    artifacts: str  # s3://bucket/prefix the server proxies artifacts to
+    s3: S3Server
+
+    def env(self) -> dict[str, str]:
+        """The VISIONOPS_* variables that point VisionOps at this server; S3 is the server's."""
+        return {"VISIONOPS_MLFLOW_TRACKING_URI": self.url}
+
+
+@contextmanager
+def mlflow_server(workdir: Path, s3: S3Server, *, bucket: str = "mlflow") -> Iterator[MlflowServer]:
+    """`mlflow server` on 127.0.0.1: sqlite backend, artifacts proxied to `s3://bucket/artifacts`.
+
+    Only the server holds the S3 credentials; clients need nothing but the tracking URI.
+    """
+    from minio import Minio
+
+    client = Minio(
+        s3.endpoint.removeprefix("http://"),
+        access_key=s3.access_key,
+        secret_key=s3.secret_key,
+        secure=False,
+    )
+    if not client.bucket_exists(bucket):
+        client.make_bucket(bucket)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    artifacts = f"s3://{bucket}/artifacts"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))},
+        "MLFLOW_S3_ENDPOINT_URL": s3.endpoint,
+        "AWS_ACCESS_KEY_ID": s3.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+    }
+    log = (workdir / "mlflow.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{(workdir / 'mlflow.db').resolve()}",
+            "--artifacts-destination", artifacts,
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: http_status(f"{url}/health") == 200, timeout=90, what="mlflow server", proc=proc
+        )
+        yield MlflowServer(url, artifacts, s3)
+    finally:
+        stop(proc)
+        log.close()
