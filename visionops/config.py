@@ -68,14 +68,28 @@ class Settings(BaseSettings):
     predictor_image: str = f"{IMAGE_REGISTRY}/visionops-predictor:{IMAGE_TAG}"
     kfp_host: str = "http://ml-pipeline.kubeflow:8888"
 
+    # Predictor (serving/): what one request may carry, default detection parameters and the
+    # inference executor. `python -m serving` flags override them.
+    serve_max_body_bytes: int = Field(16 << 20, ge=1024, description="HTTP body, gRPC message")
+    serve_max_images: int = Field(16, ge=1, description="images per request")
+    serve_max_pixels: int = Field(40_000_000, ge=1, description="pixels per image (header)")
+    serve_conf: float = Field(0.25, ge=0, le=1)
+    serve_iou: float = Field(0.7, ge=0, le=1)
+    serve_max_det: int = Field(300, ge=1, le=10_000)
+    serve_inference_workers: int = Field(2, ge=1, description="inferences run at once")
+    serve_inference_threads: int = Field(1, ge=0, description="threads each; 0: all cores")
+    serve_solo_threads: int | None = Field(
+        None, ge=0, description="threads for a request running alone; unset: all cores, 0: off"
+    )
+
     # Drift check (monitoring/drift.py). Defaults chosen by benchmarks/drift_calibration.py; see
     # README "Monitoring". Methods are Evidently stattest names; thresholds: p-value methods
     # (ks, chisquare) drift below it, distance methods (wasserstein, psi, ...) at or above it.
     drift_min_rows: int = Field(50, ge=2, description="fewer current rows: not enough data")
     drift_num_method: str = "ks"
     drift_cat_method: str = "chisquare"
-    drift_num_threshold: float = Field(0.001, gt=0)
-    drift_cat_threshold: float = Field(0.001, gt=0)
+    drift_num_threshold: float | None = Field(0.001, gt=0, description="None: method default")
+    drift_cat_threshold: float | None = Field(0.001, gt=0, description="None: method default")
     drift_share: float = Field(0.1, gt=0, le=1, description="drifted-column share for drift")
     drift_columns: list[str] | None = Field(None, description="JSON list; default: all features")
     drift_column_methods: dict[str, str] = Field(default_factory=dict, description="JSON object")

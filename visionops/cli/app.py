@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 from visionops import __version__
 from visionops.bootstrap import bootstrap
 from visionops.cli._common import console, err_console
+from visionops.cli.drift import drift_app
 from visionops.config import get_settings
 from visionops.errors import ConfigError, VisionOpsError
 
@@ -77,6 +78,9 @@ def show_config() -> None:
     """Show the settings in effect (environment variables VISIONOPS_*), secrets masked."""
     for name, value in get_settings().public_dict().items():
         console.print(f"{name:<22} {value}", highlight=False)
+
+
+app.add_typer(drift_app, name="drift")
 
 
 def main() -> None:

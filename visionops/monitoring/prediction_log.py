@@ -386,3 +386,50 @@ def read_window(
     frame = pd.DataFrame.from_records(rows)
     frame[TIMESTAMP] = pd.to_datetime(frame[TIMESTAMP], utc=True, format="ISO8601")
     return frame.sort_values(TIMESTAMP, kind="stable").reset_index(drop=True)
+
+
+def resolve_window(
+    start: str | datetime | None, end: str | datetime | None, hours: float
+) -> tuple[datetime, datetime]:
+    """[start, end) from ISO-8601 strings or datetimes; a missing end is now, a missing start is
+    `hours` before the end. UsageError for unparseable or empty windows."""
+
+    def parse(value: str | datetime | None, name: str) -> datetime | None:
+        if value is None or value == "":
+            return None
+        if isinstance(value, datetime):
+            return _as_utc(value)
+        try:
+            return _as_utc(datetime.fromisoformat(value))
+        except ValueError as error:
+            raise UsageError(f"{name} is not an ISO-8601 time: {value!r}") from error
+
+    stop = parse(end, "end") or datetime.now(UTC)
+    begin = parse(start, "start")
+    if begin is None:
+        if not hours > 0:
+            raise UsageError(f"the window must last more than 0 hours, got {hours}")
+        begin = stop - timedelta(hours=hours)
+    if stop <= begin:
+        raise UsageError(f"empty time window: end {stop.isoformat()} <= start {begin.isoformat()}")
+    return begin, stop
+
+
+def collect_window(
+    location: str = "",
+    *,
+    start: str | datetime | None = None,
+    end: str | datetime | None = None,
+    hours: float = 24.0,
+) -> pd.DataFrame:
+    """The prediction log records of a window, from `location` (s3://bucket/prefix or a folder)
+    or, when empty, from the configured log store (`VISIONOPS_LOG_PREFIX`, S3 if configured)."""
+    from visionops.config import get_settings
+    from visionops.storage import default_store, open_store
+
+    settings = get_settings()
+    store = open_store(location, settings) if location else default_store(settings.log_prefix)
+    begin, stop = resolve_window(start, end, hours)
+    frame = read_window(store, begin, stop)
+    log.info("collected %d records from %s, %s .. %s", len(frame), store.uri(), begin, stop)
+    return frame

@@ -1,0 +1,62 @@
+"""KFP component `drift_check`: Evidently compares the window with the reference feature table."""
+
+# No `from __future__ import annotations` here: KFP reads the real annotation objects.
+
+from typing import NamedTuple
+
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
+
+from components import visionops_component
+
+
+@visionops_component
+def drift_check(
+    reference: Input[Dataset],
+    current: Input[Dataset],
+    report: Output[HTML],
+    result: Output[Artifact],
+    scores: Output[Metrics],
+    drift_share: float = 0.0,
+    min_rows: int = 0,
+    model_name: str = "",
+) -> NamedTuple("DriftOutputs", [("decision", str), ("drift_detected", bool)]):  # type: ignore[valid-type]
+    """Decide drift / no_drift / not_enough_data; use `decision` in `dsl.If`.
+
+    Writes the self-contained Evidently report (`report`, shown in the Kubeflow UI), the JSON
+    result (`result`, also carrying the Prometheus text for the drift alert in its metadata) and
+    per-column scores as Metrics. `drift_share`/`min_rows` of 0 mean the settings' values.
+    """
+    import shutil
+    import tempfile
+    from collections import namedtuple
+    from pathlib import Path
+
+    from visionops.bootstrap import bootstrap
+
+    settings = bootstrap()
+    from visionops.monitoring.drift import (
+        DriftConfig,
+        check_drift,
+        load_feature_table,
+        prometheus_metrics,
+    )
+
+    def table(artifact: Dataset):  # type: ignore[no-untyped-def]
+        return load_feature_table(artifact.path, artifact.metadata.get("format", "parquet"))
+
+    config = DriftConfig.from_settings(drift_share=drift_share or None, min_rows=min_rows or None)
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome = check_drift(table(reference), table(current), config=config, report_dir=Path(tmp))
+        shutil.copyfile(Path(tmp) / "drift_report.html", report.path)
+        shutil.copyfile(Path(tmp) / "drift.json", result.path)
+    for name, value in outcome.scores().items():
+        scores.log_metric(name, value)
+    if outcome.drifted_share is not None:
+        scores.log_metric("drifted_share", outcome.drifted_share)
+    scores.log_metric("current_rows", outcome.current_rows)
+    result.metadata["decision"] = outcome.decision
+    result.metadata["prometheus"] = prometheus_metrics(outcome, model_name or settings.model_name)
+    print(f"{outcome.decision}: {outcome.reason}")
+    return namedtuple("DriftOutputs", ["decision", "drift_detected"])(
+        outcome.decision, outcome.drift_detected
+    )

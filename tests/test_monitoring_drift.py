@@ -1,0 +1,230 @@
+"""The drift check through the CLI: decisions, reports, bad input, and the alert metrics."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from tests.drift_data import DriftTables, build_drift_tables
+from visionops.cli.app import app
+from visionops.config import get_settings
+from visionops.monitoring.drift import (
+    DriftConfig,
+    check_drift,
+    load_feature_table,
+    prometheus_metrics,
+)
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory: pytest.TempPathFactory) -> DriftTables:
+    return build_drift_tables(tmp_path_factory.mktemp("drift"))
+
+
+def _check(reference: Path, current: Path, *extra: str) -> tuple[int, dict, str]:
+    result = runner.invoke(
+        app, ["drift", "check", "--reference", str(reference), "--current", str(current), *extra]
+    )
+    try:
+        payload = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        payload = {}
+    return result.exit_code, payload, result.output
+
+
+def test_clean_window_is_no_drift(tables: DriftTables, tmp_path: Path):
+    code, payload, output = _check(tables.reference, tables.clean, "--report-dir", str(tmp_path))
+    assert code == 0, output
+    assert payload["decision"] == "no_drift"
+    assert payload["drifted_columns"] == []
+    assert payload["current_rows"] == 180
+    assert {c["column"] for c in payload["columns"]} >= {"brightness_mean", "sharpness"}
+    written = json.loads((tmp_path / "drift.json").read_text())
+    assert written["decision"] == "no_drift"
+    assert written["evidently"]["tests"]  # Evidently's own test results ride along
+
+
+def test_severe_brightness_shift_is_drift(tables: DriftTables, tmp_path: Path):
+    code, payload, output = _check(tables.reference, tables.drifted, "--report-dir", str(tmp_path))
+    assert code == 0, output  # a successful check exits 0 whatever it decides
+    assert payload["decision"] == "drift"
+    assert payload["drift_detected"] is True
+    assert "brightness_mean" in payload["drifted_columns"]
+    column = next(c for c in payload["columns"] if c["column"] == "brightness_mean")
+    assert column["method"] == "ks" and column["score"] < column["threshold"]
+
+
+class _ExternalResources(HTMLParser):
+    """Collects every attribute that would make a browser fetch something from elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+        self._tag = ""
+
+    def handle_data(self, data: str) -> None:
+        if self._tag == "style" and ("@import" in data or "url(http" in data):
+            self.found.append("<style> loading a remote stylesheet or font")
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._tag = tag
+        for name, value in attrs:
+            value = (value or "").strip().lower()
+            loads = name in ("src", "href", "data", "srcset", "poster") and tag != "a"
+            if loads and value.startswith(("http:", "https:", "//")):
+                self.found.append(f"<{tag} {name}={value}>")
+        if tag == "link" and dict(attrs).get("rel") == "stylesheet":
+            self.found.append("<link rel=stylesheet>")
+
+
+@pytest.mark.parametrize("which", ["drifted", "clean"])
+def test_html_report_is_self_contained(tables: DriftTables, tmp_path: Path, which: str):
+    _check(tables.reference, getattr(tables, which), "--report-dir", str(tmp_path))
+    page = (tmp_path / "drift_report.html").read_text(encoding="utf-8")
+    assert page.count("<script") >= 1 and len(page) > 100_000  # the viewer is inlined
+    parser = _ExternalResources()
+    parser.feed(page)
+    assert parser.found == []
+
+
+def test_small_or_empty_window_is_not_enough_data(tables: DriftTables, tmp_path: Path):
+    few = tmp_path / "few.csv"
+    load_feature_table(tables.drifted).head(10).to_csv(few, index=False)
+    code, payload, _ = _check(tables.reference, few, "--report-dir", str(tmp_path / "r"))
+    assert code == 0
+    assert payload["decision"] == "not_enough_data"  # even though these rows are drifted
+    assert "10 usable current rows" in payload["reason"]
+    assert "not enough data" in (tmp_path / "r" / "drift_report.html").read_text()
+
+    for name, content in [("empty.csv", ""), ("header.csv", "brightness_mean,sharpness\n"),
+                          ("empty.jsonl", "")]:  # fmt: skip
+        (tmp_path / name).write_text(content)
+        code, payload, output = _check(tables.reference, tmp_path / name)
+        assert (code, payload.get("decision")) == (0, "not_enough_data"), output
+
+
+def test_min_rows_flag_lowers_the_window(tables: DriftTables, tmp_path: Path):
+    few = tmp_path / "few.csv"
+    load_feature_table(tables.drifted).head(30).to_csv(few, index=False)
+    code, payload, _ = _check(tables.reference, few, "--min-rows", "20")
+    assert (code, payload["decision"]) == (0, "drift")
+
+
+def test_missing_or_unreadable_tables_exit_1(tables: DriftTables, tmp_path: Path):
+    code, _, output = _check(tables.reference, tmp_path / "nope.parquet")
+    assert code == 1 and "feature table not found" in output
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    code, _, output = _check(tables.reference, tmp_path / "bad.parquet")
+    assert code == 1 and "cannot read feature table" in output
+    (tmp_path / "t.xlsx").write_bytes(b"")
+    code, _, output = _check(tables.reference, tmp_path / "t.xlsx")
+    assert code == 1 and "unsupported" in output
+
+
+def test_different_columns_are_named(tables: DriftTables, tmp_path: Path):
+    current = load_feature_table(tables.clean).drop(columns=["brightness_mean", "sharpness"])
+    current.to_csv(tmp_path / "cur.csv", index=False)
+    code, payload, output = _check(tables.reference, tmp_path / "cur.csv")
+    assert code == 1 and payload == {}
+    assert "different columns" in output and "brightness_mean" in output
+
+    unrelated = pd.DataFrame({"a": range(100), "b": range(100)})
+    unrelated.to_csv(tmp_path / "ref.csv", index=False)
+    code, _, output = _check(tmp_path / "ref.csv", tables.clean)
+    assert code == 1 and "no feature columns" in output
+
+
+def test_nan_and_inf_rows_are_left_out_not_compared(tables: DriftTables, tmp_path: Path):
+    current = load_feature_table(tables.clean)
+    current.loc[:19, "brightness_mean"] = np.nan
+    current.loc[20:39, "sharpness"] = np.inf
+    current.to_csv(tmp_path / "cur.csv", index=False)
+    code, payload, _ = _check(tables.reference, tmp_path / "cur.csv")
+    assert (code, payload["decision"]) == (0, "no_drift")  # no false alarm from the bad values
+    assert payload["current_rows"] == 140
+    assert any("40 current rows" in note for note in payload["notes"])
+
+    current["noise_sigma"] = np.nan
+    current.to_csv(tmp_path / "cur.csv", index=False)
+    code, _, output = _check(tables.reference, tmp_path / "cur.csv")
+    assert code == 1 and "without any finite value" in output and "noise_sigma" in output
+
+    current["noise_sigma"] = "loud"
+    current.to_csv(tmp_path / "cur.csv", index=False)
+    code, _, output = _check(tables.reference, tmp_path / "cur.csv")
+    assert code == 1 and "'noise_sigma' is not numeric" in output
+
+
+def test_methods_come_from_settings(tables: DriftTables, settings_env: pytest.MonkeyPatch):
+    settings_env.setenv("VISIONOPS_DRIFT_NUM_METHOD", "wasserstein")
+    settings_env.setenv("VISIONOPS_DRIFT_NUM_THRESHOLD", "0.5")
+    settings_env.setenv("VISIONOPS_DRIFT_COLUMN_METHODS", '{"sharpness": "psi"}')
+    code, payload, output = _check(tables.reference, tables.drifted)
+    assert code == 0, output
+    methods = {c["column"]: (c["method"], c["threshold"]) for c in payload["columns"]}
+    assert methods["brightness_mean"] == ("wasserstein", 0.5)
+    assert methods["sharpness"] == ("psi", 0.5)
+    assert payload["decision"] == "drift"
+
+    settings_env.setenv("VISIONOPS_DRIFT_NUM_METHOD", "no-such-test")
+    get_settings.cache_clear()
+    code, _, output = _check(tables.reference, tables.drifted)
+    assert code == 2 and "no-such-test" in output
+
+
+def test_prediction_columns_and_class_mix(tmp_path: Path):
+    rng = np.random.default_rng(0)
+
+    def window(n: int, classes: list[int], conf: float) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "det_count": rng.poisson(2, n).astype(float),
+                "conf_mean": rng.normal(conf, 0.05, n),
+                "top_class": rng.choice(classes, n).astype(float),
+            }
+        )
+
+    config = DriftConfig(num_threshold=0.001, cat_threshold=0.001, drift_share=0.3, min_rows=50)
+    reference = window(400, [-1, 0, 1, 2], 0.7)
+    same = check_drift(reference, window(200, [-1, 0, 1, 2], 0.7), config=config)
+    assert same.decision == "no_drift"
+    new_class = check_drift(reference, window(200, [3], 0.7), config=config)
+    assert new_class.drifted_columns == ["top_class"]
+    assert new_class.columns[-1].kind == "categorical"
+    assert new_class.decision == "drift"
+
+
+def test_alert_metrics_in_prometheus_format(tables: DriftTables):
+    reference, drifted = load_feature_table(tables.reference), load_feature_table(tables.drifted)
+    result = check_drift(reference, drifted)
+    families = {
+        f.name: f for f in text_string_to_metric_families(prometheus_metrics(result, 'm"1'))
+    }
+    detected = families["visionops_drift_detected"].samples[0]
+    assert detected.labels == {"model_name": 'm"1'} and detected.value == 1
+    assert families["visionops_drift_share"].samples[0].value == pytest.approx(result.drifted_share)
+    waiting = check_drift(reference, drifted.head(5))
+    text = prometheus_metrics(waiting, "m")
+    assert 'visionops_drift_detected{model_name="m"} 0' in text
+    assert "visionops_drift_share" not in text
+
+
+def test_features_command_builds_a_table(tables: DriftTables, tmp_path: Path):
+    out = tmp_path / "wood.jsonl"
+    result = runner.invoke(
+        app, ["drift", "features", "--src", str(tables.root / "Wood" / "val"), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    table = load_feature_table(out)
+    assert len(table) == 60 and table["file_name"].str.endswith((".jpg", ".png")).all()
+    bad = runner.invoke(app, ["drift", "features", "--src", str(tmp_path / "x"), "--out", str(out)])
+    assert bad.exit_code == 1 and "not found" in bad.output

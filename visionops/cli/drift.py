@@ -1,0 +1,107 @@
+"""`visionops drift ...`: simulate drift, build feature tables, check a window for drift.
+
+`check` prints its result as JSON on stdout (the decision is machine-readable there, and in
+`drift.json` with --report-dir) and exits 0 whatever the decision; 1 means the inputs could not be
+compared, 2 a wrong flag.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from visionops.cli._common import SeedOption, console, err_console, progress
+
+drift_app = typer.Typer(
+    help="Drift monitoring: simulate drift, build feature tables, check a window.",
+    no_args_is_help=True,
+)
+
+_KINDS_HELP = (
+    "brightness, contrast, noise, blur, jpeg, occlusion, rotation, color-shift or mixed "
+    "(strengths: README 'Monitoring')"
+)
+
+
+@drift_app.command("simulate")
+def simulate(
+    src: Annotated[Path, typer.Option("--src", help="A split folder (images + COCO file).")],
+    out: Annotated[Path, typer.Option("--out", help="Where the drifted split is written.")],
+    kind: Annotated[str, typer.Option("--kind", help=_KINDS_HELP)],
+    severity: Annotated[
+        float, typer.Option("--severity", min=0.0, max=1.0, help="0 (none) .. 1 (strongest).")
+    ],
+    fraction: Annotated[
+        float, typer.Option("--fraction", min=0.0, max=1.0, help="Share of images drifted.")
+    ] = 1.0,
+    seed: SeedOption = 0,
+) -> None:
+    """Write a drifted copy of a split, its COCO annotations carried over (and transformed)."""
+    from visionops.monitoring.simulate import simulate_split
+
+    with progress(f"drift {kind} {severity:g}") as callback:
+        result = simulate_split(
+            src, out, kind=kind, severity=severity, fraction=fraction, seed=seed,
+            progress=callback,
+        )  # fmt: skip
+    console.print(
+        f"wrote {result.images} images ({result.drifted} drifted: "
+        f"{', '.join(f'{k} {n}' for k, n in sorted(result.kinds.items())) or 'none'}), "
+        f"{result.annotations} annotations ({result.annotations_dropped} dropped) "
+        f"to {result.out_dir}",
+        highlight=False,
+    )
+    for file_name, reason in result.skipped:
+        err_console.print(f"[yellow]skipped[/] {file_name}: {reason}", highlight=False)
+
+
+@drift_app.command("features")
+def features(
+    src: Annotated[Path, typer.Option("--src", help="A folder of images (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", help="Feature table: .parquet, .csv or .jsonl.")],
+) -> None:
+    """Compute the image feature table of a folder (a reference or a current window)."""
+    from visionops.monitoring.drift import write_feature_table
+    from visionops.monitoring.reference import folder_feature_table
+
+    with progress("image features") as callback:
+        table, failures = folder_feature_table(src, progress=callback)
+    write_feature_table(table, out)
+    console.print(f"wrote {len(table)} rows to {out}", highlight=False)
+    for path, reason in failures:
+        err_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+
+
+@drift_app.command("check")
+def check(
+    reference: Annotated[
+        str,
+        typer.Option("--reference", help="Reference feature table (.parquet/.csv/.jsonl)."),
+    ],
+    current: Annotated[Path, typer.Option("--current", help="Current window's feature table.")],
+    report_dir: Annotated[
+        Path | None,
+        typer.Option("--report-dir", help="Write drift_report.html and drift.json here."),
+    ] = None,
+    drift_share: Annotated[
+        float | None,
+        typer.Option("--drift-share", min=0.0, max=1.0, help="Override VISIONOPS_DRIFT_SHARE."),
+    ] = None,
+    min_rows: Annotated[
+        int | None,
+        typer.Option("--min-rows", min=2, help="Override VISIONOPS_DRIFT_MIN_ROWS."),
+    ] = None,
+) -> None:
+    """Decide drift / no drift / not enough data; the result is JSON on stdout (exit 0)."""
+    from visionops.monitoring.drift import DriftConfig, check_drift_files
+
+    config = DriftConfig.from_settings(drift_share=drift_share, min_rows=min_rows)
+    result = check_drift_files(Path(reference), current, config=config, report_dir=report_dir)
+    typer.echo(json.dumps(result.to_dict(), indent=2))
+    colour = {"drift": "red", "no_drift": "green"}.get(result.decision, "yellow")
+    err_console.print(f"[bold {colour}]{result.decision}[/]: {result.reason}", highlight=False)
+    if result.report_html:
+        err_console.print(f"report: {result.report_html}", highlight=False)
