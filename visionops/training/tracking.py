@@ -1,0 +1,230 @@
+"""MLflow for VisionOps: where runs and registered models live, reached with bounded retries.
+
+Embedded default: a sqlite store and artifacts under `data_dir/mlflow` (or in the S3 bucket when
+`VISIONOPS_S3_*` is set), no server to start. With `VISIONOPS_MLFLOW_TRACKING_URI` a remote server
+holds both, and stores artifacts wherever it was told (S3/MinIO on a cluster). Every call to MLflow
+goes through `mlflow_errors`, which turns an unreachable server or store into one clear error after
+MLflow's own bounded retries; nothing ever falls back to local storage silently.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from visionops.bootstrap import bootstrap
+from visionops.config import Settings, get_settings
+from visionops.errors import ConfigError, ModelNotFound, RegistryError, StorageError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT_DIR = "model"
+"""Where a run keeps its model directory (model.onnx, metadata.json, model.pt)."""
+
+TAG_PREFIX = "visionops."
+
+_S3_CODES = {
+    "SignatureDoesNotMatch": "the S3 secret key is wrong",
+    "InvalidAccessKeyId": "the S3 access key is not known to the server",
+    "AccessDenied": "S3 access denied (check the credentials and the bucket policy)",
+    "NoSuchBucket": "the S3 bucket does not exist",
+}
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """A connected MLflow client and the experiment VisionOps logs to."""
+
+    client: MlflowClient
+    tracking_uri: str
+    experiment_id: str
+    remote: bool
+
+
+def _configure_http(settings: Settings) -> None:
+    """MLflow reads its retry policy from the environment on every request."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.mlflow_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = str(settings.mlflow_backoff)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.2"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(settings.mlflow_timeout)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    # boto3 (MLflow's S3 artifact client) retries on its own; keep that bounded too.
+    os.environ["AWS_MAX_ATTEMPTS"] = str(settings.mlflow_retries + 1)
+    os.environ["AWS_RETRY_MODE"] = "standard"
+
+
+def artifact_root(settings: Settings) -> str:
+    """Where an embedded store keeps artifacts: the S3 bucket if configured, else the data dir."""
+    if settings.s3_endpoint:
+        return f"s3://{settings.s3_bucket}/mlflow"
+    return (settings.mlflow_dir / "artifacts").as_uri()
+
+
+@contextmanager
+def mlflow_errors(action: str, settings: Settings | None = None) -> Iterator[None]:
+    """Turn MLflow, HTTP and S3 failures into the VisionOps error that says what to fix."""
+    from mlflow.exceptions import MlflowException
+
+    settings = settings or get_settings()
+    where = settings.tracking_uri
+    try:
+        yield
+    except MlflowException as error:
+        message = str(error)
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in message.lower():
+            raise ModelNotFound(f"{action}: {message}") from error
+        if "API request to" in message and "failed with exception" in message:
+            raise RegistryError(
+                f"MLflow at {where} unreachable while trying to {action} "
+                f"(gave up after {settings.mlflow_retries} retries): {_last_line(message)}"
+            ) from error
+        raise RegistryError(f"MLflow refused to {action}: {message}") from error
+    except Exception as error:
+        storage = _storage_problem(error)
+        if storage is None:
+            raise
+        raise StorageError(
+            f"S3 artifact store {settings.s3_endpoint or ''} failed while trying to {action}: "
+            f"{storage}"
+        ) from error
+
+
+def _last_line(message: str) -> str:
+    return message.strip().splitlines()[-1][:400]
+
+
+def _storage_problem(error: BaseException) -> str | None:
+    """A one-line description if `error` comes from boto3/botocore, else None."""
+    module = type(error).__module__
+    if not module.startswith(("botocore", "boto3", "s3transfer")):
+        return None
+    code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
+    return _S3_CODES.get(code, f"{type(error).__name__}: {error}")
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def connect(settings: Settings | None = None) -> Tracking:
+    """Connect to the configured MLflow and make sure VisionOps' experiment exists.
+
+    Raises RegistryError when a remote server does not answer (after bounded retries), and
+    ConfigError when the embedded experiment was created for another artifact store.
+    """
+    settings = bootstrap(settings)
+    _configure_http(settings)
+    from mlflow import MlflowClient
+
+    uri = settings.tracking_uri
+    remote = _is_remote(uri)
+    if not remote:
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = settings.mlflow_experiment
+    with mlflow_errors(f"open experiment {name!r}", settings):
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            location = None if remote else artifact_root(settings)
+            experiment_id = client.create_experiment(name, artifact_location=location)
+            log.info("created MLflow experiment %r at %s", name, uri)
+        else:
+            experiment_id = experiment.experiment_id
+            expected = artifact_root(settings)
+            if not remote and experiment.artifact_location != expected:
+                raise ConfigError(
+                    f"MLflow experiment {name!r} keeps artifacts at "
+                    f"{experiment.artifact_location}, but the settings say {expected}; set "
+                    "VISIONOPS_MLFLOW_EXPERIMENT to a new name or restore the S3 settings"
+                )
+    return Tracking(client, uri, experiment_id, remote)
+
+
+def run_model_uri(tracking: Tracking, run_id: str) -> str:
+    """The artifact URI of a run's model directory (what a model version's source points at)."""
+    with mlflow_errors(f"read run {run_id}"):
+        run = tracking.client.get_run(run_id)
+    return f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_DIR}"
+
+
+def download(tracking: Tracking, artifact_uri: str, destination: Path) -> Path:
+    """Download an artifact directory to `destination`; returns the local path."""
+    import mlflow.artifacts
+
+    destination.mkdir(parents=True, exist_ok=True)
+    with mlflow_errors(f"download {artifact_uri}"):
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=artifact_uri,
+            dst_path=str(destination),
+            tracking_uri=tracking.tracking_uri,
+        )
+    return Path(local)
+
+
+def metric_key(name: str) -> str:
+    """`name` as an MLflow metric key: Ultralytics' `mAP50(B)` loses `(B)`, odd characters `_`."""
+    return re.sub(r"[^\w\-. :/]", "_", name.replace("(B)", ""))
+
+
+def log_metrics(
+    tracking: Tracking, run_id: str, values: dict[str, float], *, step: int = 0
+) -> None:
+    """Log finite `values` to a run in one call (NaN/inf are left out: MLflow cannot chart them)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(metric_key(k), float(v), now, step)
+        for k, v in values.items()
+        if isinstance(v, int | float) and math.isfinite(float(v))
+    ]
+    with mlflow_errors(f"log metrics to run {run_id}"):
+        for start in range(0, len(metrics), 1000):
+            tracking.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
+@functools.cache
+def _git_head() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def git_commit(settings: Settings | None = None) -> str | None:
+    """The code version to record: VISIONOPS_GIT_COMMIT (images) or the checkout's HEAD."""
+    settings = settings or get_settings()
+    return settings.git_commit or _git_head()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide what a trained model is."""
+    versions = {}
+    for package in ("torch", "ultralytics", "onnxruntime", "onnx", "mlflow", "visionops"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    return versions
