@@ -19,6 +19,7 @@ class DriftTables:
     reference: Path  # features of the val splits
     clean: Path  # features of the inference splits
     drifted: Path  # features of the inference splits after brightness drift at severity 1
+    dark: Path  # those drifted splits: a VISION root like `root`
 
 
 def build_drift_tables(workdir: Path, n_images: int = 60) -> DriftTables:
@@ -42,4 +43,4 @@ def build_drift_tables(workdir: Path, n_images: int = 60) -> DriftTables:
         paths[name] = write_feature_table(
             pd.concat(frames, ignore_index=True), workdir / f"{name}.parquet"
         )
-    return DriftTables(root, paths["reference"], paths["clean"], paths["drifted"])
+    return DriftTables(root, paths["reference"], paths["clean"], paths["drifted"], workdir / "dark")
