@@ -39,6 +39,10 @@ class InferenceBackend(ABC):
     def run(self, batch: np.ndarray) -> np.ndarray:
         """float32 [B, 3, H, W] RGB in [0, 1] -> float32 [B, 4 + nc, anchors]."""
 
+    def warmup(self, batch: np.ndarray) -> np.ndarray:
+        """Run `batch` once through everything that may serve a request (first runs are slow)."""
+        return self.run(batch)
+
 
 class OnnxRuntimeBackend(InferenceBackend):
     """ONNX Runtime on CPU.
@@ -90,6 +94,11 @@ class OnnxRuntimeBackend(InferenceBackend):
     @property
     def max_batch(self) -> int | None:
         return self._max_batch
+
+    def warmup(self, batch: np.ndarray) -> np.ndarray:
+        if self._solo is not None:
+            self._solo.run([self._output_name], {self._input_name: batch})
+        return self._shared.run([self._output_name], {self._input_name: batch})[0]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:

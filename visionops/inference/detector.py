@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from visionops.detections import Detections
-from visionops.errors import InvalidImage, UsageError
+from visionops.errors import InvalidImage, ModelLoadError, ModelNotFound, UsageError
 from visionops.inference.backends import InferenceBackend, create_backend
-from visionops.inference.letterbox import letterbox, to_input_tensor
+from visionops.inference.letterbox import PAD_VALUE, letterbox, to_input_tensor
 from visionops.inference.postprocess import detections_from_output
 from visionops.model_artifact import (
     MODEL_INT8_ONNX,
@@ -36,6 +36,8 @@ PRECISION_FILES = {"fp32": MODEL_ONNX, "int8": MODEL_INT8_ONNX}
 
 def model_file(model_dir: Path, precision: str = "fp32") -> Path:
     """The ONNX file of `precision` in a model directory (from metadata.json's variants)."""
+    if not Path(model_dir).is_dir():
+        raise ModelNotFound(f"model directory {model_dir} does not exist")
     metadata = read_metadata(model_dir)
     name = metadata.variants.get(precision, {}).get("file") or PRECISION_FILES.get(precision)
     if name is None:
@@ -96,6 +98,16 @@ class Detector:
     @property
     def names(self) -> list[str]:
         return self.metadata.names
+
+    def warmup(self) -> None:
+        """Run one grey input through the backend; check the head matches the class names."""
+        size = self.backend.input_size or (self.metadata.imgsz, self.metadata.imgsz)
+        output = self.backend.warmup(np.full((1, 3, *size), PAD_VALUE / 255, np.float32))
+        classes = output.shape[1] - 4
+        if classes != len(self.names):
+            raise ModelLoadError(
+                f"the model predicts {classes} classes but metadata.json names {len(self.names)}"
+            )
 
     def detect(
         self,

@@ -20,6 +20,13 @@ DEFAULT_MAX_PIXELS = 40_000_000
 _JPEG_SOS = b"\xff\xda"
 _JPEG_EOI = b"\xff\xd9"
 _PNG_IEND = b"IEND\xaeB`\x82"
+_MAGIC = {
+    b"\xff\xd8\xff": "JPEG",
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
 
 
 def image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int, int]:
@@ -34,6 +41,9 @@ def image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[st
     except Image.DecompressionBombError as error:
         raise PayloadTooLarge(f"image too large (decompression bomb): {error}") from error
     except UnidentifiedImageError as error:
+        claimed = next((fmt for magic, fmt in _MAGIC.items() if data.startswith(magic)), None)
+        if claimed:
+            raise InvalidImage(f"corrupt {claimed} header ({len(data)} bytes)") from error
         raise InvalidImage(
             f"not an image: {len(data)} bytes in no recognised format "
             f"(expected one of {', '.join(SUPPORTED_FORMATS)})"

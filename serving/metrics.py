@@ -1,0 +1,88 @@
+"""The predictor's Prometheus metrics (module level, so KServe's `/metrics` exports them).
+
+Names follow Prometheus conventions with the `visionops_` prefix; the Kubernetes manifests, alert
+rules and dashboards refer to them by these names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+PROTOCOLS = ("v1", "v2", "grpc")
+OUTCOMES = ("success", "invalid_input", "too_large", "not_found", "unavailable", "error")
+
+REQUESTS = Counter(
+    "visionops_requests",
+    "Inference requests, by protocol (v1, v2, grpc) and outcome.",
+    ["protocol", "outcome"],
+)
+REQUEST_DURATION = Histogram(
+    "visionops_request_duration_seconds",
+    "End-to-end inference request latency (HTTP: body received to response sent).",
+    ["protocol"],
+    buckets=(0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10),
+)
+IMAGES = Counter("visionops_images", "Images run through the detector.", ["protocol"])
+IMAGE_PIXELS = Histogram(
+    "visionops_input_image_pixels",
+    "Decoded input image size in pixels (width x height).",
+    buckets=(1e4, 5e4, 1e5, 3e5, 5e5, 1e6, 2e6, 5e6, 1e7, 2e7, 4e7),
+)
+IMAGE_BYTES = Histogram(
+    "visionops_input_image_bytes",
+    "Encoded input image size in bytes.",
+    buckets=(1e3, 1e4, 5e4, 1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7, 2e7),
+)
+DETECTIONS_PER_IMAGE = Histogram(
+    "visionops_detections_per_image",
+    "Detections returned per image.",
+    buckets=(0, 1, 2, 3, 5, 10, 20, 50, 100, 300),
+)
+DETECTION_CONFIDENCE = Histogram(
+    "visionops_detection_confidence",
+    "Confidence of each returned detection.",
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+)
+DETECTIONS = Counter("visionops_detections", "Detections returned, by class.", ["class_name"])
+INFERENCE_IN_FLIGHT = Gauge(
+    "visionops_inference_in_flight", "Requests currently decoding or running inference."
+)
+MODEL_INFO = Info("visionops_model", "The model being served: name, version, source, engine.")
+MODEL_READY = Gauge("visionops_model_ready", "1 when a model is loaded and serving, else 0.")
+MODEL_LOADS = Counter(
+    "visionops_model_loads", "Model loads and reloads, by outcome (success, failure).", ["outcome"]
+)
+PREDICTION_LOG_DROPPED = Counter(
+    "visionops_prediction_log_dropped",
+    "Prediction log records dropped because the log queue was full (never slows a request).",
+)
+
+for _protocol in PROTOCOLS:
+    IMAGES.labels(_protocol)
+    REQUEST_DURATION.labels(_protocol)
+    for _outcome in OUTCOMES:
+        REQUESTS.labels(_protocol, _outcome)
+for _outcome in ("success", "failure"):
+    MODEL_LOADS.labels(_outcome)
+
+
+def outcome_of_status(status: int) -> str:
+    """The `outcome` label of an HTTP status code."""
+    if status < 400:
+        return "success"
+    return {413: "too_large", 404: "not_found", 503: "unavailable"}.get(
+        status, "invalid_input" if status < 500 else "error"
+    )
+
+
+def record_request(protocol: str, outcome: str, seconds: float) -> None:
+    REQUESTS.labels(protocol, outcome).inc()
+    REQUEST_DURATION.labels(protocol).observe(seconds)
+
+
+def declare_classes(names: Iterable[str]) -> None:
+    """Export a zero for every class, so rates exist before the first detection."""
+    for name in names:
+        DETECTIONS.labels(name)
