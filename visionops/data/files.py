@@ -76,7 +76,7 @@ def replace_dir(source: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def link_file(source: Path, target: Path) -> LinkMode:
+def link_file(source: Path | str, target: Path | str) -> LinkMode:
     """Make `target` show `source`'s bytes without copying where possible.
 
     A hard link first (same filesystem), then an absolute symbolic link, then a copy.
