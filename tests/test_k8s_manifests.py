@@ -546,3 +546,88 @@ def test_deploy_generates_missing_secrets_once_and_stops_without_the_platform(
     second = deploy()
     assert second.returncode == 1 and "present" in second.stdout
     assert {p.name: p.read_text() for p in secrets.glob("*.env")} == generated
+
+
+def _entrypoint(dockerfile: str) -> list[str]:
+    import json
+
+    lines = (ROOT / "images" / dockerfile).read_text().splitlines()
+    (entry,) = [line.removeprefix("ENTRYPOINT ") for line in lines if line.startswith("ENTRYPOINT")]
+    return list(json.loads(entry))
+
+
+def test_predictor_container_args_parse_with_the_predictors_own_cli(docs: list[Doc]) -> None:
+    from serving.__main__ import KSERVE_MODEL_DIR, build_parser
+    from visionops.config import Settings
+
+    (container,) = find(docs, "InferenceService", "visionops-predictor")["spec"]["predictor"][
+        "containers"
+    ]
+    assert "command" not in container, "the image's ENTRYPOINT starts the predictor"
+    assert _entrypoint("Dockerfile.predictor") == ["python", "-m", "serving"]
+    settings = Settings()
+    args = build_parser(settings).parse_args(container["args"])
+    assert args.model_dir == KSERVE_MODEL_DIR  # where KServe's storage-initializer puts STORAGE_URI
+    assert args.model_name == settings.model_name
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (args.http_port, args.grpc_port) == (ports["http1"], ports["h2c"])
+    # The prediction log goes to S3 through the settings the container's env sets.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["VISIONOPS_S3_ENDPOINT"].startswith("http://minio.")
+    with pytest.raises(SystemExit):
+        build_parser(settings).parse_args([*container["args"], "--model-uri=s3://x/y"])
+
+
+def test_mlflow_container_runs_the_images_entrypoint(docs: list[Doc]) -> None:
+    (container,) = find(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == _entrypoint("Dockerfile.mlflow") == ["mlflow"]
+
+
+def test_mlflow_server_runs_with_the_rendered_flags_and_admits_in_cluster_hosts(
+    tmp_path: Path, tree: Path
+) -> None:
+    """The kind overlay's MLflow command line, run for real on 127.0.0.1 (only the bind address,
+    port and sqlite path differ): in-cluster service names pass the Host check, others get 403."""
+    import http.client
+
+    from tests.servers import free_port, http_status, stop, wait_until
+
+    docs = render("kind", tree)
+    (container,) = find(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    port = free_port()
+    store = env["MLFLOW_BACKEND_STORE_URI"].replace("/data/", f"{tmp_path}/")
+    args = [
+        a.replace("$(MLFLOW_BACKEND_STORE_URI)", store)
+        for a in container["args"]
+        if not a.startswith(("--host=", "--port=", "--workers="))
+    ]
+    server_env = {**os.environ, **{k: v for k, v in env.items() if k != "HOME"}}
+    log = (tmp_path / "mlflow.log").open("wb")
+    proc = subprocess.Popen(
+        [tool("mlflow"), *args, "--host=127.0.0.1", f"--port={port}", "--workers=1"],
+        stdout=log, stderr=subprocess.STDOUT, env=server_env, cwd=tmp_path,
+        start_new_session=True,
+    )  # fmt: skip
+
+    def status(host: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request(
+            "GET", "/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host}
+        )
+        return conn.getresponse().status
+
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(
+            lambda: http_status(f"{url}/health") == 200, timeout=90, what="mlflow", proc=proc
+        )
+        settings = find(docs, "ConfigMap", "visionops-settings")["data"]
+        pipeline_host = settings["VISIONOPS_MLFLOW_TRACKING_URI"].removeprefix("http://")
+        assert status(pipeline_host) == 200
+        assert status("mlflow.visionops.svc:5000") == 200
+        assert status(f"localhost:{port}") == 200
+        assert status("mlflow.evil.example:5000") == 403
+    finally:
+        stop(proc)
+        log.close()

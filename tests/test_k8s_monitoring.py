@@ -404,3 +404,12 @@ def test_prometheus_scraping_the_predictor_answers_every_dashboard_query(
     drift = _query(prometheus, "max by (model_name) (visionops_drift_detected)")["data"]["result"]
     assert drift == [{"metric": {"model_name": MODEL_NAME}, "value": drift[0]["value"]}]
     assert drift[0]["value"][1] == "1"
+
+
+def test_the_inferenceservice_probes_answer_on_the_live_predictor(
+    predictor: Predictor, docs: list[Doc]
+) -> None:
+    isvc = find(docs, "InferenceService", "visionops-predictor")
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert _status(predictor.http + container[probe]["httpGet"]["path"]) == 200, probe
