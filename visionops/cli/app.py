@@ -15,6 +15,8 @@ from typer.core import TyperGroup
 from visionops import __version__
 from visionops.bootstrap import bootstrap
 from visionops.cli._common import console, err_console
+from visionops.cli.data import data_app
+from visionops.cli.demo import demo
 from visionops.cli.drift import drift_app
 from visionops.config import get_settings
 from visionops.errors import ConfigError, VisionOpsError
@@ -80,6 +82,8 @@ def show_config() -> None:
         console.print(f"{name:<22} {value}", highlight=False)
 
 
+app.command("demo")(demo)
+app.add_typer(data_app, name="data")
 app.add_typer(drift_app, name="drift")
 
 
