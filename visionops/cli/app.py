@@ -18,6 +18,9 @@ from visionops.cli._common import console, err_console
 from visionops.cli.data import data_app
 from visionops.cli.demo import demo
 from visionops.cli.drift import drift_app
+from visionops.cli.model import model_app
+from visionops.cli.serve import serve
+from visionops.cli.train import evaluate_command, train_command
 from visionops.config import get_settings
 from visionops.errors import ConfigError, VisionOpsError
 
@@ -85,6 +88,12 @@ def show_config() -> None:
 app.command("demo")(demo)
 app.add_typer(data_app, name="data")
 app.add_typer(drift_app, name="drift")
+app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+app.add_typer(model_app, name="model")
+app.command("serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+    serve
+)
 
 
 def main() -> None:

@@ -1,0 +1,93 @@
+"""`visionops model ...`: register a run through the promotion gate, list, promote, roll back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from visionops.cli._common import console
+
+model_app = typer.Typer(
+    help="The model registry (MLflow): gated registration, aliases champion and challenger.",
+    no_args_is_help=True,
+)
+
+NameOption = Annotated[
+    str | None, typer.Option("--name", help="Registered model; default: settings.model_name.")
+]
+
+
+@model_app.command("register")
+def register_command(
+    run_id: Annotated[str, typer.Option("--run-id", help="A finished training run.")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Evaluate on this data.yaml first if the run was not."),
+    ] = None,
+    split: Annotated[str, typer.Option("--split")] = "val",
+    name: NameOption = None,
+) -> None:
+    """Create a version from the run; it becomes champion only if it beats the champion."""
+    from visionops.training.registry import register
+
+    result = register(run_id, data_yaml=data, split=split, name=name)
+    console.print(
+        f"{result.name} v{result.version} -> {result.alias}: {result.reason}", highlight=False
+    )
+
+
+@model_app.command("list")
+def list_command(name: NameOption = None) -> None:
+    """Every version, newest first, with aliases, metrics and the gate's reason."""
+    from rich.table import Table
+
+    from visionops.training.registry import list_versions
+
+    versions = list_versions(name)
+    if not versions:
+        console.print("no registered versions")
+        return
+    table = Table("version", "aliases", "mAP50", "mAP50-95", "created", "run", "gate")
+    for v in versions:
+        table.add_row(
+            v.version,
+            ",".join(v.aliases),
+            f"{v.metrics.get('map50', float('nan')):.4f}",
+            f"{v.metrics.get('map50_95', float('nan')):.4f}",
+            v.created,
+            (v.run_id or "")[:12],
+            v.gate,
+        )
+    console.print(table)
+
+
+@model_app.command("promote")
+def promote_command(
+    version: Annotated[str, typer.Argument(help="Version number to make the champion.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Skip the gate (a deliberate manual decision).")
+    ] = False,
+    name: NameOption = None,
+) -> None:
+    """Make VERSION the champion if it passes the gate against the current champion."""
+    from visionops.training.registry import promote
+
+    move = promote(version, force=force, name=name)
+    console.print(
+        f"{move.name}: champion v{move.previous or '-'} -> v{move.version} ({move.reason})",
+        highlight=False,
+    )
+
+
+@model_app.command("rollback")
+def rollback_command(name: NameOption = None) -> None:
+    """Move champion back to the previous champion."""
+    from visionops.training.registry import rollback
+
+    move = rollback(name)
+    console.print(
+        f"{move.name}: champion v{move.previous} -> v{move.version} ({move.reason})",
+        highlight=False,
+    )
