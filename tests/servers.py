@@ -200,3 +200,63 @@ def mlflow_server(workdir: Path, s3: S3Server, *, bucket: str = "mlflow") -> Ite
     finally:
         stop(proc)
         log.close()
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A running `python -m serving`: where to reach it and its log."""
+
+    http: str  # http://127.0.0.1:PORT
+    grpc: str  # 127.0.0.1:PORT
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def predictor_server(
+    workdir: Path,
+    args: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    command: list[str] | None = None,
+    wait_ready: bool = True,
+) -> Iterator[Predictor]:
+    """The KServe predictor (`command`, default `python -m serving`) on 127.0.0.1, free ports.
+
+    Waits until it is live (and ready, unless `wait_ready` is False); stops it with SIGTERM.
+    """
+    http_port, grpc_port = free_port(), free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"predictor-{http_port}.log"
+    log = log_path.open("wb")
+    argv = [
+        *(command or [sys.executable, "-m", "serving"]),
+        "--host", "127.0.0.1", f"--http_port={http_port}", f"--grpc_port={grpc_port}", *args,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        cwd=workdir,
+        start_new_session=True,
+    )
+    server = Predictor(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log_path, proc)
+    path = "/v2/health/ready" if wait_ready else "/v2/health/live"
+    try:
+        try:
+            wait_until(
+                lambda: http_status(server.http + path) == 200,
+                timeout=90,
+                what="predictor",
+                proc=proc,
+            )
+        except (RuntimeError, TimeoutError) as error:
+            raise RuntimeError(f"{error}; log:\n{server.log_text()[-4000:]}") from error
+        yield server
+    finally:
+        stop(proc)
+        log.close()
