@@ -5,7 +5,8 @@
 A synthetic VISION set (all 14 products) gives a reference (the val splits) and a pool of clean
 production images (the inference splits). Every pool image's features are computed once clean and
 once per (kind, severity), after `drift_image` and the same encode/decode round trip the simulator
-writes, and reused by every window. Windows are seeded draws of `--window-size` pool images.
+writes (JPEG at the source's own quality), and reused by every window. Windows are seeded draws
+of `--window-size` pool images.
 
 1. Grid: per-column scores (scipy's KS p-value and the reference-normed Wasserstein distance, the
    statistics Evidently's `ks` and `wasserstein` compute) decide each window under every candidate
@@ -40,7 +41,7 @@ def _drifted_features(paths: list[Path], kind: str, severity: float, seed: int) 
     import cv2
 
     from visionops.monitoring.features import image_features, read_image
-    from visionops.monitoring.simulate import drift_image, encode_image
+    from visionops.monitoring.simulate import drift_image, encode_image, jpeg_quality
 
     def one(item: tuple[int, Path]) -> dict[str, float]:
         index, path = item
@@ -50,7 +51,7 @@ def _drifted_features(paths: list[Path], kind: str, severity: float, seed: int) 
         else:
             rng = np.random.default_rng([seed, index])
             drifted = drift_image(image, kind, severity, rng).image
-        encoded = np.frombuffer(encode_image(drifted, path.suffix), np.uint8)
+        encoded = np.frombuffer(encode_image(drifted, path.suffix, jpeg_quality(path)), np.uint8)
         return image_features(cv2.imdecode(encoded, cv2.IMREAD_COLOR))
 
     with ThreadPoolExecutor(2) as pool:

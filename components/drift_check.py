@@ -2,7 +2,7 @@
 
 # No `from __future__ import annotations` here: KFP reads the real annotation objects.
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Output
 
@@ -11,16 +11,20 @@ from components import visionops_component
 
 @visionops_component
 def drift_check(
-    reference: Input[Dataset],
     current: Input[Dataset],
     report: Output[HTML],
     result: Output[Artifact],
     scores: Output[Metrics],
+    reference: Optional[Input[Dataset]] = None,  # noqa: UP045 (KFP needs Optional[...])
+    reference_uri: str = "champion",
     drift_share: float = 0.0,
     min_rows: int = 0,
     model_name: str = "",
 ) -> NamedTuple("DriftOutputs", [("decision", str), ("drift_detected", bool)]):  # type: ignore[valid-type]
     """Decide drift / no_drift / not_enough_data; use `decision` in `dsl.If`.
+
+    The reference is the `reference` table if given, else `reference_uri`: `champion` (the
+    configured model's champion), models:/NAME@ALIAS or a path/URI of a feature table.
 
     Writes the self-contained Evidently report (`report`, shown in the Kubeflow UI), the JSON
     result (`result`, also carrying the Prometheus text for the drift alert in its metadata) and
@@ -40,13 +44,19 @@ def drift_check(
         load_feature_table,
         prometheus_metrics,
     )
+    from visionops.monitoring.reference import resolve_reference
 
     def table(artifact: Dataset):  # type: ignore[no-untyped-def]
         return load_feature_table(artifact.path, artifact.metadata.get("format", "parquet"))
 
+    if reference is not None:
+        reference_table = table(reference)
+    else:
+        reference_table = load_feature_table(resolve_reference(reference_uri, settings))
+
     config = DriftConfig.from_settings(drift_share=drift_share or None, min_rows=min_rows or None)
     with tempfile.TemporaryDirectory() as tmp:
-        outcome = check_drift(table(reference), table(current), config=config, report_dir=Path(tmp))
+        outcome = check_drift(reference_table, table(current), config=config, report_dir=Path(tmp))
         shutil.copyfile(Path(tmp) / "drift_report.html", report.path)
         shutil.copyfile(Path(tmp) / "drift.json", result.path)
     for name, value in outcome.scores().items():

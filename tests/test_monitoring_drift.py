@@ -30,7 +30,7 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> DriftTables:
     return build_drift_tables(tmp_path_factory.mktemp("drift"))
 
 
-def _check(reference: Path, current: Path, *extra: str) -> tuple[int, dict, str]:
+def _check(reference: Path | str, current: Path, *extra: str) -> tuple[int, dict, str]:
     result = runner.invoke(
         app, ["drift", "check", "--reference", str(reference), "--current", str(current), *extra]
     )
@@ -228,3 +228,40 @@ def test_features_command_builds_a_table(tables: DriftTables, tmp_path: Path):
     assert len(table) == 60 and table["file_name"].str.endswith((".jpg", ".png")).all()
     bad = runner.invoke(app, ["drift", "features", "--src", str(tmp_path / "x"), "--out", str(out)])
     assert bad.exit_code == 1 and "not found" in bad.output
+
+
+def test_reference_from_the_registry_champion(
+    tables: DriftTables, settings_env: pytest.MonkeyPatch, tmp_path: Path
+):
+    """`--reference champion`: the champion run's evaluation features, from a real MLflow store."""
+    import shutil
+
+    from visionops.training.evaluate import EVALUATION_ARTIFACT_DIR, REFERENCE_FEATURES
+    from visionops.training.tracking import connect
+
+    settings_env.setenv("VISIONOPS_DATA_DIR", str(tmp_path / "data"))
+    settings_env.setenv("VISIONOPS_MODEL_NAME", "drift-test")
+    get_settings.cache_clear()
+    tracking = connect(get_settings())
+    client = tracking.client
+    evaluation = tmp_path / "evaluation"
+    evaluation.mkdir()
+    shutil.copyfile(tables.reference, evaluation / REFERENCE_FEATURES)
+    evaluated = client.create_run(tracking.experiment_id).info.run_id
+    client.log_artifacts(evaluated, str(evaluation), EVALUATION_ARTIFACT_DIR)
+    bare = client.create_run(tracking.experiment_id).info.run_id
+    client.create_registered_model("drift-test")
+    for run_id in (evaluated, bare):
+        client.create_model_version("drift-test", source=f"runs:/{run_id}/model", run_id=run_id)
+    client.set_registered_model_alias("drift-test", "champion", "1")
+
+    code, payload, output = _check("champion", tables.clean)
+    assert code == 0, output
+    assert (payload["decision"], payload["reference_rows"]) == ("no_drift", 180)
+    code, payload, output = _check("models:/drift-test@champion", tables.drifted)
+    assert (code, payload["decision"]) == (0, "drift")
+
+    code, _, output = _check("models:/drift-test/2", tables.clean)
+    assert code == 1 and "evaluate it first" in output
+    code, _, output = _check("models:/drift-test@challenger", tables.clean)
+    assert code == 1 and "no version with alias 'challenger'" in output

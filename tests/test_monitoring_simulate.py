@@ -16,6 +16,7 @@ from visionops.errors import DataError, UsageError
 from visionops.monitoring.simulate import (
     KINDS,
     Drifted,
+    jpeg_quality,
     simulate_split,
     transform_annotation,
 )
@@ -170,3 +171,18 @@ def test_drift_record_is_json_serialisable(tmp_path: Path):
     result = simulate_split(src, tmp_path / "out", kind="mixed", severity=0.75, seed=2)
     assert sum(result.kinds.values()) == 3
     json.dumps(result.to_dict())
+
+
+def test_drifted_jpegs_keep_their_source_quality(tmp_path: Path):
+    """Only the simulated drift reaches the pixels: severity 0 is (almost) a no-op."""
+    src = _split(tmp_path / "src", count=2)
+    image = cv2.imread(str(src / "img_0.jpg"))
+    cv2.imwrite(str(src / "img_0.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 70])
+    assert jpeg_quality(src / "img_0.jpg") == 70
+    assert jpeg_quality(src / "img_1.png") is None
+    simulate_split(src, tmp_path / "out", kind="brightness", severity=0.0)
+    assert jpeg_quality(tmp_path / "out" / "img_0.jpg") == 70
+    for name in ("img_0.jpg", "img_1.png"):
+        before = cv2.imread(str(src / name)).astype(np.int16)
+        after = cv2.imread(str(tmp_path / "out" / name)).astype(np.int16)
+        assert np.abs(after - before).mean() < 0.5, name

@@ -95,7 +95,6 @@ class Settings(BaseSettings):
     drift_column_methods: dict[str, str] = Field(default_factory=dict, description="JSON object")
     drift_column_thresholds: dict[str, float] = Field(default_factory=dict, description="JSON")
     # Prediction log (monitoring/prediction_log.py), written by the predictor off the request path.
-    log_enabled: bool = True
     log_prefix: str = Field("predictions", min_length=1, description="store prefix of the log")
     log_max_queue: int = Field(512, ge=1, description="records waiting; more are dropped")
     log_max_queue_mb: int = Field(256, ge=1, description="image memory waiting; more dropped")

@@ -79,7 +79,11 @@ def features(
 def check(
     reference: Annotated[
         str,
-        typer.Option("--reference", help="Reference feature table (.parquet/.csv/.jsonl)."),
+        typer.Option(
+            "--reference",
+            help="Reference feature table (.parquet/.csv/.jsonl), or `champion` / "
+            "models:/NAME@ALIAS for a registered version's evaluation features.",
+        ),
     ],
     current: Annotated[Path, typer.Option("--current", help="Current window's feature table.")],
     report_dir: Annotated[
@@ -97,9 +101,11 @@ def check(
 ) -> None:
     """Decide drift / no drift / not enough data; the result is JSON on stdout (exit 0)."""
     from visionops.monitoring.drift import DriftConfig, check_drift_files
+    from visionops.monitoring.reference import resolve_reference
 
     config = DriftConfig.from_settings(drift_share=drift_share, min_rows=min_rows)
-    result = check_drift_files(Path(reference), current, config=config, report_dir=report_dir)
+    table = resolve_reference(reference)
+    result = check_drift_files(table, current, config=config, report_dir=report_dir)
     typer.echo(json.dumps(result.to_dict(), indent=2))
     colour = {"drift": "red", "no_drift": "green"}.get(result.decision, "yellow")
     err_console.print(f"[bold {colour}]{result.decision}[/]: {result.reason}", highlight=False)

@@ -125,27 +125,6 @@ class PredictionLogWriter:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    @classmethod
-    def from_settings(
-        cls, *, names: Sequence[str] = (), model_name: str = "", model_version: str = "", **kw: Any
-    ) -> PredictionLogWriter:
-        """A writer to the configured store (`VISIONOPS_LOG_*`, S3 if configured)."""
-        from visionops.config import get_settings
-        from visionops.storage import default_store
-
-        settings = get_settings()
-        options: dict[str, Any] = {
-            "max_queue": settings.log_max_queue,
-            "max_queue_bytes": settings.log_max_queue_mb << 20,
-            "batch_size": settings.log_batch_size,
-            "flush_every_s": settings.log_flush_every_s,
-            **kw,
-        }
-        store = default_store(settings.log_prefix, settings)
-        return cls(
-            store, names=names, model_name=model_name, model_version=model_version, **options
-        )
-
     # -- request path ---------------------------------------------------------------------------
 
     def submit(

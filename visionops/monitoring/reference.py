@@ -16,6 +16,7 @@ from visionops.monitoring.features import image_feature_rows
 if TYPE_CHECKING:
     import pandas as pd
 
+    from visionops.config import Settings
     from visionops.progress import ProgressCallback
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -58,3 +59,67 @@ def folder_feature_table(
         raise DataError(f"none of the {len(paths)} images below {folder} could be read")
     table = pd.DataFrame.from_records(rows)
     return table[[FILE_COLUMN, *[c for c in table.columns if c != FILE_COLUMN]]], failures
+
+
+CHAMPION_REFERENCE = "champion"
+
+
+def is_registry_reference(value: str) -> bool:
+    """True for `champion` (the configured model's champion) and `models:/...` URIs."""
+    return value == CHAMPION_REFERENCE or value.startswith("models:/")
+
+
+def registry_reference(uri: str = CHAMPION_REFERENCE, settings: Settings | None = None) -> Path:
+    """The evaluation feature table of a registered model version, downloaded once.
+
+    `uri` is `champion` (the configured model's champion), `models:/NAME@ALIAS` or
+    `models:/NAME/VERSION`. The table is the `evaluation/reference_features.parquet` artifact that
+    `visionops evaluate` logs to the version's run. ModelNotFound when the alias, version or
+    artifact does not exist; RegistryError when MLflow cannot be reached.
+    """
+    import re
+
+    from visionops.config import get_settings
+    from visionops.errors import ModelNotFound, UsageError
+    from visionops.training.evaluate import EVALUATION_ARTIFACT_DIR, REFERENCE_FEATURES
+    from visionops.training.registry import Registry
+    from visionops.training.tracking import download, mlflow_errors
+
+    settings = settings or get_settings()
+    if uri == CHAMPION_REFERENCE:
+        uri = f"models:/{settings.model_name}@{CHAMPION_REFERENCE}"
+    match = re.fullmatch(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))", uri)
+    if match is None:
+        raise UsageError(f"not a model URI: {uri!r} (expected models:/NAME@ALIAS or /VERSION)")
+    registry = Registry(match["name"], settings)
+    if match["alias"]:
+        version = registry.alias(match["alias"])
+        if version is None:
+            raise ModelNotFound(f"model {match['name']!r} has no version with alias "
+                                f"{match['alias']!r}")  # fmt: skip
+    else:
+        version = registry.version(match["version"])
+    artifact = f"{EVALUATION_ARTIFACT_DIR}/{REFERENCE_FEATURES}"
+    with mlflow_errors(f"read the evaluation of run {version.run_id}", settings):
+        run = registry.client.get_run(version.run_id)
+        found = registry.client.list_artifacts(version.run_id, EVALUATION_ARTIFACT_DIR)
+    listed = {f.path for f in found}
+    if artifact not in listed:
+        raise ModelNotFound(
+            f"version {version.version} of {match['name']!r} has no {artifact} in run "
+            f"{version.run_id}: evaluate it first (`visionops evaluate`)"
+        )
+    target = settings.data_dir / "cache" / "reference" / version.run_id
+    path = target / REFERENCE_FEATURES
+    if not path.is_file():
+        source = f"{run.info.artifact_uri.rstrip('/')}/{artifact}"
+        downloaded = download(registry.tracking, source, target / ".download")
+        downloaded.replace(path)
+    return path
+
+
+def resolve_reference(value: str, settings: Settings | None = None) -> Path:
+    """A reference feature table: a file path, or a registry reference (`champion`, models:/)."""
+    if is_registry_reference(value):
+        return registry_reference(value, settings)
+    return Path(value).expanduser()

@@ -60,7 +60,7 @@ STRENGTHS: dict[str, str] = {
     "mixed": "one of the above per image, same s",
 }
 JPEG_WRITE_QUALITY = 95
-"""Quality of drifted images written as .jpg (their drift is already in the pixels)."""
+"""Quality of drifted .jpg images when the source's quality cannot be read from its tables."""
 OCCLUDED_DROP = 0.5
 """An annotation whose box is hidden by at least this share of the occluder is dropped."""
 
@@ -148,12 +148,47 @@ def drift_image(
     return Drifted(np.clip(out, 0, 255).astype(np.uint8), kind)
 
 
-def encode_image(image_bgr: np.ndarray, suffix: str) -> bytes:
-    """Encode like `simulate_split` writes: JPEG at `JPEG_WRITE_QUALITY`, other formats lossless."""
+_IJG_LUMINANCE = np.array(
+    [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55,
+     14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62,
+     18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99],
+    np.float64,
+)  # fmt: skip
+
+
+def jpeg_quality(path: Path) -> int | None:
+    """The IJG quality (1-100) whose luminance table is closest to the file's, None if not a JPEG.
+
+    Drifted images are re-encoded at their source's quality: re-encoding a decoded JPEG with its
+    own tables changes almost nothing, so only the simulated drift reaches the features (a fixed
+    quality 95 over quality-92 sources alone shifted the noise estimate by 0.6 standard deviations,
+    enough for the check to flag it).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            tables = getattr(image, "quantization", None) or {}
+    except (OSError, UnidentifiedImageError):
+        return None
+    if 0 not in tables or len(tables[0]) != 64:
+        return None
+    found = np.asarray(tables[0], np.float64)
+    qualities = np.arange(1, 101)
+    scales = np.where(qualities < 50, 5000.0 / qualities, 200.0 - 2.0 * qualities)
+    expected = np.clip(np.floor((_IJG_LUMINANCE[None, :] * scales[:, None] + 50) / 100), 1, 255)
+    return int(qualities[np.argmin(np.abs(expected - found).sum(axis=1))])
+
+
+def encode_image(image_bgr: np.ndarray, suffix: str, quality: int | None = None) -> bytes:
+    """Encode like `simulate_split` writes: JPEG at `quality` (default `JPEG_WRITE_QUALITY`),
+    other formats lossless."""
     import cv2
 
     ext = suffix.lower() if suffix.startswith(".") else f".{suffix.lower()}"
-    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_WRITE_QUALITY] if ext in (".jpg", ".jpeg") else []
+    jpeg = [cv2.IMWRITE_JPEG_QUALITY, quality or JPEG_WRITE_QUALITY]
+    params = jpeg if ext in (".jpg", ".jpeg") else []
     ok, encoded = cv2.imencode(ext, image_bgr, params)
     if not ok:
         raise InvalidImage(f"cannot encode an image as {ext}")
@@ -335,7 +370,8 @@ def simulate_split(
                     continue
                 height, width = image.shape[:2]
                 drifted = drift_image(image, kind, severity, np.random.default_rng([seed, index]))
-                target.write_bytes(encode_image(drifted.image, source.suffix or ".png"))
+                encoded = encode_image(drifted.image, source.suffix or ".png", jpeg_quality(source))
+                target.write_bytes(encoded)
                 kept = [transform_annotation(a, drifted, width, height) for a in annotations]
                 result.annotations_dropped += sum(a is None for a in kept)
                 annotations = [a for a in kept if a is not None]
