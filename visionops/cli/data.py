@@ -6,7 +6,6 @@ product, a bad flag).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -91,7 +90,7 @@ def validate_command(
 
     with progress("reading images") as callback:
         result = validate(dataset, products=split_products(products), progress=callback)
-    write_reports(result, report, markdown)
+    result.write(json_path=report, markdown_path=markdown)
     print_validation(result)
     if not result.ok:
         raise typer.Exit(1)
@@ -126,16 +125,6 @@ def convert_command(
             progress=callback,
         )
     print_conversion(result)
-
-
-def write_reports(report: ValidationReport, json_path: Path | None, md_path: Path | None) -> None:
-    """Write the JSON report and the Markdown summary where asked (atomically)."""
-    from visionops.data.files import atomic_write_text
-
-    if json_path is not None:
-        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
-    if md_path is not None:
-        atomic_write_text(md_path, report.to_markdown())
 
 
 def print_synth(result: SynthResult) -> None:

@@ -28,7 +28,7 @@ def demo(
     seed: SeedOption = 0,
 ) -> None:
     """Run the platform end to end on generated data: synth -> validate -> convert."""
-    from visionops.cli.data import print_conversion, print_synth, print_validation, write_reports
+    from visionops.cli.data import print_conversion, print_synth, print_validation
     from visionops.config import get_settings
     from visionops.data.convert import convert
     from visionops.data.synth import synthesize
@@ -55,7 +55,7 @@ def demo(
     console.rule("2/3 validation")
     with progress("reading images") as callback:
         report = validate(vision_dir, progress=callback)
-    write_reports(report, reports / "validation.json", reports / "validation.md")
+    report.write(json_path=reports / "validation.json", markdown_path=reports / "validation.md")
     print_validation(report)
     if not report.ok:
         raise ValidationFailed(f"generated data failed validation: {report.summary()}", report)

@@ -442,9 +442,8 @@ def _blotch(rng: np.random.Generator, mask: np.ndarray, center: np.ndarray, size
     radii = radius * rng.uniform(0.55, 1.0, 11)
     points = center + np.stack([np.cos(angles), np.sin(angles)], 1) * radii[:, None]
     cv2.fillPoly(mask, [np.round(points).astype(np.int32)], 255)
-    tint = rng.choice(
-        [(30, 110, 190), (40, 160, 200), (60, 60, 150)]
-    )  # BGR: rust, ochre, red-brown
+    # BGR: rust, ochre, maroon; darker than every surface's mid-tone
+    tint = rng.choice([(20, 70, 140), (30, 110, 150), (40, 40, 110)])
 
     def paint(rng: np.random.Generator, roi: np.ndarray, where: np.ndarray) -> None:
         speckle = rng.normal(0, 12, (int(where.sum()), 1)).astype(np.float32)

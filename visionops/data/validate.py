@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import math
 from collections import defaultdict
@@ -19,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from visionops.data.classmap import product_categories
+from visionops.data.files import atomic_write_text
 from visionops.data.vision import Split, VisionDataset, open_vision
 from visionops.errors import DataError
 from visionops.progress import ProgressCallback, no_progress
@@ -113,6 +115,14 @@ class ValidationReport:
             "findings": [f.to_dict() for f in self.findings],
             "checks": {name: {"severity": s, "description": d} for name, (s, d) in CHECKS.items()},
         }
+
+    def write(self, json_path: Path | None = None, markdown_path: Path | None = None) -> None:
+        """Write the JSON report and/or the Markdown summary, atomically."""
+        if json_path is not None:
+            text = json.dumps(self.to_dict(), indent=2, default=str) + "\n"
+            atomic_write_text(Path(json_path), text)
+        if markdown_path is not None:
+            atomic_write_text(Path(markdown_path), self.to_markdown())
 
     def to_markdown(self) -> str:
         """A summary for people (and the Kubeflow UI's Markdown viewer)."""
