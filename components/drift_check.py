@@ -20,6 +20,7 @@ def drift_check(
     drift_share: float = 0.0,
     min_rows: int = 0,
     model_name: str = "",
+    log_to_mlflow: bool = True,
 ) -> NamedTuple("DriftOutputs", [("decision", str), ("drift_detected", bool)]):  # type: ignore[valid-type]
     """Decide drift / no_drift / not_enough_data; use `decision` in `dsl.If`.
 
@@ -28,7 +29,8 @@ def drift_check(
 
     Writes the self-contained Evidently report (`report`, shown in the Kubeflow UI), the JSON
     result (`result`, also carrying the Prometheus text for the drift alert in its metadata) and
-    per-column scores as Metrics. `drift_share`/`min_rows` of 0 mean the settings' values.
+    per-column scores as Metrics; with `log_to_mlflow` the report and scores also go to an MLflow
+    run. `drift_share`/`min_rows` of 0 mean the settings' values.
     """
     import shutil
     import tempfile
@@ -42,6 +44,7 @@ def drift_check(
         DriftConfig,
         check_drift,
         load_feature_table,
+        log_drift_to_mlflow,
         prometheus_metrics,
     )
     from visionops.monitoring.reference import resolve_reference
@@ -57,6 +60,9 @@ def drift_check(
     config = DriftConfig.from_settings(drift_share=drift_share or None, min_rows=min_rows or None)
     with tempfile.TemporaryDirectory() as tmp:
         outcome = check_drift(reference_table, table(current), config=config, report_dir=Path(tmp))
+        if log_to_mlflow:
+            run_id = log_drift_to_mlflow(outcome, model_name=model_name, settings=settings)
+            result.metadata["mlflow_run_id"] = run_id
         shutil.copyfile(Path(tmp) / "drift_report.html", report.path)
         shutil.copyfile(Path(tmp) / "drift.json", result.path)
     for name, value in outcome.scores().items():

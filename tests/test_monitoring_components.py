@@ -19,6 +19,7 @@ from tests.drift_data import PRODUCTS, DriftTables, build_drift_tables
 from visionops.monitoring.features import read_image
 from visionops.monitoring.prediction_log import PredictionLogWriter
 from visionops.storage import LocalStore
+from visionops.training.tracking import connect
 
 T0 = datetime(2026, 2, 1, 8, 30, tzinfo=UTC)
 # Locally the steps run in this venv, not in the pipeline image KFP warns about.
@@ -103,8 +104,16 @@ def test_pipeline_branches_on_the_drift_decision(
     assert scores["brightness_mean"] == pytest.approx(
         next(c["score"] for c in result["columns"] if c["column"] == "brightness_mean")
     )
-    alert = executor["artifacts"]["result"]["artifacts"][0]["metadata"]["prometheus"]
-    assert f'visionops_drift_detected{{model_name="m"}} {int(which == "dark")}' in alert
+    metadata = executor["artifacts"]["result"]["artifacts"][0]["metadata"]
+    assert (
+        f'visionops_drift_detected{{model_name="m"}} {int(which == "dark")}'
+        in (metadata["prometheus"])
+    )
+    tracking = connect()  # the step recorded the check in MLflow
+    run = tracking.client.get_run(metadata["mlflow_run_id"])
+    assert run.data.tags["visionops.drift.decision"] == result["decision"]
+    logged = {f.path for f in tracking.client.list_artifacts(run.info.run_id, "drift")}
+    assert logged == {"drift/drift_report.html", "drift/drift.json"}
 
 
 def test_collect_alone_reads_a_window_and_an_empty_one(

@@ -98,15 +98,21 @@ def check(
         int | None,
         typer.Option("--min-rows", min=2, help="Override VISIONOPS_DRIFT_MIN_ROWS."),
     ] = None,
+    mlflow: Annotated[
+        bool, typer.Option("--mlflow", help="Also record the check (report, scores) in MLflow.")
+    ] = False,
 ) -> None:
     """Decide drift / no drift / not enough data; the result is JSON on stdout (exit 0)."""
-    from visionops.monitoring.drift import DriftConfig, check_drift_files
+    from visionops.monitoring.drift import DriftConfig, check_drift_files, log_drift_to_mlflow
     from visionops.monitoring.reference import resolve_reference
 
     config = DriftConfig.from_settings(drift_share=drift_share, min_rows=min_rows)
     table = resolve_reference(reference)
     result = check_drift_files(table, current, config=config, report_dir=report_dir)
-    typer.echo(json.dumps(result.to_dict(), indent=2))
+    payload = result.to_dict()
+    if mlflow:
+        payload["mlflow_run_id"] = log_drift_to_mlflow(result)
+    typer.echo(json.dumps(payload, indent=2))
     colour = {"drift": "red", "no_drift": "green"}.get(result.decision, "yellow")
     err_console.print(f"[bold {colour}]{result.decision}[/]: {result.reason}", highlight=False)
     if result.report_html:

@@ -471,3 +471,43 @@ def prometheus_metrics(result: DriftResult, model_name: str) -> str:
             f'visionops_drift_share{{model_name="{label}"}} {result.drifted_share:g}',
         ]
     return "\n".join(lines) + "\n"
+
+
+def log_drift_to_mlflow(
+    result: DriftResult, *, model_name: str = "", settings: Settings | None = None
+) -> str:
+    """Record one check as an MLflow run: decision tags, per-column scores, the HTML and JSON.
+
+    The run lands in VisionOps' experiment, named `drift-<model>`, so the MLflow UI lists checks
+    beside the training runs. Returns the run id; RegistryError when MLflow is unreachable.
+    """
+    from visionops.config import get_settings
+    from visionops.training.tracking import TAG_PREFIX, connect, log_metrics, mlflow_errors
+
+    settings = settings or get_settings()
+    model_name = model_name or settings.model_name
+    tracking = connect(settings)
+    tags = {
+        "mlflow.runName": f"drift-{model_name}",
+        f"{TAG_PREFIX}kind": "drift-check",
+        f"{TAG_PREFIX}drift.decision": result.decision,
+        f"{TAG_PREFIX}drift.model_name": model_name,
+        f"{TAG_PREFIX}drift.drifted_columns": ",".join(result.drifted_columns),
+    }
+    with mlflow_errors("start a drift-check run", settings):
+        run_id = tracking.client.create_run(tracking.experiment_id, tags=tags).info.run_id
+    values: dict[str, float] = {
+        "drift.detected": float(result.drift_detected),
+        "drift.current_rows": float(result.current_rows),
+        "drift.reference_rows": float(result.reference_rows),
+        **{f"drift.score.{c.column}": c.score for c in result.columns},
+    }
+    if result.drifted_share is not None:
+        values["drift.share"] = result.drifted_share
+    log_metrics(tracking, run_id, values)
+    with mlflow_errors(f"log the drift report to run {run_id}", settings):
+        for path in (result.report_html, result.report_json):
+            if path is not None and Path(path).is_file():
+                tracking.client.log_artifact(run_id, str(path), "drift")
+        tracking.client.set_terminated(run_id, "FINISHED")
+    return run_id
