@@ -15,13 +15,12 @@ import math
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ import pytest
 import yaml
 
 from tests.k8s import ROOT, Doc, example_tree, find, render, run, tool
-from tests.servers import free_port, stop, wait_until
+from tests.servers import Predictor, free_port, http_status, predictor_server, stop, wait_until
 
 MONITORING = ROOT / "manifests" / "monitoring"
 DASHBOARD = MONITORING / "dashboards" / "visionops.json"
@@ -158,47 +157,14 @@ def test_dashboard_is_a_sidecar_configmap_covering_the_required_views(docs: list
 # ----------------------------------------------------------------- live predictor and Prometheus
 
 
-@dataclass
-class Predictor:
-    http: str
-    proc: subprocess.Popen[bytes]
-
-
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Predictor]:
+def predictor(
+    untrained_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Predictor]:
     """`python -m serving` on 127.0.0.1 with an untrained YOLOv8n, as the cluster runs it."""
-    from tests.models import untrained_model_dir
-
-    work = tmp_path_factory.mktemp("predictor")
-    model_dir = untrained_model_dir(work / "model", imgsz=64)
-    http_port, grpc_port = free_port(), free_port()
-    log = (work / "predictor.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "serving", f"--model_name={MODEL_NAME}",
-            f"--model-dir={model_dir}", f"--http_port={http_port}", f"--grpc_port={grpc_port}",
-            "--host=127.0.0.1", "--prediction-log=off",
-        ],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=work,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        wait_until(
-            lambda: _status(f"{url}/v2/models/{MODEL_NAME}/ready") == 200,
-            timeout=90, what="predictor", proc=proc,
-        )  # fmt: skip
-        yield Predictor(url, proc)
-    finally:
-        stop(proc)
-        log.close()
-
-
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
+    args = [f"--model_name={MODEL_NAME}", f"--model-dir={untrained_model}", "--prediction-log=off"]
+    with predictor_server(tmp_path_factory.mktemp("predictor"), args) as server:
+        yield server
 
 
 def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -347,7 +313,7 @@ def prometheus(
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(
-            lambda: _status(f"{url}/-/ready") == 200, timeout=30, what="prometheus", proc=proc
+            lambda: http_status(f"{url}/-/ready") == 200, timeout=30, what="prometheus", proc=proc
         )
         yield url
     finally:
@@ -412,4 +378,4 @@ def test_the_inferenceservice_probes_answer_on_the_live_predictor(
     isvc = find(docs, "InferenceService", "visionops-predictor")
     (container,) = isvc["spec"]["predictor"]["containers"]
     for probe in ("readinessProbe", "livenessProbe"):
-        assert _status(predictor.http + container[probe]["httpGet"]["path"]) == 200, probe
+        assert http_status(predictor.http + container[probe]["httpGet"]["path"]) == 200, probe
