@@ -43,17 +43,11 @@ def _fraction(value: str) -> float:
     return number
 
 
-def default_log_location(settings: Settings) -> str:
-    """The default prediction log: `s3://<bucket>/<log_prefix>` with S3, else in the data dir."""
-    if settings.s3_endpoint:
-        return f"s3://{settings.s3_bucket}/{settings.log_prefix}"
-    return str(settings.data_dir / settings.log_prefix)
-
-
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
     from kserve import model_server
 
     from visionops.inference.backends import ENGINES
+    from visionops.storage import default_store
 
     parser = argparse.ArgumentParser(
         prog="python -m serving",
@@ -94,7 +88,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--max-det", type=_positive, default=settings.serve_max_det)
     parser.add_argument(
         "--prediction-log",
-        default=default_log_location(settings) if settings.log_enabled else OFF,
+        default=default_store(settings.log_prefix, settings).uri(),
         help=f"directory or s3://bucket/prefix for the prediction log; '{OFF}' to disable",
     )
     # A gRPC message may be as large as an HTTP body unless set explicitly.

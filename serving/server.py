@@ -33,7 +33,7 @@ from kserve.constants.constants import (
     PredictorProtocol,
 )
 from kserve.errors import InferenceError as KServeInferenceError
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotReady
 from kserve.errors import ModelNotFound as KServeModelNotFound
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
@@ -263,6 +263,39 @@ class BoundGRPCServer(GRPCServer):
         await self._server.wait_for_termination()
 
 
+class GuardedRESTServer(RESTServer):
+    """KServe's REST server plus the body limit, our metadata route and our error handlers."""
+
+    def __init__(self, max_body_bytes: int, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_body_bytes = max_body_bytes
+
+    def create_application(self) -> None:
+        from kserve.model_server import app
+
+        dataplane = self.dataplane
+
+        async def model_metadata(model_name: str) -> dict[str, Any]:
+            model = dataplane.get_model_from_registry(model_name)
+            return model.metadata() if isinstance(model, YoloModel) else {}
+
+        async def not_ready(_: Request, error: Exception) -> JSONResponse:
+            assert isinstance(error, ModelNotReady)
+            model = dataplane.model_registry.get_model(error.model_name)
+            reason = getattr(model, "load_error", None)
+            message = f"{error} Last load failed: {reason}" if reason else str(error)
+            return JSONResponse(status_code=503, content={"error": message})
+
+        # Before KServe's routes, so this one answers GET /v2/models/{name}.
+        app.add_api_route("/v2/models/{model_name}", model_metadata, methods=["GET"])
+        app.add_middleware(RequestGuard, max_body_bytes=self.max_body_bytes)
+        super().create_application()
+        # After KServe's handlers, which would replace these.
+        app.add_exception_handler(RequestRejected, _rejected)
+        app.add_exception_handler(RequestValidationError, _invalid_body)
+        app.add_exception_handler(ModelNotReady, not_ready)
+
+
 async def _rejected(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestRejected)
     log.warning("rejected request (%d): %s", error.status, error.reason)
@@ -295,27 +328,12 @@ class PredictorServer(ModelServer):
                 "process and split /metrics; scale with replicas instead"
             )
 
-    def _install_routes(self) -> None:
-        from kserve.model_server import app
-
-        dataplane = self.dataplane
-
-        async def model_metadata(model_name: str) -> dict[str, Any]:
-            model = dataplane.get_model_from_registry(model_name)
-            return model.metadata() if isinstance(model, YoloModel) else {}
-
-        # Registered before KServe's own routes, so this one answers GET /v2/models/{name}.
-        app.add_api_route("/v2/models/{model_name}", model_metadata, methods=["GET"])
-        app.add_middleware(RequestGuard, max_body_bytes=self.max_body_bytes)
-        app.add_exception_handler(RequestRejected, _rejected)
-        app.add_exception_handler(RequestValidationError, _invalid_body)
-
     def start(self, models: list[Any]) -> None:  # type: ignore[override]
         for model in models:
             self.register_model(model)  # also when not ready: readiness says so, loads can retry
             model.enable_latency_logging = self.enable_latency_logging
-        self._install_routes()
-        self._rest_server = RESTServer(
+        self._rest_server = GuardedRESTServer(
+            self.max_body_bytes,
             FASTAPI_APP_IMPORT_STRING,
             self.dataplane,
             self.model_repository_extension,

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visionops.config import Settings, get_settings
-from visionops.errors import ModelNotFound, UsageError
+from visionops.errors import UsageError
 from visionops.model_artifact import MODEL_ONNX, check_model_dir
 from visionops.storage import is_s3_uri, open_store
 
 log = logging.getLogger(__name__)
 
 REGISTRY_SCHEME = "models:/"
+RUNS_SCHEME = "runs:/"
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,15 @@ def cache_dir_for(source: str, settings: Settings) -> Path:
 
 
 def resolve_model_source(source: str, settings: Settings | None = None) -> ResolvedModel:
-    """A local model directory for `source`: a path, `s3://bucket/prefix` or `models:/name@alias`.
+    """A local model directory for `source`: a path, `s3://bucket/prefix`, `models:/name@alias`
+    (or `models:/name/N`, `runs:/ID/path`).
 
     Raises `ModelNotFound` (nothing there), `StorageError`/`RegistryError` (unreachable) or
     `DataError` (corrupt metadata).
     """
     settings = settings or get_settings()
-    if source.startswith(REGISTRY_SCHEME):
-        return _from_registry(source)
+    if source.startswith((REGISTRY_SCHEME, RUNS_SCHEME)):
+        return _from_registry(source, settings)
     if is_s3_uri(source):
         store = open_store(source, settings)
         target = cache_dir_for(source, settings)
@@ -72,11 +74,12 @@ def resolve_model_source(source: str, settings: Settings | None = None) -> Resol
     return ResolvedModel(path, content_version(path), str(path))
 
 
-def _from_registry(uri: str) -> ResolvedModel:
-    try:
-        from visionops.training.registry import resolve_model_uri
-    except ImportError as error:  # the registry ships with the training code
-        raise ModelNotFound(f"cannot resolve {uri}: the model registry is not available") from error
-    path = Path(resolve_model_uri(uri))
+def _from_registry(uri: str, settings: Settings) -> ResolvedModel:
+    from visionops.training.registry import resolve_model_uri
+
+    path = Path(resolve_model_uri(uri, settings))
     check_model_dir(path)
-    return ResolvedModel(path, content_version(path), uri)
+    # resolve_model_uri caches `models:/NAME@ALIAS` and `models:/NAME/N` by version, in a folder
+    # named after the MLflow version number; a run's directory has no version, only its content.
+    is_version = uri.startswith(REGISTRY_SCHEME) and path.name.isdigit()
+    return ResolvedModel(path, path.name if is_version else content_version(path), uri)
