@@ -139,7 +139,9 @@ def print_synth(result: SynthResult) -> None:
 
 def print_validation(report: ValidationReport) -> None:
     if report.findings:
-        table = Table("severity", "check", "file", "count", "ids", "problem", box=None)
+        table = Table(box=None)
+        for column in ("severity", "check", "file", "count", "ids", "problem"):
+            table.add_column(column, overflow="fold")
         for f in report.findings:
             ids = ", ".join(str(i) for i in f.ids) + (", ..." if f.count > len(f.ids) else "")
             color = "red" if f.severity == "error" else "yellow"

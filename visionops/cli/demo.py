@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from visionops.cli._common import SeedOption, console, progress
 
@@ -65,11 +64,14 @@ def demo(
         conversion = convert(vision_dir, yolo_dir, progress=callback)
     print_conversion(conversion)
 
-    table = Table("what", "where", box=None, title="Demo outputs")
-    table.add_row("VISION-layout dataset", str(vision_dir))
-    table.add_row("validation report", f"{reports / 'validation.json'} (+ validation.md)")
-    table.add_row("YOLO dataset", str(yolo_dir))
-    table.add_row("Ultralytics data.yaml", str(conversion.data_yaml))
-    table.add_row("class map", str(yolo_dir / "class_map.json"))
-    table.add_row("dataset hash", conversion.dataset_hash)
-    console.print(table)
+    console.rule("where everything went")
+    outputs = {
+        "VISION-layout dataset": vision_dir,
+        "validation report": f"{reports / 'validation.json'} (and validation.md)",
+        "YOLO dataset": yolo_dir,
+        "Ultralytics data.yaml": conversion.data_yaml,
+        "class map": yolo_dir / "class_map.json",
+        "dataset hash": conversion.dataset_hash,
+    }
+    for what, where in outputs.items():
+        console.print(f"{what:<23} {where}", highlight=False, soft_wrap=True)

@@ -265,17 +265,20 @@ def _check_split(
 
     image_by_id = {image["id"]: image for image in images}
     category_ids = {category["id"] for category in categories}
+    # ids of records the schema rejected: already reported, not "missing" on top of that
+    rejected_images = _ids(lists["images"]) - set(image_by_id)
+    known_categories = category_ids | _ids(lists["categories"])
     annotated: set[Any] = set()
     for ann in annotations:
         image = image_by_id.get(ann["image_id"])
-        if image is None:
+        if image is None and ann["image_id"] not in rejected_images:
             findings.add(
                 "annotation_missing_image",
                 ann_file,
                 "annotation image_id not among the images",
                 [ann["id"]],
             )
-        if ann["category_id"] not in category_ids:
+        if ann["category_id"] not in known_categories:
             findings.add(
                 "annotation_missing_category",
                 ann_file,
@@ -301,6 +304,10 @@ def _check_split(
                 "image_without_annotations", ann_file, "image has no annotation", [image["id"]]
             )
     return {"images": len(images), "annotations": len(annotations), "categories": len(categories)}
+
+
+def _ids(records: list[Any]) -> set[Any]:
+    return {r["id"] for r in records if isinstance(r, dict) and _is_int(r.get("id"))}
 
 
 def _is_int(value: Any) -> bool:
