@@ -5,6 +5,10 @@ Generates a dataset with `visionops.data.synth`, converts it with `visionops.dat
 mAP50 and the wall-clock minutes since training started; it stops at the first epoch that reaches
 `--target` (default 0.5) or after `--epochs`. The learning-rate schedule is the one for `--epochs`.
 
+With ~100 training images an epoch is a dozen batches, so the nominal batch size is set to the
+batch size (an optimizer step per batch, not one per 64 images) and warmup is off (Ultralytics
+warms up for at least 100 iterations, which would be most of the run).
+
     .venv/bin/python benchmarks/synth_learnability.py [--products 2] [--train 50] [--imgsz 320]
 """
 
@@ -39,7 +43,14 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=16, help="val images per product")
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--nbs",
+        type=int,
+        default=8,
+        help="nominal batch: Ultralytics' 64 would step once per 8 batches",
+    )
+    parser.add_argument("--warmup-epochs", type=float, default=0.0)
     parser.add_argument("--target", type=float, default=0.5, help="val mAP50 to reach")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
@@ -98,6 +109,8 @@ def main() -> None:
             epochs=args.epochs,
             imgsz=args.imgsz,
             batch=args.batch,
+            nbs=args.nbs,
+            warmup_epochs=args.warmup_epochs,
             device="cpu",
             workers=0,
             plots=False,

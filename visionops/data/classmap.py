@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from visionops.data.vision import SPLITS, VisionDataset
+from visionops.data.vision import LABELED_SPLITS, VisionDataset
 from visionops.errors import DataError
 
 CLASS_MAP_FILE = "class_map.json"
@@ -95,14 +95,15 @@ class ClassMap:
 
 
 def product_categories(dataset: VisionDataset, product: str) -> dict[str, int]:
-    """Category name -> COCO id for one product, over its splits, parent categories left out.
+    """Category name -> COCO id for one product, over train and val, parent categories left out.
 
-    The first split that names a category (train, then val, then inference) gives its id.
+    The first split that names a category (train, then val) gives its id. The unlabeled inference
+    split does not define classes.
     """
     seen: dict[str, int] = {}
     parents: set[str] = set()
     used: set[str] = set()
-    for split_name in SPLITS:
+    for split_name in LABELED_SPLITS:
         split = dataset[product].split(split_name)
         if not split.exists:
             continue

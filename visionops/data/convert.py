@@ -37,6 +37,7 @@ from visionops.data.files import (
     atomic_write_text,
     dir_is_empty,
     link_file,
+    read_json_object,
     staging_dir,
 )
 from visionops.data.hashing import default_digest_cache, file_digests
@@ -124,7 +125,7 @@ def convert(
     for r in roots:
         if out_dir == r.expanduser().resolve():
             raise UsageError(f"--out must differ from the dataset folder {r}")
-    manifest = _read_manifest(out_dir)
+    manifest = read_json_object(out_dir / MANIFEST_FILE)
     if manifest is None and out_dir.exists() and not dir_is_empty(out_dir):
         raise UsageError(
             f"{out_dir} exists and is not a VisionOps YOLO dataset; choose another --out"
@@ -191,18 +192,10 @@ def data_yaml_text(root: Path, names: Sequence[str]) -> str:
 
 def read_manifest(out_dir: Path) -> dict[str, Any]:
     """The manifest of a converted dataset (DataError if absent or unreadable)."""
-    manifest = _read_manifest(Path(out_dir))
+    manifest = read_json_object(Path(out_dir) / MANIFEST_FILE)
     if manifest is None:
         raise DataError(f"no VisionOps YOLO dataset at {out_dir} ({MANIFEST_FILE} missing)")
     return manifest
-
-
-def _read_manifest(out_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((out_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _open_all(roots: list[Path], products: Sequence[str] | None) -> list[VisionDataset]:

@@ -7,6 +7,7 @@ and renamed into place, directories are built in a hidden sibling and renamed wh
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -14,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +111,12 @@ def dir_is_empty(path: Path) -> bool:
             return next(entries, None) is None
     except FileNotFoundError:
         return True
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object stored at `path`, or None if it is absent, unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None

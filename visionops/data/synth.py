@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionops.data.coco import ANNOTATIONS_FILE, empty_coco, write_coco
-from visionops.data.files import atomic_write_text, dir_is_empty, staging_dir
+from visionops.data.files import atomic_write_text, dir_is_empty, read_json_object, staging_dir
 from visionops.data.vision import PRODUCTS, SPLITS, normalize_products
 from visionops.errors import UsageError
 from visionops.progress import ProgressCallback, no_progress
@@ -151,7 +151,7 @@ def synthesize(
         "imgsz": imgsz,
         "seed": seed,
     }
-    previous = _read_marker(out_dir)
+    previous = read_json_object(out_dir / MARKER_FILE)
     if out_dir.exists() and previous is None and not dir_is_empty(out_dir):
         raise UsageError(
             f"{out_dir} exists and was not written by `visionops data synth`; choose another --out"
@@ -184,14 +184,6 @@ def synthesize(
         marker = {"params": params, "images": result.images, "annotations": result.annotations}
         atomic_write_text(staging / MARKER_FILE, json.dumps(marker, indent=2) + "\n")
     return result
-
-
-def _read_marker(out_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((out_dir / MARKER_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _result_from_marker(out_dir: Path, marker: dict[str, Any]) -> SynthResult:

@@ -447,7 +447,9 @@ def _inspect(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None
             elif image.format == "PNG" and not data.endswith(b"IEND\xaeB`\x82"):
                 return "image_truncated", size, digest
             image.load()
-    except UnidentifiedImageError:
+    except (UnidentifiedImageError, ImportError):
+        # ImportError: once Ultralytics is imported it patches Image.open to try the pi-heif
+        # plugin on unidentified files, which is not installed (nor installable offline).
         return "image_unreadable", None, digest
     except (OSError, SyntaxError, ValueError) as error:
         check = "image_truncated" if "truncated" in str(error) else "image_unreadable"
