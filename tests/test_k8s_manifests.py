@@ -263,7 +263,7 @@ def test_network_policies_deny_by_default_and_allow_what_each_service_needs(
                 if isinstance(target_port, int)
                 else _named_port(docs, targets[0], target_port)
             )
-            assert _ingress_open(policies, targets[0], number), (
+            assert _allowed(policies, "ingress", targets[0], None, number), (
                 service["metadata"]["name"],
                 number,
             )
@@ -271,8 +271,8 @@ def test_network_policies_deny_by_default_and_allow_what_each_service_needs(
     for source, src_labels in workloads.items():
         for dest, dest_labels in workloads.items():
             for port in (9000, 5000, 5432, 8080, 8081):
-                out = _egress_open(policies, src_labels, dest_labels, port)
-                inn = _ingress_from(policies, src_labels, dest_labels, port)
+                out = _allowed(policies, "egress", src_labels, dest_labels, port)
+                inn = _allowed(policies, "ingress", dest_labels, src_labels, port)
                 assert out == inn, f"{source} -> {dest}:{port}: egress {out}, ingress {inn}"
 
 
@@ -291,34 +291,19 @@ def _applies(policy: Doc, labels: dict[str, str], kind: str) -> bool:
     return kind in policy["spec"]["policyTypes"] and selects(policy["spec"]["podSelector"], labels)
 
 
-def _ingress_open(policies: list[Doc], labels: dict[str, str], port: int) -> bool:
-    return any(
-        _rule_ports(rule) is None or port in _rule_ports(rule)  # type: ignore[operator]
-        for p in policies
-        if _applies(p, labels, "Ingress")
-        for rule in p["spec"].get("ingress", [])
-    )
-
-
-def _ingress_from(
-    policies: list[Doc], src: dict[str, str], dest: dict[str, str], port: int
-) -> bool:
+def _allowed(
+    policies: list[Doc], direction: str, subject: dict[str, str], peer: dict[str, str] | None,
+    port: int,
+) -> bool:  # fmt: skip
+    """Whether a policy lets `subject` pods take (ingress) or make (egress) connections on `port`
+    with `peer` pods of the namespace (`None`: with anyone)."""
+    kind, key = ("Ingress", "from") if direction == "ingress" else ("Egress", "to")
     return any(
         (_rule_ports(rule) is None or port in _rule_ports(rule))  # type: ignore[operator]
-        and _peers_select(rule.get("from", []), src)
+        and (peer is None or _peers_select(rule.get(key, []), peer))
         for p in policies
-        if _applies(p, dest, "Ingress")
-        for rule in p["spec"].get("ingress", [])
-    )
-
-
-def _egress_open(policies: list[Doc], src: dict[str, str], dest: dict[str, str], port: int) -> bool:
-    return any(
-        (_rule_ports(rule) is None or port in _rule_ports(rule))  # type: ignore[operator]
-        and _peers_select(rule.get("to", []), dest)
-        for p in policies
-        if _applies(p, src, "Egress")
-        for rule in p["spec"].get("egress", [])
+        if _applies(p, subject, kind)
+        for rule in p["spec"].get(direction, [])
     )
 
 
