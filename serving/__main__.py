@@ -83,7 +83,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=_positive, default=settings.serve_max_body_bytes)
     parser.add_argument("--max-images", type=_positive, default=settings.serve_max_images)
     parser.add_argument("--max-pixels", type=_positive, default=settings.serve_max_pixels)
-    parser.add_argument("--conf", type=_fraction, default=settings.serve_conf)
+    # Not --conf: KServe parses sys.argv at import with abbreviations on, where --conf would
+    # stand for its --configure_logging.
+    parser.add_argument("--confidence", type=_fraction, default=settings.serve_conf)
     parser.add_argument("--iou", type=_fraction, default=settings.serve_iou)
     parser.add_argument("--max-det", type=_positive, default=settings.serve_max_det)
     parser.add_argument(
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         inference_threads=args.inference_threads,
         solo_threads=solo,
         max_pixels=args.max_pixels,
-        defaults=Defaults(args.max_images, args.conf, args.iou, args.max_det),
+        defaults=Defaults(args.max_images, args.confidence, args.iou, args.max_det),
         prediction_log=None if args.prediction_log == OFF else args.prediction_log,
     )
     model = YoloModel(args.model_name, options, settings)

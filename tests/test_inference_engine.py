@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 from pathlib import Path
@@ -220,6 +221,12 @@ def test_model_directory_errors(untrained_model: Path, tmp_path: Path) -> None:
     (corrupt / "model.onnx").write_bytes(b"not a protobuf")
     with pytest.raises(ModelLoadError, match="cannot load ONNX model"):
         Detector.from_model_dir(corrupt)
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(untrained_model, mismatched)
+    metadata = json.loads((mismatched / "metadata.json").read_text())
+    (mismatched / "metadata.json").write_text(json.dumps({**metadata, "names": ["a", "b"]}))
+    with pytest.raises(ModelLoadError, match=r"predicts 3 classes but metadata\.json names 2"):
+        Detector.from_model_dir(mismatched).warmup()
     with pytest.raises(UsageError, match="unknown engine 'tensorrt'"):
         Detector.from_model_dir(untrained_model, engine="tensorrt")
     with pytest.raises(ModelNotFound, match=r"no model\.int8\.onnx"):

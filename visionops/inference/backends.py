@@ -66,6 +66,11 @@ class OnnxRuntimeBackend(InferenceBackend):
         meta = self._shared.get_inputs()[0]
         self._input_name = meta.name
         self._output_name = self._shared.get_outputs()[0].name
+        if len(meta.shape) != 4:
+            raise ModelLoadError(
+                f"{self.model_path} is not a detection model: input {meta.name} has shape "
+                f"{meta.shape}, expected [batch, 3, height, width]"
+            )
         batch, _, height, width = meta.shape
         self._max_batch = batch if isinstance(batch, int) else None
         fixed = isinstance(height, int) and isinstance(width, int)
@@ -96,9 +101,12 @@ class OnnxRuntimeBackend(InferenceBackend):
         return self._max_batch
 
     def warmup(self, batch: np.ndarray) -> np.ndarray:
-        if self._solo is not None:
-            self._solo.run([self._output_name], {self._input_name: batch})
-        return self._shared.run([self._output_name], {self._input_name: batch})[0]
+        try:
+            if self._solo is not None:
+                self._solo.run([self._output_name], {self._input_name: batch})
+            return self._shared.run([self._output_name], {self._input_name: batch})[0]
+        except Exception as error:
+            raise ModelLoadError(f"{self.model_path} does not run: {error}") from error
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:

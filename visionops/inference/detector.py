@@ -103,6 +103,11 @@ class Detector:
         """Run one grey input through the backend; check the head matches the class names."""
         size = self.backend.input_size or (self.metadata.imgsz, self.metadata.imgsz)
         output = self.backend.warmup(np.full((1, 3, *size), PAD_VALUE / 255, np.float32))
+        if output.ndim != 3:
+            raise ModelLoadError(
+                f"the model's output has shape {list(output.shape)}, expected "
+                "[batch, 4 + classes, anchors] (a YOLOv8 detection head exported without NMS)"
+            )
         classes = output.shape[1] - 4
         if classes != len(self.names):
             raise ModelLoadError(
