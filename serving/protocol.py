@@ -18,8 +18,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import (
+    InferInput,
+    InferOutput,
+    InferRequest,
+    InferResponse,
+    RequestedOutput,
+)
 
 from visionops.detections import Detections
 from visionops.errors import PayloadTooLarge, VisionOpsError
@@ -219,6 +226,45 @@ def parse_v2(request: InferRequest, defaults: Defaults, protocol: str) -> Parsed
         request_id=request.id or uuid.uuid4().hex,
         request=request,
         **_detection_parameters(request.parameters, defaults),
+    )
+
+
+def binary_request(body: bytes, json_length: int, model_name: str) -> InferRequest:
+    """A REST v2 binary-extension request, with binary inputs kept as raw bytes.
+
+    KServe's own decoder turns every binary byte into a Python int (slow for images) and fails on
+    BYTES tensors that are not UTF-8 (every JPEG).
+    """
+    header = orjson.loads(body[:json_length])
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise RequestRejected('the JSON part of a binary request must be an object with "inputs"')
+    inputs, raw_inputs, offset = [], [], json_length
+    for spec in header["inputs"]:
+        parameters = dict(spec.get("parameters") or {})
+        tensor = InferInput(spec["name"], list(spec["shape"]), spec["datatype"], None, parameters)
+        size = parameters.pop("binary_data_size", None)
+        if size is None:
+            if "data" not in spec:
+                raise RequestRejected(f'input "{tensor.name}": neither data nor binary_data_size')
+            tensor.data = spec["data"]
+            raw_inputs.append(None)
+        else:
+            if not isinstance(size, int) or size < 0 or offset + size > len(body):
+                raise RequestRejected(
+                    f'input "{tensor.name}": binary_data_size {size} does not fit the body '
+                    f"({len(body) - offset} bytes left)"
+                )
+            raw_inputs.append(body[offset : offset + size])
+            offset += size
+        inputs.append(tensor)
+    outputs = [RequestedOutput(o["name"], o.get("parameters")) for o in header.get("outputs") or []]
+    return InferRequest(
+        model_name,
+        inputs,
+        request_id=header.get("id"),
+        raw_inputs=raw_inputs,
+        parameters=header.get("parameters"),
+        request_outputs=outputs or None,
     )
 
 

@@ -2,7 +2,7 @@
 
 - A request body limit (KServe has none): over it, 413 before the body is read.
 - Malformed v2 bodies that KServe's decoder turns into 500s (KeyError, shape errors) become 400s,
-  and the REST binary extension keeps image bytes as bytes (KServe converts them to Python lists).
+  and REST binary-extension bodies are decoded by `protocol.binary_request`.
 - `/v2/health/ready` is false until the model is loaded (KServe's is always true).
 - `GET /v2/models/{name}` also returns class names and model version (`parameters`).
 - `POST /v2/repository/models/{name}/load` reloads the model (KServe's repository does nothing).
@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent import futures
 from typing import Any
 
-import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -41,12 +40,11 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
-from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 from kserve.protocol.rest.server import RESTServer
 
 from serving import metrics
 from serving.model import YoloModel
-from serving.protocol import RequestRejected
+from serving.protocol import RequestRejected, binary_request
 from visionops.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -139,45 +137,6 @@ class RequestGuard:
         return replayed
 
 
-def binary_request(body: bytes, json_length: int, model_name: str) -> InferRequest:
-    """A REST v2 binary-extension request, with binary inputs kept as raw bytes.
-
-    KServe's own decoder turns every binary byte into a Python int (slow for images) and fails on
-    BYTES tensors that are not UTF-8 (every JPEG).
-    """
-    header = orjson.loads(body[:json_length])
-    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
-        raise RequestRejected('the JSON part of a binary request must be an object with "inputs"')
-    inputs, raw_inputs, offset = [], [], json_length
-    for spec in header["inputs"]:
-        parameters = dict(spec.get("parameters") or {})
-        tensor = InferInput(spec["name"], list(spec["shape"]), spec["datatype"], None, parameters)
-        size = parameters.pop("binary_data_size", None)
-        if size is None:
-            if "data" not in spec:
-                raise RequestRejected(f'input "{tensor.name}": neither data nor binary_data_size')
-            tensor.data = spec["data"]
-            raw_inputs.append(None)
-        else:
-            if not isinstance(size, int) or size < 0 or offset + size > len(body):
-                raise RequestRejected(
-                    f'input "{tensor.name}": binary_data_size {size} does not fit the body '
-                    f"({len(body) - offset} bytes left)"
-                )
-            raw_inputs.append(body[offset : offset + size])
-            offset += size
-        inputs.append(tensor)
-    outputs = [RequestedOutput(o["name"], o.get("parameters")) for o in header.get("outputs") or []]
-    return InferRequest(
-        model_name,
-        inputs,
-        request_id=header.get("id"),
-        raw_inputs=raw_inputs,
-        parameters=header.get("parameters"),
-        request_outputs=outputs or None,
-    )
-
-
 class GuardedDataPlane(DataPlane):
     """KServe's data plane with client errors kept client errors and model-aware readiness."""
 
@@ -199,7 +158,7 @@ class GuardedDataPlane(DataPlane):
             return super().decode(body, headers, protocol_version, model_name)
         except InvalidInput:
             raise
-        except (KeyError, ValueError, TypeError, IndexError, struct.error) as error:
+        except (KeyError, ValueError, TypeError, IndexError, AttributeError, struct.error) as error:
             raise RequestRejected(
                 f"malformed inference request: {type(error).__name__}: {error}"
             ) from error
