@@ -38,3 +38,15 @@ def test_python_m_serving_rejects_bad_flag_values() -> None:
     )
     assert done.returncode == 2
     assert "argument --confidence: must be between 0 and 1, got 1.5" in done.stderr
+
+
+def test_the_predictor_never_imports_torch() -> None:
+    """The predictor image has no torch: serving, its engine and registry resolution stay off it."""
+    code = (
+        "import sys, serving.server, serving.model, visionops.training.registry, "
+        "visionops.inference.model_source\n"
+        "heavy = sorted(m for m in ('torch', 'ultralytics', 'torchvision') if m in sys.modules)\n"
+        "assert not heavy, heavy"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
