@@ -66,6 +66,7 @@ def main() -> None:
     from visionops.data.synth import synthesize
 
     torch.set_num_threads(os.cpu_count() or 1)
+    threads = torch.get_num_threads()
     history: list[dict[str, float]] = []
     reached: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="learnability-") as tmp:
@@ -89,6 +90,8 @@ def main() -> None:
         started = time.perf_counter()
 
         def on_epoch_end(trainer: Any) -> None:
+            if reached:  # Ultralytics' final validation of best.pt after the stop
+                return
             map50 = float(trainer.metrics.get("metrics/mAP50(B)", 0.0))
             row = {
                 "epoch": trainer.epoch + 1,
@@ -124,7 +127,7 @@ def main() -> None:
         )
     result = {
         "machine": machine(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads,
         "params": vars(args) | {"out": str(args.out) if args.out else None},
         "classes": dataset.names,
         "train_images": dataset.images["train"],
