@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import S3Server, s3_server
+from tests.servers import MlflowServer, S3Server, mlflow_server, s3_server
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
@@ -105,3 +105,62 @@ def untrained_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.models import untrained_model_dir
 
     return untrained_model_dir(tmp_path_factory.mktemp("models") / "untrained")
+
+
+# Training and registry: an MLflow server with its artifacts in S3, a tiny YOLO dataset and one
+# model trained on it against that server, shared by the training/evaluation/registry tests.
+
+
+@pytest.fixture(scope="session")
+def mlflow(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real `mlflow server` on 127.0.0.1 whose artifacts live in the session's S3 server."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow"), s3) as server:
+        yield server
+
+
+def _mlflow_env(server: MlflowServer, name: str) -> dict[str, str]:
+    return {
+        **server.env(),
+        "VISIONOPS_MODEL_NAME": name,
+        "VISIONOPS_MLFLOW_EXPERIMENT": "tests",
+        "VISIONOPS_GATE_MIN_MAP50": "0",  # models trained for seconds score about 0
+        "VISIONOPS_MLFLOW_RETRIES": "1",
+        "VISIONOPS_MLFLOW_BACKOFF": "0",
+    }
+
+
+@pytest.fixture
+def mlflow_settings(mlflow: MlflowServer, settings_env: pytest.MonkeyPatch, request):
+    """Settings pointing at the session's MLflow server, with a registered model of this test's."""
+    from visionops.config import get_settings
+
+    name = "m-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:60]
+    for key, value in _mlflow_env(mlflow, name.strip("-")).items():
+        settings_env.setenv(key, value)
+    get_settings.cache_clear()
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def tiny_data_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data.yaml of a generated YOLO dataset: 2 products, 16 train and 8 val images."""
+    from tests.trained import tiny_dataset
+
+    return tiny_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def trained(mlflow: MlflowServer, tiny_data_yaml: Path):
+    """One training run (2 epochs, imgsz 64) on the MLflow server, watched as it ran."""
+    from tests.trained import train_observed
+    from visionops.config import Settings, get_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in _mlflow_env(mlflow, "session-model").items():
+            patch.setenv(key, value)
+        get_settings.cache_clear()
+        settings = Settings()
+        try:
+            return train_observed(tiny_data_yaml, settings)
+        finally:
+            get_settings.cache_clear()

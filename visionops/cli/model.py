@@ -49,15 +49,18 @@ def list_command(name: NameOption = None) -> None:
     if not versions:
         console.print("no registered versions")
         return
-    table = Table("version", "aliases", "mAP50", "mAP50-95", "created", "run", "gate")
+    table = Table("version")
+    for column in ("aliases", "mAP50", "mAP50-95", "created", "run"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("gate", overflow="fold")
     for v in versions:
         table.add_row(
             v.version,
             ",".join(v.aliases),
             f"{v.metrics.get('map50', float('nan')):.4f}",
             f"{v.metrics.get('map50_95', float('nan')):.4f}",
-            v.created,
-            (v.run_id or "")[:12],
+            v.created[:16].replace("T", " "),
+            (v.run_id or "")[:8],
             v.gate,
         )
     console.print(table)

@@ -85,7 +85,14 @@ def mlflow_errors(action: str, settings: Settings | None = None) -> Iterator[Non
         yield
     except MlflowException as error:
         message = str(error)
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in message.lower():
+        storage = _storage_problem(error)
+        if storage is not None:  # MLflow wraps the S3 client's error in its own
+            raise StorageError(
+                f"S3 artifact store {settings.s3_endpoint or ''} failed while trying to "
+                f"{action}: {storage}"
+            ) from error
+        missing_alias = "alias" in message and "not found" in message  # INVALID_PARAMETER_VALUE
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or missing_alias:
             raise ModelNotFound(f"{action}: {message}") from error
         if "API request to" in message and "failed with exception" in message:
             raise RegistryError(
@@ -107,13 +114,15 @@ def _last_line(message: str) -> str:
     return message.strip().splitlines()[-1][:400]
 
 
-def _storage_problem(error: BaseException) -> str | None:
-    """A one-line description if `error` comes from boto3/botocore, else None."""
-    module = type(error).__module__
-    if not module.startswith(("botocore", "boto3", "s3transfer")):
-        return None
-    code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
-    return _S3_CODES.get(code, f"{type(error).__name__}: {error}")
+def _storage_problem(error: BaseException | None) -> str | None:
+    """A one-line description if `error` or its cause comes from boto3/botocore, else None."""
+    seen = 0
+    while error is not None and seen < 5:
+        if type(error).__module__.startswith(("botocore", "boto3", "s3transfer")):
+            code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
+            return _S3_CODES.get(code, f"{type(error).__name__}: {error}")
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
 
 
 def _is_remote(uri: str) -> bool:

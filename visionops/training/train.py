@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from visionops.config import Settings, get_settings
-from visionops.errors import ModelNotFound, TrainingError, UsageError, VisionOpsError
+from visionops.errors import (
+    ModelNotFound,
+    StorageError,
+    TrainingError,
+    UsageError,
+    VisionOpsError,
+)
 from visionops.model_artifact import MODEL_PT
 from visionops.progress import ProgressCallback, no_progress
 from visionops.storage import is_s3_uri, open_store, split_s3_uri
@@ -92,10 +98,13 @@ def resolve_weights(weights: str | Path | None, workdir: Path, settings: Setting
         if not key.endswith(".pt"):
             key = f"{key.rstrip('/')}/{MODEL_PT}"
         store = open_store(f"s3://{bucket}", settings)
-        if not store.exists(key):
-            raise ModelNotFound(f"weights s3://{bucket}/{key} do not exist")
         target = workdir / "weights" / Path(key).name
-        store.download_file(key, target)
+        try:
+            store.download_file(key, target)
+        except StorageError as error:
+            if "NoSuchKey" in str(error):
+                raise ModelNotFound(f"weights s3://{bucket}/{key} do not exist") from error
+            raise
         return str(target)
     path = Path(text).expanduser()
     if path.is_dir():

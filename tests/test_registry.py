@@ -1,0 +1,229 @@
+"""The gated registry against a real `mlflow server` (artifacts in a real S3 server).
+
+Candidates are finished runs holding the session model's directory with evaluation metrics set
+by the test (`_candidate`), so better/equal/worse cases need no extra training; every registry
+code path is the real one. Each test has its own registered model name (`mlflow_settings`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.exceptions import MlflowException
+from typer.testing import CliRunner
+
+from tests.trained import ObservedTraining
+from visionops.cli.app import app
+from visionops.config import Settings, get_settings
+from visionops.errors import GateRejected, ModelNotFound, RegistryError, UsageError
+from visionops.model_artifact import METADATA_JSON, MODEL_ONNX, check_model_dir
+from visionops.training.dataset import load_data_yaml
+from visionops.training.registry import (
+    CHALLENGER,
+    CHAMPION,
+    TAG_HISTORY,
+    Registry,
+    list_versions,
+    promote,
+    register,
+    resolve_model_uri,
+    rollback,
+)
+from visionops.training.tracking import connect
+
+runner = CliRunner()
+OLD_DATA = "0" * 64  # the hash of evaluation data that is no longer around
+
+
+def _candidate(
+    settings: Settings,
+    trained: ObservedTraining,
+    map50_95: float,
+    *,
+    data_hash: str,
+    data_yaml: str = "",
+    map50: float = 0.9,
+) -> str:
+    """A FINISHED run with the session model's directory and the given evaluation."""
+    tracking = connect(settings)
+    client = tracking.client
+    run = client.create_run(
+        tracking.experiment_id,
+        tags={
+            "visionops.dataset_hash": trained.result.dataset_hash,
+            "visionops.git_commit": "0123abc",
+            "visionops.eval.data_hash": data_hash,
+            "visionops.eval.data_yaml": data_yaml,
+            "visionops.eval.split": "val",
+        },
+    )
+    run_id = run.info.run_id
+    for name in (MODEL_ONNX, METADATA_JSON):
+        client.log_artifact(run_id, str(trained.result.model_dir / name), "model")
+    client.log_metric(run_id, "eval.map50", map50)
+    client.log_metric(run_id, "eval.map50_95", map50_95)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def _champion(settings: Settings) -> str | None:
+    holder = Registry(settings=settings).alias(CHAMPION)
+    return str(holder.version) if holder else None
+
+
+def test_first_better_equal_worse_then_rollback(
+    mlflow_settings: Settings, trained: ObservedTraining
+):
+    s, t = mlflow_settings, trained
+    first = register(_candidate(s, t, 0.30, data_hash=OLD_DATA))
+    assert (first.version, first.alias, first.promoted) == ("1", CHAMPION, True)
+    assert first.reason.startswith("first champion")
+
+    equal = register(_candidate(s, t, 0.30, data_hash=OLD_DATA))
+    assert (equal.version, equal.alias, equal.promoted) == ("2", CHALLENGER, False)
+    assert "does not beat the champion: map50_95 0.3000 vs champion v1 0.3000" in equal.reason
+
+    worse = register(_candidate(s, t, 0.20, data_hash=OLD_DATA))
+    assert (worse.alias, _champion(s)) == (CHALLENGER, "1")
+
+    better = register(_candidate(s, t, 0.40, data_hash=OLD_DATA))
+    assert (better.version, better.alias, better.previous_champion) == ("4", CHAMPION, "1")
+    assert _champion(s) == "4"
+
+    versions = {v.version: v for v in list_versions()}
+    assert versions["4"].aliases == [CHAMPION] and versions["3"].aliases == [CHALLENGER]
+    assert versions["2"].aliases == [] and "does not beat" in versions["2"].gate
+    assert versions["3"].metrics["map50_95"] == pytest.approx(0.20)
+    assert versions["1"].tags["visionops.git_commit"] == "0123abc"
+    assert versions["1"].dataset_hash == trained.result.dataset_hash
+    listed = runner.invoke(app, ["model", "list"])
+    assert listed.exit_code == 0 and "champion" in listed.output and "challenger" in listed.output
+
+    result = runner.invoke(app, ["model", "rollback"])
+    assert result.exit_code == 0, result.output
+    assert "champion v4 -> v1" in result.output
+    assert _champion(s) == "1"
+    assert "replaced by v1" in Registry().version(4).tags["visionops.rolled_back"]
+    client = connect(s).client
+    assert json.loads(client.get_registered_model(s.model_name).tags[TAG_HISTORY]) == ["1"]
+    with pytest.raises(RegistryError, match="no previous champion before v1"):
+        rollback()
+
+
+def test_first_model_below_the_minimums_stays_challenger(
+    mlflow_settings: Settings, trained: ObservedTraining, settings_env: pytest.MonkeyPatch
+):
+    settings_env.setenv("VISIONOPS_GATE_MIN_MAP50", "0.95")
+    get_settings.cache_clear()
+    result = register(_candidate(get_settings(), trained, 0.5, data_hash=OLD_DATA, map50=0.9))
+    assert (result.alias, result.promoted) == (CHALLENGER, False)
+    assert "below the minimums: map50 0.9000 < minimum 0.9500" in result.reason
+    assert _champion(get_settings()) is None
+
+
+def test_champion_is_reevaluated_on_the_candidates_data(
+    mlflow_settings: Settings, trained: ObservedTraining, tiny_data_yaml: Path
+):
+    s, t = mlflow_settings, trained
+    # The champion scored 0.9 on data that is gone; on today's data it scores about 0.
+    register(_candidate(s, t, 0.9, data_hash=OLD_DATA))
+    today = load_data_yaml(tiny_data_yaml).split_hash("val")
+    candidate = register(_candidate(s, t, 0.5, data_hash=today, data_yaml=str(tiny_data_yaml)))
+    assert candidate.promoted, candidate.reason
+    assert "vs champion v1 0.0" in candidate.reason and "same evaluation data" in candidate.reason
+    scored = json.loads(Registry().version(1).tags[f"visionops.eval.{today[:16]}"])
+    assert scored["map50_95"] < 0.5
+
+    # Same data again: no re-evaluation, v2's own score on it is the bar.
+    worse = register(_candidate(s, t, 0.45, data_hash=today, data_yaml=str(tiny_data_yaml)))
+    assert not worse.promoted and "vs champion v2 0.5000" in worse.reason
+
+    # Data that is neither the champion's nor available here: no comparison, no promotion.
+    other = "f" * 64
+    blind = register(_candidate(s, t, 0.99, data_hash=other, data_yaml="/nowhere/data.yaml"))
+    assert not blind.promoted
+    assert "cannot compare with champion v2 on the same evaluation data" in blind.reason
+    assert _champion(s) == "2"
+
+
+def test_promote_goes_through_the_gate_unless_forced(
+    mlflow_settings: Settings, trained: ObservedTraining
+):
+    s, t = mlflow_settings, trained
+    register(_candidate(s, t, 0.40, data_hash=OLD_DATA))
+    register(_candidate(s, t, 0.30, data_hash=OLD_DATA))
+    with pytest.raises(GateRejected, match="does not beat the champion"):
+        promote(2)
+    result = runner.invoke(app, ["model", "promote", "2"])
+    assert result.exit_code == 1 and "use --force" in result.output
+    result = runner.invoke(app, ["model", "promote", "2", "--force"])
+    assert result.exit_code == 0 and "champion v1 -> v2" in result.output
+    assert _champion(s) == "2"
+    assert "--force" in Registry().version(2).tags["visionops.promoted"]
+    assert promote(2).reason == "already the champion"
+    assert rollback().version == "1"  # the forced promotion is in the history too
+
+    result = runner.invoke(app, ["model", "promote", "99"])
+    assert result.exit_code == 1 and "version=99" in result.output
+    result = runner.invoke(app, ["model", "promote", "two"])
+    assert result.exit_code == 2 and "a model version is a number" in result.output
+
+
+def test_unusable_runs_are_refused_and_nothing_is_registered(
+    mlflow_settings: Settings, trained: ObservedTraining
+):
+    tracking = connect(mlflow_settings)
+    bare = tracking.client.create_run(tracking.experiment_id)
+    tracking.client.set_terminated(bare.info.run_id, "FINISHED")
+    with pytest.raises(ModelNotFound, match="no complete model directory"):
+        register(bare.info.run_id)
+    result = runner.invoke(app, ["model", "register", "--run-id", "0" * 32])
+    assert result.exit_code == 1 and "not found" in result.output
+    unevaluated = _candidate(mlflow_settings, trained, 0.5, data_hash="")
+    with pytest.raises(RegistryError, match="has no evaluation; run `visionops evaluate"):
+        register(unevaluated)
+    assert list_versions() == []
+
+
+def test_a_failed_alias_move_leaves_no_half_registered_version(
+    mlflow_settings: Settings, trained: ObservedTraining, monkeypatch: pytest.MonkeyPatch
+):
+    """Fault injection: the server fails exactly when the alias is set (nothing else mocked)."""
+    from mlflow import MlflowClient
+
+    def unreachable(*args: object) -> None:
+        raise MlflowException("API request to http://mlflow failed with exception boom")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", unreachable)
+    with pytest.raises(RegistryError, match="unreachable"):
+        register(_candidate(mlflow_settings, trained, 0.5, data_hash=OLD_DATA))
+    monkeypatch.undo()
+    assert list_versions() == []
+
+
+def test_resolve_model_uri_follows_the_alias_and_caches_by_version(
+    mlflow_settings: Settings, trained: ObservedTraining
+):
+    s, t = mlflow_settings, trained
+    name = s.model_name
+    register(_candidate(s, t, 0.30, data_hash=OLD_DATA))
+    first = resolve_model_uri(f"models:/{name}@champion")
+    assert check_model_dir(first).names == check_model_dir(t.result.model_dir).names
+    marker = first / "cached.marker"
+    marker.write_text("still the same download")
+    assert resolve_model_uri(f"models:/{name}/1") == first and marker.exists()
+
+    register(_candidate(s, t, 0.50, data_hash=OLD_DATA))
+    second = resolve_model_uri(f"models:/{name}@champion")
+    assert second != first and second.name == "2"
+    run = resolve_model_uri(t.result.model_uri)
+    assert (run / MODEL_ONNX).read_bytes() == (t.result.model_dir / MODEL_ONNX).read_bytes()
+
+    with pytest.raises(ModelNotFound):
+        resolve_model_uri(f"models:/{name}/99")
+    with pytest.raises(ModelNotFound, match="alias"):
+        resolve_model_uri(f"models:/{name}@nobody")
+    with pytest.raises(UsageError, match="not a registry URI"):
+        resolve_model_uri(f"models:/{name}")
