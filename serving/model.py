@@ -110,23 +110,8 @@ class YoloModel(Model):
         return Loaded(detector, model)
 
     def _activate(self, loaded: Loaded) -> None:
-        self.loaded = loaded  # one assignment: requests that took the old one keep it
-        self.load_error = None
-        self.ready = True
         names = loaded.detector.names
-        metrics.declare_classes(names)
-        metrics.MODEL_READY.set(1)
-        metrics.MODEL_LOADS.labels("success").inc()
-        metrics.MODEL_INFO.info(
-            {
-                "name": self.name,
-                "version": loaded.model.version,
-                "source": loaded.model.source,
-                "engine": self.options.engine,
-                "precision": self.options.precision,
-            }
-        )
-        if self.options.prediction_log and self._log is None:
+        if self.options.prediction_log and self._log is None:  # may raise: nothing changed yet
             self._log = PredictionLogWriter(
                 open_store(self.options.prediction_log, self.settings),
                 names=names,
@@ -140,6 +125,21 @@ class YoloModel(Model):
             )
         elif self._log is not None:
             self._log.names = list(names)
+        self.loaded = loaded  # one assignment: requests that took the old one keep it
+        self.load_error = None
+        self.ready = True
+        metrics.declare_classes(names)
+        metrics.MODEL_READY.set(1)
+        metrics.MODEL_LOADS.labels("success").inc()
+        metrics.MODEL_INFO.info(
+            {
+                "name": self.name,
+                "version": loaded.model.version,
+                "source": loaded.model.source,
+                "engine": self.options.engine,
+                "precision": self.options.precision,
+            }
+        )
         log.info(
             "serving %s version %s from %s (%d classes: %s)",
             self.name, loaded.model.version, loaded.model.source, len(names), ", ".join(names),
@@ -173,11 +173,10 @@ class YoloModel(Model):
         async with self._reload_lock:
             self._load_attempted = True
             try:
-                loaded = await asyncio.to_thread(self._build)
+                self._activate(await asyncio.to_thread(self._build))
             except (VisionOpsError, OSError) as error:
                 self._failed(error)
                 raise
-            self._activate(loaded)
 
     def stop(self) -> None:
         """Unload: stop serving and write out the prediction log."""
