@@ -198,16 +198,11 @@ def test_a_failure_leaves_no_half_dataset(root: Path, tmp_path: Path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
 
     good = convert(root, tmp_path / "yolo")
-    calls = {"n": 0}
-    real_link = convert_module.link_file
 
-    def failing_link(source, target):
-        calls["n"] += 1
-        if calls["n"] > 5:
-            raise OSError("disk full")
-        return real_link(source, target)
+    def failing_write(path: Path, text: str) -> Path:  # after every image and label is placed
+        raise OSError("disk full")
 
-    monkeypatch.setattr(convert_module, "link_file", failing_link)
+    monkeypatch.setattr(convert_module, "atomic_write_text", failing_write)
     changed = copy_dataset(root, tmp_path / "changed")
     (changed / "Cable" / "val" / "cable_val_00000.jpg").write_bytes(
         (root / "Cable" / "val" / "cable_val_00001.jpg").read_bytes()

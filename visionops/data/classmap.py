@@ -102,7 +102,7 @@ def product_categories(dataset: VisionDataset, product: str) -> dict[str, int]:
     """
     seen: dict[str, int] = {}
     parents: set[str] = set()
-    used: set[str] = set()
+    files: list[tuple[dict[str, Any], dict[int, str]]] = []
     for split_name in LABELED_SPLITS:
         split = dataset[product].split(split_name)
         if not split.exists:
@@ -124,9 +124,15 @@ def product_categories(dataset: VisionDataset, product: str) -> dict[str, int]:
             parent = category.get("supercategory")
             if isinstance(parent, str) and parent != name:
                 parents.add(parent)
-        for annotation in coco.get("annotations") or []:
-            if isinstance(annotation, dict) and annotation.get("category_id") in names_by_id:
-                used.add(names_by_id[annotation["category_id"]])
+        files.append((coco, names_by_id))
+    parents &= set(seen)
+    used: set[str] = set()
+    if parents:  # a parent category stays only if something is annotated with it
+        for coco, names_by_id in files:
+            parent_ids = {cid for cid, name in names_by_id.items() if name in parents}
+            for annotation in coco.get("annotations") or []:
+                if isinstance(annotation, dict) and annotation.get("category_id") in parent_ids:
+                    used.add(names_by_id[annotation["category_id"]])
     return {name: cid for name, cid in seen.items() if name not in parents or name in used}
 
 

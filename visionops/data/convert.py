@@ -389,18 +389,30 @@ def _write_items(staging: Path, items: list[_Item], progress: Callable[[int], No
     for folder in sorted(folders):
         os.makedirs(folder, exist_ok=True)  # noqa: PTH103 - strings throughout
 
+    # Names relative to open folder descriptors: the kernel walks the long path once per folder,
+    # not once per file.
+    descriptors = {folder: os.open(folder, os.O_RDONLY | os.O_DIRECTORY) for folder in folders}
     modes: set[str] = set()
-    for done, item in enumerate(items, 1):
-        modes.add(link_file(item.source, f"{base}/images/{item.split}/{item.relative}"))
-        fd = os.open(
-            f"{base}/labels/{item.split}/{item.label_relative}",
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-            0o644,
-        )
-        try:
-            os.write(fd, item.label.encode())
-        finally:
-            os.close(fd)
-        if done % 512 == 0 or done == len(items):
-            progress(done)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        for done, item in enumerate(items, 1):
+            image_dir, _, image_name = f"{base}/images/{item.split}/{item.relative}".rpartition("/")
+            label_dir, _, label_name = (
+                f"{base}/labels/{item.split}/{item.label_relative}".rpartition("/")
+            )
+            try:
+                os.link(item.source, image_name, dst_dir_fd=descriptors[image_dir])
+                modes.add("hardlink")
+            except OSError:  # another filesystem: a symlink, else a copy
+                modes.add(link_file(item.source, f"{image_dir}/{image_name}"))
+            fd = os.open(label_name, flags, 0o644, dir_fd=descriptors[label_dir])
+            try:
+                os.write(fd, item.label.encode())
+            finally:
+                os.close(fd)
+            if done % 512 == 0 or done == len(items):
+                progress(done)
+    finally:
+        for descriptor in descriptors.values():
+            os.close(descriptor)
     return modes
