@@ -134,6 +134,7 @@ def print_synth(result: SynthResult) -> None:
         f"{verb} {result.total_images} images, {boxes} boxes, "
         f"{len(result.products)} products ({', '.join(result.products)}) in {result.root}",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -161,5 +162,6 @@ def print_conversion(result: ConversionResult) -> None:
         f"val {result.images['val']} images / {result.boxes['val']} boxes, "
         f"{len(result.names)} classes ({result.link_mode})",
         highlight=False,
+        soft_wrap=True,
     )
-    console.print(f"data.yaml: {result.data_yaml}", highlight=False)
+    console.print(f"data.yaml: {result.data_yaml}", highlight=False, soft_wrap=True)
