@@ -1,0 +1,70 @@
+"""The train, evaluate and register components under KFP's local runner, as one small pipeline.
+
+Each step runs in its own subprocess exactly as on a cluster, against the session's real MLflow
+server (artifacts in S3); only the KFP API server is absent.
+"""
+
+# No `from __future__ import annotations`: KFP reads the real annotation objects.
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from kfp import dsl, local
+
+from components.evaluate import evaluate_model
+from components.register import register_model
+from components.train import train_model
+from visionops.config import Settings
+from visionops.training.registry import CHAMPION, Registry
+
+# Locally the steps run in this venv, not in the pipeline image KFP warns about.
+pytestmark = pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")
+
+
+@dsl.pipeline(name="training-steps-test")
+def training_steps(dataset_dir: str, model_name: str):
+    data = dsl.importer(
+        artifact_uri=dataset_dir, artifact_class=dsl.Dataset, metadata={"data_yaml": "data.yaml"}
+    )
+    trained = train_model(dataset=data.output, epochs=1, imgsz=64, batch=8, device="cpu")
+    scored = evaluate_model(model=trained.outputs["model"], dataset=data.output)
+    register_model(
+        run_id=trained.outputs["run_id"], dataset=data.output, model_name=model_name
+    ).after(scored)
+
+
+def _executor_outputs(root: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in root.rglob("executor_output.json")}
+
+
+def test_train_evaluate_register_pipeline(
+    mlflow_settings: Settings, tiny_data_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "outputs"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    training_steps(dataset_dir=str(tiny_data_yaml.parent), model_name=mlflow_settings.model_name)
+
+    outputs = _executor_outputs(root)
+    train_out = outputs["train-model"]["parameterValues"]
+    run_id = train_out["run_id"]
+    model_dir = next(root.rglob("train-model/model"))
+    assert (model_dir / "model.onnx").is_file() and (model_dir / "metadata.json").is_file()
+
+    evaluation = outputs["evaluate-model"]["artifacts"]
+    metrics = evaluation["metrics"]["artifacts"][0]["metadata"]
+    assert {"map50", "map50_95", "precision", "recall"} <= metrics.keys()
+    confusion = evaluation["confusion"]["artifacts"][0]["metadata"]["confusionMatrix"]
+    names = [c["displayName"] for c in confusion["annotationSpecs"]]
+    assert names[-1] == "background" and len(confusion["rows"]) == len(names)
+    report = next(root.rglob("evaluate-model/report")).read_text()
+    assert "| class | instances | AP50 | AP50-95 |" in report
+    reference = pd.read_parquet(next(root.rglob("evaluate-model/reference")))
+    assert len(reference) == 8
+
+    registered = outputs["register-model"]["parameterValues"]
+    assert registered["version"] == "1" and registered["promoted"] is True
+    assert registered["alias"] == CHAMPION and registered["reason"].startswith("first champion")
+    champion = Registry(settings=mlflow_settings).alias(CHAMPION)
+    assert champion is not None and champion.run_id == run_id
