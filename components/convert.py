@@ -27,6 +27,7 @@ def convert_dataset(
     names, empty for all. The artifact's metadata holds the dataset hash, class names and counts.
     """
     from collections import namedtuple
+    from pathlib import Path
 
     from visionops.bootstrap import bootstrap
 
@@ -37,7 +38,9 @@ def convert_dataset(
     root = dataset.path if dataset is not None else dataset_dir
     if not root:
         raise UsageError("give the dataset as the `dataset` artifact or the `dataset_dir` path")
-    roots = [root, *(extra.path for extra in [extra] if extra is not None)]
+    roots = [root]
+    if extra is not None:  # `fetch_dataset` lists its sub-folders (none: no extra data)
+        roots += [str(Path(extra.path) / r) for r in extra.metadata.get("roots", ["."])]
     roots += [p.strip() for p in extra_dirs.split(",") if p.strip()]
     selected = [p.strip() for p in products.split(",") if p.strip()] or None
     result = convert(roots, yolo.path, products=selected, segments=segments)

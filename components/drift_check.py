@@ -32,6 +32,7 @@ def drift_check(
     per-column scores as Metrics; with `log_to_mlflow` the report and scores also go to an MLflow
     run. `drift_share`/`min_rows` of 0 mean the settings' values.
     """
+    import math
     import shutil
     import tempfile
     from collections import namedtuple
@@ -66,7 +67,8 @@ def drift_check(
         shutil.copyfile(Path(tmp) / "drift_report.html", report.path)
         shutil.copyfile(Path(tmp) / "drift.json", result.path)
     for name, value in outcome.scores().items():
-        scores.log_metric(name, value)
+        if math.isfinite(value):  # a constant column scores NaN; KFP metrics cannot hold it
+            scores.log_metric(name, value)
     if outcome.drifted_share is not None:
         scores.log_metric("drifted_share", outcome.drifted_share)
     scores.log_metric("current_rows", outcome.current_rows)

@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     pipeline_image: str = f"{IMAGE_REGISTRY}/visionops-pipeline:{IMAGE_TAG}"
     predictor_image: str = f"{IMAGE_REGISTRY}/visionops-predictor:{IMAGE_TAG}"
     kfp_host: str = "http://ml-pipeline.kubeflow:8888"
+    # Pipelines (visionops/orchestration/) and deployment (visionops/deploy.py).
+    kfp_experiment: str = Field("visionops", min_length=1, description="KFP experiment of runs")
+    kfp_namespace: str | None = Field(None, description="KFP user namespace (multi-user only)")
+    predictor_url: str | None = Field(
+        None, description="a running predictor to reload after a local promotion"
+    )
+    kserve_namespace: str = "visionops"
+    inference_service: str = "visionops-predictor"
 
     # Predictor (serving/): what one request may carry, default detection parameters and the
     # inference executor. `python -m serving` flags override them.
@@ -90,7 +98,8 @@ class Settings(BaseSettings):
     drift_cat_method: str = "chisquare"
     drift_num_threshold: float | None = Field(0.001, gt=0, description="None: method default")
     drift_cat_threshold: float | None = Field(0.001, gt=0, description="None: method default")
-    drift_share: float = Field(0.1, gt=0, le=1, description="drifted-column share for drift")
+    # 0.04: one drifted column decides, for up to 25 compared columns.
+    drift_share: float = Field(0.04, gt=0, le=1, description="drifted-column share for drift")
     drift_columns: list[str] | None = Field(None, description="JSON list; default: all features")
     drift_column_methods: dict[str, str] = Field(default_factory=dict, description="JSON object")
     drift_column_thresholds: dict[str, float] = Field(default_factory=dict, description="JSON")

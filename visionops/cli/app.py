@@ -19,6 +19,7 @@ from visionops.cli.data import data_app
 from visionops.cli.demo import demo
 from visionops.cli.drift import drift_app
 from visionops.cli.model import model_app
+from visionops.cli.pipeline import pipeline_app
 from visionops.cli.serve import serve
 from visionops.cli.train import evaluate_command, train_command
 from visionops.config import get_settings
@@ -91,6 +92,7 @@ app.add_typer(drift_app, name="drift")
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.add_typer(model_app, name="model")
+app.add_typer(pipeline_app, name="pipeline")
 app.command("serve", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
     serve
 )

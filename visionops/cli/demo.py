@@ -1,17 +1,25 @@
-"""`visionops demo`: the whole platform on one machine, on generated data.
+"""`visionops demo` (what `make demo` runs): the whole platform on this machine, generated data.
 
-Today: generate a VISION-like dataset, validate it, convert it to YOLO, and say where everything
-went. Each step is idempotent, so running the demo again changes nothing.
+The stages and what each does are in `visionops/demo.py`; this module shows them as they happen
+and prints the summary table at the end.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.table import Table
 
-from visionops.cli._common import SeedOption, console, progress
+from visionops.cli._common import SeedOption, console, err_console
+
+if TYPE_CHECKING:
+    from visionops.demo import DemoResult, Scores
+
+QUICK = {"train": 16, "imgsz": 128, "epochs": 3, "retrain_epochs": 1, "min_map50": 0.0}
+"""`--quick`: a smoke run in a few minutes; the models learn next to nothing, so the first one
+becomes the champion whatever its mAP."""
 
 
 def demo(
@@ -23,55 +31,78 @@ def demo(
         int, typer.Option("--products", "-p", min=1, max=14, help="How many products.")
     ] = 2,
     train: Annotated[int, typer.Option("--train", min=1, help="Training images per product.")] = 48,
-    imgsz: Annotated[int, typer.Option("--imgsz", help="Image width in pixels.")] = 320,
+    imgsz: Annotated[
+        int, typer.Option("--imgsz", min=64, max=640, help="Image size (multiple of 32).")
+    ] = 320,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="First training.")] = 30,
+    retrain_epochs: Annotated[
+        int, typer.Option("--retrain-epochs", min=1, help="Fine-tuning after the drift.")
+    ] = 15,
+    severity: Annotated[
+        float, typer.Option("--drift-severity", min=0.1, max=1.0, help="Brightness drift.")
+    ] = 0.8,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Tiny sizes, a few minutes (a smoke test).")
+    ] = False,
     seed: SeedOption = 0,
 ) -> None:
-    """Run the platform end to end on generated data: synth -> validate -> convert."""
-    from visionops.cli.data import print_conversion, print_synth, print_validation
-    from visionops.config import get_settings
-    from visionops.data.convert import convert
-    from visionops.data.synth import synthesize
-    from visionops.data.validate import validate
-    from visionops.errors import ValidationFailed
+    """Generate data, train, serve, send clean then drifted traffic, detect the drift, retrain,
+    promote only if better, reload the predictor; then print what happened."""
+    from visionops.cli.pipeline import StepPrinter
+    from visionops.demo import DemoConfig, DemoEvents, run_demo
 
-    root = (out or get_settings().data_dir / "demo").expanduser().resolve()
-    vision_dir, yolo_dir, reports = root / "vision", root / "yolo", root / "reports"
-
-    console.rule("1/3 synthetic VISION data")
-    with progress("synthesizing images") as callback:
-        synth = synthesize(
-            vision_dir,
-            products=products,
-            n_train=train,
-            n_val=max(4, train // 3),
-            n_inference=max(4, train // 3),
-            imgsz=imgsz,
-            seed=seed,
-            progress=callback,
+    sizes = {"train": train, "imgsz": imgsz, "epochs": epochs, "retrain_epochs": retrain_epochs}
+    if quick:
+        sizes = QUICK
+    config = DemoConfig(products=products, drift_severity=severity, seed=seed, out_dir=out, **sizes)
+    with StepPrinter(indent="    ") as printer:
+        events = DemoEvents(
+            stage=lambda title: console.rule(title),
+            step=printer,
+            info=lambda text: err_console.print(f"  {text}", highlight=False),
         )
-    print_synth(synth)
+        result = run_demo(config, events)
+    print_summary(result)
 
-    console.rule("2/3 validation")
-    with progress("reading images") as callback:
-        report = validate(vision_dir, progress=callback)
-    report.write(json_path=reports / "validation.json", markdown_path=reports / "validation.md")
-    print_validation(report)
-    if not report.ok:
-        raise ValidationFailed(f"generated data failed validation: {report.summary()}", report)
 
-    console.rule("3/3 COCO -> YOLO")
-    with progress("converting") as callback:
-        conversion = convert(vision_dir, yolo_dir, progress=callback)
-    print_conversion(conversion)
+def _row(label: str, scores: Scores | None, key: str) -> list[str]:
+    if scores is None:
+        return [label, "-", "-"]
+    return [label, f"{scores.clean[key]:.3f}", f"{scores.drifted[key]:.3f}"]
 
-    console.rule("where everything went")
-    outputs = {
-        "VISION-layout dataset": vision_dir,
-        "validation report": f"{reports / 'validation.json'} (and validation.md)",
-        "YOLO dataset": yolo_dir,
-        "Ultralytics data.yaml": conversion.data_yaml,
-        "class map": yolo_dir / "class_map.json",
-        "dataset hash": conversion.dataset_hash,
-    }
-    for what, where in outputs.items():
-        console.print(f"{what:<23} {where}", highlight=False, soft_wrap=True)
+
+def print_summary(result: DemoResult) -> None:
+    """The table the demo ends with (see README "Quick start")."""
+    from visionops.cli.pipeline import mlflow_ui_command
+    from visionops.config import get_settings
+
+    first, retrained = result.first, result.retrained
+    table = Table("model", "clean val", "drifted val", title="mAP50-95 (mAP50)", box=None)
+    for label, scores in ((f"v{first.version} first", first), ("retrained", retrained)):
+        if scores is not None and scores is retrained:
+            label = f"v{scores.version} retrained"
+        row = _row(label, scores, "map50_95")
+        row50 = _row(label, scores, "map50")
+        table.add_row(row[0], f"{row[1]} ({row50[1]})", f"{row[2]} ({row50[2]})")
+    console.print(table)
+
+    checks = Table("window", "decision", "drifted share", "strongest drift", box=None)
+    for label, check in (("clean", result.clean_check), ("drifted", result.drift_check)):
+        strongest = ", ".join(
+            f"{c['column']} ({c['method']} {c['score']:.2g})" for c in check.strongest()
+        )
+        share = "-" if check.drifted_share is None else f"{check.drifted_share:.0%}"
+        checks.add_row(label, check.decision, share, strongest)
+    console.print(checks)
+
+    verdict = "promoted" if result.promoted else "kept as challenger"
+    console.print(f"retrained model: {verdict}: {result.gate_reason}", highlight=False)
+    console.print(
+        f"now serving: {result.model_name} v{result.serving_version} (the predictor was stopped)",
+        highlight=False,
+    )
+    for label, path in result.reports:
+        console.print(f"report, {label}: {path}", highlight=False)
+    timings = ", ".join(f"{k} {v:.0f}s" for k, v in result.timings.items())
+    console.print(f"took {sum(result.timings.values()) / 60:.1f} min: {timings}", highlight=False)
+    console.print(f"MLflow UI: {mlflow_ui_command(get_settings().tracking_uri)}", highlight=False)

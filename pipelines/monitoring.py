@@ -1,0 +1,98 @@
+"""The monitoring pipeline: collect -> drift check -> retrain on drift | record the decision.
+
+python -m pipelines.monitoring                   # compile to pipelines/monitoring.yaml
+visionops pipeline run monitoring --local -p new_data=/path/to/labeled/drifted/data
+"""
+
+from pathlib import Path
+
+from kfp import dsl
+
+from components.collect import collect
+from components.drift_check import drift_check
+from components.record import record_decision
+from components.retrain import retrain
+from pipelines import compile_pipeline, step
+
+PIPELINE_NAME = "visionops-monitoring"
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Compare a window of the prediction log with the champion's reference; on drift, "
+    "re-submit the training pipeline with the new labeled data, else record the decision.",
+)
+def monitoring_pipeline(
+    log_location: str = "",
+    start: str = "",
+    end: str = "",
+    hours: float = 24.0,
+    reference: str = "champion",
+    drift_share: float = 0.0,
+    min_rows: int = 0,
+    model_name: str = "",
+    dataset: str = "synthetic",
+    new_data: str = "",
+    products: str = "",
+    epochs: int = 0,
+    imgsz: int = 0,
+    weights: str = "",
+    training_params: str = "{}",
+) -> None:
+    """`log_location`: the prediction log (s3://bucket/prefix or folder; empty: the configured
+    one); the window is [start, end) or the last `hours`; `reference`: `champion`, models:/... or
+    a feature table; `drift_share`/`min_rows` of 0 use the settings. On drift, training runs on
+    `dataset` plus `new_data` (labeled images of the drifted window) with `epochs`, `imgsz`,
+    `weights` (0/empty: training defaults) and any other training parameter in
+    `training_params` (JSON)."""
+    window = step(
+        collect(log_location=log_location, start=start, end=end, hours=hours),
+        "Collect the prediction log",
+        memory="2Gi",
+        retries=2,
+    )
+    check = step(
+        drift_check(
+            current=window.outputs["features"],
+            reference_uri=reference,
+            drift_share=drift_share,
+            min_rows=min_rows,
+            model_name=model_name,
+        ),
+        "Drift check (Evidently)",
+        cpu="1",
+        memory="2Gi",
+        retries=2,
+    )
+    with dsl.If(check.outputs["decision"] == "drift", "drift"):
+        step(
+            retrain(
+                monitoring_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                drift=check.outputs["result"],
+                dataset=dataset,
+                new_data=new_data,
+                products=products,
+                epochs=epochs,
+                imgsz=imgsz,
+                weights=weights,
+                training_params=training_params,
+            ),
+            "Re-submit training",
+            cpu="250m",
+            memory="512Mi",
+            retries=2,
+        )
+    with dsl.Else("no-drift"):
+        step(
+            record_decision(
+                monitoring_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, drift=check.outputs["result"]
+            ),
+            "Record: no drift",
+            cpu="250m",
+            memory="512Mi",
+            retries=2,
+        )
+
+
+if __name__ == "__main__":
+    print(compile_pipeline(monitoring_pipeline, Path(__file__).with_suffix(".yaml")))

@@ -1,0 +1,420 @@
+"""`visionops demo`: the whole platform on this machine, on generated VISION-like data.
+
+    1. data       synthesize a VISION-like dataset; drift a copy of it (darker, as a failing lamp
+                  would), labels carried over; YOLO views of the clean and the drifted val splits
+    2. train      the training pipeline, locally: fetch, validate, convert, train, evaluate,
+                  register (the first model becomes the champion)
+    3. serve      the KServe predictor on models:/<model>@champion, on 127.0.0.1
+    4. traffic    clean images, then drifted ones, through the predictor (its prediction log)
+    5. monitor    the monitoring pipeline on the clean window (no drift: recorded) and on the
+                  drifted window (drift: it re-submits training with the drifted images and labels,
+                  as a new local run in its own process)
+    6. retrain    that run fine-tunes the champion on clean + drifted data; the gate promotes it
+                  only if it beats the champion on the same (clean + drifted) evaluation data, and
+                  its deploy step asks the predictor to reload
+    7. summary    mAP on clean and drifted val before and after, drift scores, what serves now
+
+Everything lands in `<data dir>/demo/`; the registered model is `<model name>-demo`, reset at the
+start so each demo tells the whole story. Every process the demo starts is stopped at the end,
+also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from visionops.config import Settings, get_settings
+from visionops.errors import PipelineError, VisionOpsError
+from visionops.orchestration.local import LocalRun, StepCallback, alive
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "inference")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes and knobs of a demo; the defaults fit in about 15 minutes on 2 CPU cores."""
+
+    products: int = 2
+    train: int = 48  # images per product and split
+    val: int = 32
+    inference: int = 32
+    imgsz: int = 320
+    epochs: int = 30
+    retrain_epochs: int = 15
+    batch: int = 16
+    drift_kind: str = "brightness"
+    drift_severity: float = 0.8
+    seed: int = 0
+    min_map50: float | None = None  # the first model's gate minimum; None: the pipeline default
+    out_dir: Path | None = None
+    model_name: str | None = None
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One model version's mAP on the clean and on the drifted validation images."""
+
+    version: str
+    clean: dict[str, float]
+    drifted: dict[str, float]
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """What one monitoring run decided about one traffic window."""
+
+    run_name: str
+    decision: str
+    reason: str
+    drifted_share: float | None
+    columns: list[dict[str, Any]]  # column, method, score, threshold, drifted
+    report: Path | None
+
+    def strongest(self, count: int = 3) -> list[dict[str, Any]]:
+        """The drifted columns first, then the others, as the check listed them."""
+        return sorted(self.columns, key=lambda c: not c.get("drifted"))[:count]
+
+
+@dataclass
+class DemoResult:
+    """Everything the summary shows."""
+
+    model_name: str
+    first: Scores
+    retrained: Scores | None
+    promoted: bool
+    gate_reason: str
+    clean_check: DriftCheck
+    drift_check: DriftCheck
+    training_run: str
+    serving_version: str
+    reports: list[tuple[str, Path]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    out_dir: Path = Path()
+
+
+@dataclass
+class DemoEvents:
+    """How the demo reports progress: stage titles, pipeline steps, and one-line notes."""
+
+    stage: Callable[[str], None] = lambda title: None
+    step: StepCallback = lambda task, display, event: None
+    info: Callable[[str], None] = lambda text: None
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DemoData:
+    vision: Path
+    drifted: Path
+    clean_yaml: Path
+    drifted_yaml: Path
+
+
+def prepare_data(config: DemoConfig, root: Path, events: DemoEvents) -> DemoData:
+    """Synthesize the clean data, drift a labeled copy of every split, convert both val sets."""
+    from visionops.data.convert import convert
+    from visionops.data.synth import synthesize
+    from visionops.monitoring.simulate import simulate_split
+
+    synth = synthesize(
+        root / "vision", products=config.products, n_train=config.train, n_val=config.val,
+        n_inference=config.inference, imgsz=config.imgsz, seed=config.seed,
+    )  # fmt: skip
+    events.info(f"{synth.total_images} images of {', '.join(synth.products)} in {synth.root}")
+    drifted = root / "drifted"
+    for product in synth.products:
+        for split in SPLITS:
+            simulate_split(
+                synth.root / product / split, drifted / product / split,
+                kind=config.drift_kind, severity=config.drift_severity, seed=config.seed,
+            )  # fmt: skip
+    events.info(f"{config.drift_kind} drift at severity {config.drift_severity:g} in {drifted}")
+    clean_yaml = convert(synth.root, root / "yolo-clean").data_yaml
+    drifted_yaml = convert(drifted, root / "yolo-drifted").data_yaml
+    return DemoData(synth.root, drifted, clean_yaml, drifted_yaml)
+
+
+def reset_model(name: str, settings: Settings) -> None:
+    """Delete the demo's registered model, so its first training becomes the champion."""
+    from visionops.training.registry import Registry
+
+    registry = Registry(name, settings)
+    try:
+        registry.client.get_registered_model(name)
+    except Exception:  # MLflow raises RESOURCE_DOES_NOT_EXIST: nothing to reset
+        return
+    registry.client.delete_registered_model(name)
+    log.info("reset the demo model %s", name)
+
+
+def scores(name: str, version: str, data: DemoData, settings: Settings) -> Scores:
+    """mAP of `name` version `version` on the clean and on the drifted val split."""
+    from visionops.training.evaluate import evaluate
+
+    result = {}
+    for label, data_yaml in (("clean", data.clean_yaml), ("drifted", data.drifted_yaml)):
+        evaluation = evaluate(
+            f"models:/{name}/{version}", data_yaml, split="val", log_run=False, settings=settings
+        )
+        result[label] = evaluation.metrics.summary()
+    return Scores(version, result["clean"], result["drifted"])
+
+
+# ---------------------------------------------------------------- predictor and traffic
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http(url: str, body: bytes | None = None, timeout: float = 60) -> dict[str, Any]:
+    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read() or b"{}")
+
+
+def stop_process(process: subprocess.Popen[bytes] | int, timeout: float = 20) -> None:
+    """SIGTERM the process group (then SIGKILL after `timeout`); quiet if it is gone already."""
+    pid = process if isinstance(process, int) else process.pid
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if isinstance(process, subprocess.Popen):
+            if process.poll() is not None:
+                return
+        elif not alive(pid):
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+@contextmanager
+def predictor(name: str, log_dir: Path, work: Path) -> Iterator[str]:
+    """The KServe predictor on `models:/<name>@champion`, on 127.0.0.1; yields its URL."""
+    port, grpc = free_port(), free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = work / "predictor.log"
+    env = {**os.environ, "VISIONOPS_LOG_FLUSH_EVERY_S": "1"}
+    with log_path.open("ab") as output:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "serving", "--model-uri", f"models:/{name}@champion",
+                f"--model_name={name}", "--host", "127.0.0.1", f"--http_port={port}",
+                f"--grpc_port={grpc}", "--prediction-log", str(log_dir),
+            ],
+            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                raise PipelineError(f"the predictor exited ({process.returncode}); see {log_path}")
+            try:
+                _http(f"{url}/v2/health/ready", timeout=2)
+                break
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    raise PipelineError(
+                        f"the predictor was not ready in 180 s; see {log_path}"
+                    ) from error
+                time.sleep(0.5)
+        yield url
+    finally:
+        stop_process(process)
+
+
+def send_images(url: str, name: str, images: list[Path], per_request: int = 8) -> int:
+    """POST the images to the predictor (KServe v1, base64 JSON); returns how many it answered."""
+    answered = 0
+    for start in range(0, len(images), per_request):
+        chunk = images[start : start + per_request]
+        body = {
+            "instances": [
+                {"image": {"b64": base64.b64encode(p.read_bytes()).decode()}} for p in chunk
+            ]
+        }
+        reply = _http(f"{url}/v1/models/{name}:predict", json.dumps(body).encode())
+        answered += len(reply.get("predictions", []))
+    return answered
+
+
+def wait_for_log(log_dir: Path, start: datetime, end: datetime, count: int) -> None:
+    """Wait until the prediction log holds `count` records of [start, end) (it flushes often)."""
+    from visionops.monitoring.prediction_log import read_window
+    from visionops.storage import LocalStore
+
+    deadline = time.monotonic() + 60
+    while len(read_window(LocalStore(log_dir), start, end)) < count:
+        if time.monotonic() > deadline:
+            raise PipelineError(f"the prediction log in {log_dir} did not reach {count} records")
+        time.sleep(0.5)
+
+
+def inference_images(root: Path) -> list[Path]:
+    from visionops.monitoring.reference import image_files
+
+    return [p for product in sorted(root.iterdir()) if (product / "inference").is_dir()
+            for p in image_files(product / "inference")]  # fmt: skip
+
+
+# ---------------------------------------------------------------- monitoring outcome
+
+
+def drift_check(run: LocalRun) -> DriftCheck:
+    """The decision, per-column scores and report of a monitoring run's drift check."""
+    result_artifact = run.artifact("drift-check", "result")
+    report = run.artifact("drift-check", "report")
+    result = json.loads(Path(result_artifact["path"]).read_text()) if result_artifact else {}
+    return DriftCheck(
+        run.run_name,
+        str(run.output("drift-check", "decision", "unknown")),
+        str(result.get("reason", "")),
+        result.get("drifted_share"),
+        list(result.get("columns", [])),
+        Path(report["path"]) if report else None,
+    )
+
+
+# ---------------------------------------------------------------- the demo
+
+
+def run_demo(
+    config: DemoConfig, events: DemoEvents | None = None, settings: Settings | None = None
+) -> DemoResult:
+    """Run the whole demo (see the module docstring); returns what the summary shows."""
+    from visionops.orchestration.local import follow_run, run_local
+    from visionops.orchestration.resubmit import list_submissions
+
+    events = events or DemoEvents()
+    settings = settings or get_settings()
+    name = config.model_name or f"{settings.model_name}-demo"
+    root = (config.out_dir or settings.data_dir / "demo").expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    reports: list[tuple[str, Path]] = []
+    spawned: list[int] = []
+
+    @contextmanager
+    def timed(stage: str) -> Iterator[None]:
+        events.stage(stage)
+        started = time.monotonic()
+        yield
+        timings[stage] = time.monotonic() - started
+
+    try:
+        with timed("data"):
+            data = prepare_data(config, root, events)
+            reset_model(name, settings)
+        with timed("train"):
+            first_run = run_local("training", {
+                "dataset": str(data.vision), "epochs": config.epochs, "imgsz": config.imgsz,
+                "batch": config.batch, "seed": config.seed, "model_name": name,
+                "deploy_target": "none",
+                **({} if config.min_map50 is None else {"min_map50": config.min_map50}),
+            }, on_step=events.step)  # fmt: skip
+            reports += [(f"training: {step}", path) for step, path in first_run.reports()]
+            if not first_run.output("register-model", "promoted"):
+                raise PipelineError(
+                    "the first model did not become the champion: "
+                    f"{first_run.output('register-model', 'reason')} (train longer: --epochs)"
+                )
+            first_version = str(first_run.output("register-model", "version"))
+        with timed("serve + traffic"), predictor(name, root / "prediction-log", root) as url:
+            events.info(f"predictor {url} serves {name} v{first_version}")
+            clean_start = datetime.now(UTC)
+            sent = send_images(url, name, inference_images(data.vision))
+            drift_start = datetime.now(UTC)
+            drifted = send_images(url, name, inference_images(data.drifted))
+            drift_end = datetime.now(UTC)
+            events.info(f"sent {sent} clean, then {drifted} drifted images")
+            wait_for_log(root / "prediction-log", clean_start, drift_end, sent + drifted)
+
+            monitoring = {
+                "log_location": str(root / "prediction-log"),
+                "reference": f"models:/{name}@champion", "model_name": name,
+                "dataset": str(data.vision), "new_data": str(data.drifted),
+                "epochs": config.retrain_epochs, "imgsz": config.imgsz,
+                "weights": f"models:/{name}@champion",
+                "training_params": json.dumps({
+                    "model_name": name, "batch": config.batch, "seed": config.seed,
+                    "deploy_target": "local", "predictor_url": url,
+                }),
+            }  # fmt: skip
+            with timed("monitor: clean window"):
+                clean_run = run_local("monitoring", {
+                    **monitoring, "start": clean_start.isoformat(), "end": drift_start.isoformat(),
+                }, on_step=events.step)  # fmt: skip
+            with timed("monitor: drifted window"):
+                drift_run = run_local("monitoring", {
+                    **monitoring, "start": drift_start.isoformat(), "end": drift_end.isoformat(),
+                }, on_step=events.step)  # fmt: skip
+            checks = (drift_check(clean_run), drift_check(drift_run))
+            for check in checks:
+                if check.report:
+                    reports.append((f"drift report ({check.decision})", check.report))
+            training_run = str(drift_run.output("retrain", "run_name", ""))
+            if not training_run:
+                raise PipelineError(
+                    f"the drifted window was not judged as drift ({checks[1].decision}: "
+                    f"{checks[1].reason}); try a stronger --drift-severity"
+                )
+            submission = next(s for s in list_submissions(settings) if s.run_name == training_run)
+            if submission.pid:
+                spawned.append(submission.pid)
+            with timed("retrain (re-submitted run)"):
+                events.info(f"following {training_run} (pid {submission.pid})")
+                retrained_run = follow_run(
+                    "training", Path(submission.run_dir), submission.pid, events.step
+                )
+            reports += [(f"retraining: {step}", path) for step, path in retrained_run.reports()]
+            serving = _served_version(url, name)
+        with timed("evaluate before/after"):
+            first = scores(name, first_version, data, settings)
+            version = retrained_run.output("register-model", "version")
+            retrained = scores(name, str(version), data, settings) if version else None
+    finally:
+        for pid in spawned:
+            stop_process(pid)
+    return DemoResult(
+        model_name=name, first=first, retrained=retrained,
+        promoted=bool(retrained_run.output("register-model", "promoted")),
+        gate_reason=str(retrained_run.output("register-model", "reason", "")),
+        clean_check=checks[0], drift_check=checks[1], training_run=training_run,
+        serving_version=serving, reports=reports, timings=timings, out_dir=root,
+    )  # fmt: skip
+
+
+def _served_version(url: str, name: str) -> str:
+    try:
+        return str(_http(f"{url}/v2/models/{name}")["parameters"]["model_version"])
+    except (OSError, KeyError, VisionOpsError) as error:
+        raise PipelineError(f"cannot ask the predictor which version it serves: {error}") from error

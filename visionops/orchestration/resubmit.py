@@ -1,0 +1,222 @@
+"""Re-submit the training pipeline from a monitoring run: at most one training run per key.
+
+The key is the monitoring run's id (`dsl.PIPELINE_JOB_ID_PLACEHOLDER`), the same for every retry
+of its retrain step. A record `pipelines/submissions/<key>.json` in the object store (the data dir
+locally) is written *before* submitting (`submitting`) and completed after (`submitted`); a retry
+that finds it does not submit again. On a cluster a `submitting` record is settled by asking the
+KFP server for the run's deterministic name (`training-after-<key>`): found, it is recorded; not
+found, it is submitted now.
+
+Locally there is no KFP server: the new run is `visionops pipeline run training --local` in its
+own detached process (its own session, so it outlives the step), logging to
+`pipelines/submissions/<key>.log`; the record holds its pid and run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from visionops.config import Settings, get_settings
+from visionops.errors import PipelineError, UsageError
+from visionops.storage import ObjectStore, default_store
+
+log = logging.getLogger(__name__)
+
+SUBMISSIONS_PREFIX = "pipelines/submissions"
+TRAINING = "training"
+SUBMITTING, SUBMITTED, FAILED = "submitting", "submitted", "failed"
+MODES = ("auto", "cluster", "local")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One re-submitted training run, as recorded."""
+
+    key: str
+    mode: str  # cluster or local
+    run_name: str
+    params: dict[str, Any]
+    status: str  # submitting, then submitted (or failed: nothing was started)
+    submitted_at: str
+    run_id: str = ""  # KFP run id (cluster); the local run name (local)
+    url: str = ""  # cluster: the run in the KFP UI
+    pid: int | None = None  # local: the process running it
+    log: str = ""  # local: that process's output
+    run_dir: str = ""  # local: where the run writes its summary
+    error: str = ""  # why a submission failed
+    already: bool = field(default=False, compare=False)  # an earlier attempt submitted it
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data.pop("already")
+        return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def safe_key(key: str) -> str:
+    """`key` usable as a file and run name: letters, digits, `-`, `_`, `.` only."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", key).strip("-.")
+    if not cleaned:
+        raise UsageError(f"a submission needs a key (the monitoring run id), got {key!r}")
+    return cleaned[:100]
+
+
+def submission_store(settings: Settings | None = None) -> ObjectStore:
+    return default_store(SUBMISSIONS_PREFIX, settings)
+
+
+def read_submission(key: str, settings: Settings | None = None) -> Submission | None:
+    """The record for `key`, or None if nothing was submitted for it."""
+    store = submission_store(settings)
+    name = f"{safe_key(key)}.json"
+    if not store.exists(name):
+        return None
+    return Submission(**json.loads(store.read_bytes(name)))
+
+
+def list_submissions(settings: Settings | None = None) -> list[Submission]:
+    """Every recorded submission, oldest first."""
+    store = submission_store(settings)
+    records = [
+        Submission(**json.loads(store.read_bytes(k)))
+        for k in store.list_keys()
+        if k.endswith(".json")
+    ]
+    return sorted(records, key=lambda s: s.submitted_at)
+
+
+def _resolve_mode(mode: str) -> str:
+    from visionops.deploy import in_cluster
+
+    if mode not in MODES:
+        raise UsageError(f"unknown submission mode {mode!r}; use {', '.join(MODES)}")
+    if mode == "auto":
+        return "cluster" if in_cluster() else "local"
+    return mode
+
+
+def submit_training(
+    key: str, params: dict[str, Any], *, mode: str = "auto", settings: Settings | None = None
+) -> Submission:
+    """Start one training run for `key` with `params`, unless one was started for it already.
+
+    Returns the submission (`already` True when an earlier attempt made it). UsageError for a
+    bad key, mode or parameter; PipelineError when the KFP server refuses.
+    """
+    from visionops.orchestration.params import compiled_package, package_info, parse_params
+
+    settings = settings or get_settings()
+    safe = safe_key(key)
+    mode = _resolve_mode(mode)
+    package = compiled_package(TRAINING)
+    params = parse_params(*package_info(package), params)
+    store = submission_store(settings)
+    record_key = f"{safe}.json"
+    existing = read_submission(key, settings)
+    # A local `submitting` record may have a running process behind it: never start twice.
+    if existing is not None and (
+        existing.status == SUBMITTED or (existing.status == SUBMITTING and existing.mode == "local")
+    ):
+        log.info("training for %s was submitted already: %s", key, existing.run_name)
+        return Submission(**{**asdict(existing), "already": True})
+    run_name = f"{TRAINING}-after-{safe}"
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    pending = Submission(key, mode, run_name, params, SUBMITTING, stamp)
+    store.write_bytes(record_key, pending.to_json())
+    try:
+        if mode == "cluster":
+            unsure = existing is not None and existing.status == SUBMITTING
+            submission = _submit_cluster(pending, package, settings, settled=unsure)
+        else:
+            submission = _spawn_local(pending, settings)
+    except (PipelineError, OSError) as error:
+        # Refused by the server or not started: nothing runs, so a retry may submit again.
+        failed = Submission(**{**asdict(pending), "status": FAILED, "error": str(error)})
+        store.write_bytes(record_key, failed.to_json())
+        raise
+    store.write_bytes(record_key, submission.to_json())
+    log.info("submitted %s (%s) for %s", submission.run_name, submission.mode, key)
+    return submission
+
+
+def _submit_cluster(
+    pending: Submission, package: Path, settings: Settings, *, settled: bool
+) -> Submission:
+    """Start the run on the KFP server (uploading `package` if the pipeline is not there yet),
+    or find it when an earlier attempt may have started it."""
+    from kfp_server_api.exceptions import ApiException
+
+    from visionops.orchestration import remote
+    from visionops.orchestration.params import package_info
+
+    client = remote.connect(settings=settings)
+    name = package_info(package)[0]
+    try:
+        if settled:
+            experiment = client.create_experiment(
+                settings.kfp_experiment, namespace=settings.kfp_namespace
+            )
+            found = remote.find_run(client, experiment.experiment_id, pending.run_name)
+            if found is not None:
+                url = f"{settings.kfp_host.rstrip('/')}/#/runs/details/{found.run_id}"
+                done = {"status": SUBMITTED, "run_id": found.run_id, "url": url, "already": True}
+                return Submission(**{**asdict(pending), **done})
+        pipeline_id = client.get_pipeline_id(name)
+        if pipeline_id is None:  # never uploaded: the version installed with this image
+            pipeline_id, version_id = remote.upload(client, name, package, pending.run_name)
+        else:  # the newest version uploaded, as `hack/run-e2e.sh` or the UI left it
+            version_id = remote.latest_version(client, pipeline_id)
+        run = remote.start_run(
+            client, host=settings.kfp_host, run_name=pending.run_name, pipeline_id=pipeline_id,
+            version_id=version_id, params=pending.params, settings=settings,
+        )  # fmt: skip
+    except ApiException as error:
+        raise PipelineError(f"Kubeflow Pipelines refused: {error.status} {error.reason}") from error
+    return Submission(
+        **{**asdict(pending), "status": SUBMITTED, "run_id": run.run_id, "url": run.url}
+    )
+
+
+def local_command(run_name: str, params: dict[str, Any]) -> list[str]:
+    """The command line of a local training run with `params`."""
+    command = [sys.executable, "-m", "visionops", "pipeline", "run", TRAINING, "--local"]
+    command += ["--run-name", run_name]
+    for name, value in params.items():
+        text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        command.append(f"--param={name}={text}")
+    return command
+
+
+def _spawn_local(pending: Submission, settings: Settings) -> Submission:
+    """Start the local run in its own session; it outlives the step that started it."""
+    from visionops.orchestration.local import runs_dir
+
+    log_path = settings.data_dir / SUBMISSIONS_PREFIX / f"{safe_key(pending.key)}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    # The step runs with KFP's runtime-only SDK switch; the new run needs the whole SDK.
+    env = {k: v for k, v in os.environ.items() if k != "_KFP_RUNTIME"}
+    with log_path.open("ab") as output:
+        process = subprocess.Popen(
+            local_command(pending.run_name, pending.params),
+            env=env,
+            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=Path.cwd(),
+        )  # fmt: skip
+    return Submission(
+        **{
+            **asdict(pending),
+            "status": SUBMITTED,
+            "run_id": pending.run_name,
+            "pid": process.pid,
+            "log": str(log_path),
+            "run_dir": str(runs_dir(settings) / pending.run_name),
+        }
+    )
