@@ -21,12 +21,14 @@ place, so a failure leaves either the previous dataset or none.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,7 +119,35 @@ def convert(
     main root (the extra roots contribute those products only). `segments` writes polygons
     instead of boxes. Returns the result; raises DataError for unreadable input and UsageError
     for an `out_dir` that holds something else.
+
+    The cyclic garbage collector is paused meanwhile: parsing COCO and planning every label
+    allocates hundreds of thousands of objects and no cycles, and its passes over that heap were
+    a quarter of the conversion time.
     """
+    with _gc_paused():
+        return _convert(root, out_dir, products=products, segments=segments, progress=progress)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _convert(
+    root: Path | Sequence[Path],
+    out_dir: Path,
+    *,
+    products: Sequence[str] | None,
+    segments: bool,
+    progress: ProgressCallback | None,
+) -> ConversionResult:
+    """`convert`, with the garbage collector paused."""
     roots = [Path(root)] if isinstance(root, (str, Path)) else [Path(r) for r in root]
     if not roots:
         raise UsageError("no dataset folder given")
