@@ -167,6 +167,43 @@ def grid_search(reference: pd.DataFrame, tables: dict[str, pd.DataFrame], args):
     return results, windows
 
 
+def window_sizes(reference: pd.DataFrame, tables: dict[str, pd.DataFrame], results, args):  # type: ignore[no-untyped-def]
+    """How the two best candidates of different methods behave on smaller and larger windows:
+    the minimum window is the smallest size that still meets the goals."""
+    picked = [results[0]]
+    picked += [r for r in results if r["method"] != results[0]["method"]][:1]
+    pool = len(tables["clean"])
+    n_columns = reference.shape[1]
+    rows = []
+    for size in args.sizes:
+        windows = _windows(pool, args.windows, size, args.seed + size)
+        fa_windows = _windows(pool, args.fa_windows, size, args.seed + 1000 + size)
+        scores = {n: _scores(reference, t, windows) for n, t in tables.items() if "@" in n}
+        scores["clean"] = _scores(reference, tables["clean"], fa_windows)
+        for r in picked:
+            index = 0 if r["method"] == "ks" else 1
+
+            def decide(pair, r=r, index=index):  # type: ignore[no-untyped-def]
+                values = pair[index]
+                hit = values <= r["threshold"] if index == 0 else values >= r["threshold"]
+                return float((hit.sum(axis=1) / n_columns >= r["drift_share"]).mean())
+
+            rates = {n: decide(pair) for n, pair in scores.items()}
+            rows.append(
+                {
+                    "window": size,
+                    "method": r["method"],
+                    "threshold": r["threshold"],
+                    "drift_share": r["drift_share"],
+                    "false_alarms": rates["clean"],
+                    "min_detection_0.5": min(v for n, v in rates.items() if n.endswith("@0.5")),
+                    "min_detection_0.75": min(v for n, v in rates.items() if n.endswith("@0.75")),
+                }
+            )
+        log.info("window %d done", size)
+    return rows
+
+
 def validate(reference: pd.DataFrame, tables: dict[str, pd.DataFrame], windows, best) -> dict:  # type: ignore[no-untyped-def]
     """The chosen defaults through the real check (Evidently): rate of 'drift' per table."""
     from visionops.monitoring.drift import DriftConfig, check_drift
@@ -225,6 +262,7 @@ def main() -> int:
     parser.add_argument("--pool-per-product", type=int, default=100)
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[25, 50, 100, 200, 400])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("visionops").setLevel(logging.WARNING)
@@ -239,12 +277,16 @@ def main() -> int:
         f"  {r['method']} {r['threshold']:g} share {r['drift_share']:g}: fa {r['fa_extra']:.3f} "
         f"clean {r['rates']['clean']:.2f} min@0.5 {r['min_detection_0.5']:.2f} "
         f"mean@0.25 {r['mean_detection_0.25']:.2f}" for r in results[:8]))  # fmt: skip
+    sizes = window_sizes(reference, tables, results, args)
     validated = validate(reference, tables, windows, best)
     report = markdown(validated, best, args)
+    report += "\n\nWindow size (scipy path, false alarms over " + str(args.fa_windows)
+    report += " clean windows):\n\n" + pd.DataFrame(sizes).to_markdown(index=False)
     print(report)
     out = args.workdir / "calibration.json"
     out.write_text(json.dumps({"best": best, "validated": validated, "grid": results,
-                               "markdown": report}, indent=2, default=str))  # fmt: skip
+                               "window_sizes": sizes, "markdown": report},
+                              indent=2, default=str))  # fmt: skip
     log.info("wrote %s", out)
     return 0
 

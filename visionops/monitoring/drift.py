@@ -19,13 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from visionops.config import Settings
 from visionops.errors import DataError, DriftCheckError, UsageError
 from visionops.monitoring.features import CATEGORICAL_COLUMNS, FEATURE_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from visionops.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +38,23 @@ REPORT_JSON = "drift.json"
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".json")
 
 
+_DEFAULTS = Settings.model_fields
+
+
 @dataclass(frozen=True)
 class DriftConfig:
     """How columns are compared; `from_settings` reads the `VISIONOPS_DRIFT_*` settings.
 
-    A threshold of None means the method's own default in Evidently (ks 0.05, wasserstein 0.1...).
+    Unset fields take the calibrated defaults of `Settings`. A threshold of None means the method's
+    own default in Evidently (ks 0.05, wasserstein 0.1...).
     """
 
-    num_method: str = "ks"
-    cat_method: str = "chisquare"
-    num_threshold: float | None = None
-    cat_threshold: float | None = None
-    drift_share: float = 0.5
-    min_rows: int = 50
+    num_method: str = _DEFAULTS["drift_num_method"].default
+    cat_method: str = _DEFAULTS["drift_cat_method"].default
+    num_threshold: float | None = _DEFAULTS["drift_num_threshold"].default
+    cat_threshold: float | None = _DEFAULTS["drift_cat_threshold"].default
+    drift_share: float = _DEFAULTS["drift_share"].default
+    min_rows: int = _DEFAULTS["drift_min_rows"].default
     columns: tuple[str, ...] | None = None
     column_methods: dict[str, str] = field(default_factory=dict)
     column_thresholds: dict[str, float] = field(default_factory=dict)
