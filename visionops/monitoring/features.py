@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -332,9 +332,3 @@ def image_feature_rows(
             if progress is not None:
                 progress(done, total)
     return rows, failures
-
-
-def feature_columns(columns: Iterable[str]) -> list[str]:
-    """The known feature columns among `columns`, in canonical order."""
-    present = set(columns)
-    return [c for c in FEATURE_COLUMNS if c in present]

@@ -69,17 +69,6 @@ class _Marker:
     stop: bool = False
 
 
-@dataclass
-class LogStats:
-    """Counters of a writer since it started."""
-
-    queued: int
-    dropped: int
-    written: int
-    write_errors: int
-    feature_errors: int
-
-
 class PredictionLogWriter:
     """Bounded, non-blocking prediction logging to an object store (S3 or a local folder).
 
@@ -207,15 +196,6 @@ class PredictionLogWriter:
         self._thread.join(timeout)
         if self._buffer:
             log.error("prediction log: %d records could not be written", len(self._buffer))
-
-    def stats(self) -> LogStats:
-        return LogStats(
-            queued=self._queue.qsize(),
-            dropped=self.dropped,
-            written=self.written,
-            write_errors=self.write_errors,
-            feature_errors=self.feature_errors,
-        )
 
     def __enter__(self) -> PredictionLogWriter:
         return self
