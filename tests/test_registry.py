@@ -227,3 +227,23 @@ def test_resolve_model_uri_follows_the_alias_and_caches_by_version(
         resolve_model_uri(f"models:/{name}@nobody")
     with pytest.raises(UsageError, match="not a registry URI"):
         resolve_model_uri(f"models:/{name}")
+
+
+def test_embedded_store_needs_no_server(
+    settings_env: pytest.MonkeyPatch, trained: ObservedTraining, tmp_path: Path
+):
+    """The default: sqlite and artifacts in the data dir, nothing written where we stand."""
+    settings_env.chdir(tmp_path)
+    settings_env.setenv("VISIONOPS_MLFLOW_EXPERIMENT", "embedded")
+    settings_env.setenv("VISIONOPS_MODEL_NAME", "embedded-model")
+    get_settings.cache_clear()
+    settings = get_settings()
+    assert settings.mlflow_tracking_uri is None
+    result = register(_candidate(settings, trained, 0.3, data_hash=OLD_DATA))
+    assert (result.version, result.alias) == ("1", CHAMPION)
+    served = resolve_model_uri("models:/embedded-model@champion")
+    assert check_model_dir(served).names == check_model_dir(trained.result.model_dir).names
+    mlflow_dir = settings.data_dir / "mlflow"
+    assert (mlflow_dir / "mlflow.db").is_file()
+    assert list((mlflow_dir / "artifacts").rglob(f"model/{MODEL_ONNX}"))
+    assert list(tmp_path.iterdir()) == []

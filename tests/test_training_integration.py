@@ -69,7 +69,8 @@ def test_train_evaluate_register_serve_and_retrain(
         tiny_data_yaml, epochs=1, imgsz=IMGSZ, batch=8, weights=f"models:/{name}@{CHAMPION}"
     )
     run = tracking.client.get_run(retrained.run_id)
-    assert run.data.tags["visionops.weights"] == str(served / MODEL_PT)
+    assert run.data.tags["visionops.weights"] == f"models:/{name}@{CHAMPION}"
+    assert run.data.tags["visionops.weights_file"] == str(served / MODEL_PT)
     second = register(retrained.run_id, data_yaml=tiny_data_yaml)
     assert second.version == "2" and second.previous_champion == "1"
     assert "on the same evaluation data" in second.reason

@@ -592,9 +592,10 @@ def resolve_model_uri(uri: str, settings: Settings | None = None) -> Path:
     try:
         local = download(tracking, source, staging)
         check_model_dir(local)
-        if target.exists():
-            shutil.rmtree(target)
-        local.rename(target)
+        try:
+            local.rename(target)
+        except OSError:  # another process finished the same download first: use that one
+            check_model_dir(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("%s -> %s", uri, target)

@@ -249,7 +249,7 @@ def train(
     try:
         source = resolve_weights(weights, workdir, settings)
         tracking = connect(settings)
-        run_id = _start_run(tracking, dataset, source, settings)
+        run_id = _start_run(tracking, dataset, str(weights or ARCHITECTURE), source, settings)
         return _train_in_run(
             tracking, run_id, dataset, source, workdir,
             epochs=epochs, imgsz=imgsz, batch=batch, device=device, seed=seed, workers=workers,
@@ -265,7 +265,9 @@ def _runs_dir(settings: Settings) -> Path:
     return path
 
 
-def _start_run(tracking: Tracking, dataset: YoloDataset, source: str, settings: Settings) -> str:
+def _start_run(
+    tracking: Tracking, dataset: YoloDataset, weights: str, source: str, settings: Settings
+) -> str:
     """Create the run with its identity tags, then prove the artifact store accepts it."""
     tags = {
         "mlflow.runName": f"train-{dataset.dataset_hash[:12]}",
@@ -274,7 +276,8 @@ def _start_run(tracking: Tracking, dataset: YoloDataset, source: str, settings: 
         f"{TAG_PREFIX}products": ",".join(dataset.products) or "unknown",
         f"{TAG_PREFIX}classes": str(len(dataset.names)),
         f"{TAG_PREFIX}data_yaml": str(dataset.data_yaml),
-        f"{TAG_PREFIX}weights": source,
+        f"{TAG_PREFIX}weights": weights,
+        f"{TAG_PREFIX}weights_file": source,
         **{f"{TAG_PREFIX}version.{k}": v for k, v in library_versions().items()},
     }
     commit = git_commit(settings)
