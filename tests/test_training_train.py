@@ -203,6 +203,27 @@ def test_unreachable_mlflow_is_a_clear_error_after_bounded_retries(
     assert time.monotonic() - start < 60
     with pytest.raises(RegistryError, match="unreachable"):
         connect(get_settings())
+    result = runner.invoke(app, ["model", "list"])
+    assert result.exit_code == 1 and "unreachable" in result.output
+
+
+def test_unreachable_s3_is_a_clear_error_before_training(
+    settings_env: pytest.MonkeyPatch, tiny_data_yaml: Path, tmp_path: Path
+):
+    """Embedded MLflow whose artifact store is an S3 endpoint nobody listens on."""
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    settings_env.setenv("VISIONOPS_S3_ENDPOINT", endpoint)
+    settings_env.setenv("VISIONOPS_S3_ACCESS_KEY", "k")
+    settings_env.setenv("VISIONOPS_S3_SECRET_KEY", "s")
+    settings_env.setenv("VISIONOPS_MLFLOW_EXPERIMENT", "s3-down")
+    settings_env.setenv("VISIONOPS_MLFLOW_RETRIES", "1")
+    get_settings.cache_clear()
+    start = time.monotonic()
+    with pytest.raises(StorageError, match=f"S3 artifact store {endpoint} failed"):
+        train(tiny_data_yaml, epochs=1, imgsz=IMGSZ)
+    with pytest.raises(StorageError, match=f"S3 endpoint {endpoint} unreachable"):
+        resolve_weights("s3://bucket/model.pt", tmp_path, get_settings())
+    assert time.monotonic() - start < 60
 
 
 def test_wrong_s3_credentials_fail_before_training(
