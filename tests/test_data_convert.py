@@ -252,3 +252,21 @@ def test_malformed_coco_is_a_data_error_naming_the_file(root: Path, tmp_path: Pa
     with pytest.raises(DataError, match=f"{path}: malformed COCO"):
         convert(copy, tmp_path / "yolo")
     assert not (tmp_path / "yolo").exists()
+
+
+def test_digest_cache_sees_in_place_edits_and_is_optional(root: Path, tmp_path: Path):
+    from visionops.data.hashing import file_digests
+
+    copy = copy_dataset(root, tmp_path / "c")
+    first = convert(copy, tmp_path / "yolo")
+    image = copy / "Lens" / "val" / "lens_val_00002.jpg"
+    data = bytearray(image.read_bytes())
+    data[-20] ^= 0x55
+    image.write_bytes(bytes(data))  # same path and inode, new content
+    second = convert(copy, tmp_path / "yolo")
+    assert not second.reused and second.dataset_hash != first.dataset_hash
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    paths = [str(image)]
+    assert file_digests(paths, cache=blocker / "digests.sqlite3") == file_digests(paths)

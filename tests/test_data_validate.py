@@ -267,3 +267,9 @@ def test_select_products(clean: Path, tmp_path: Path):
     _image_unreadable(root)  # breaks Cable only
     assert not validate(root).ok
     assert validate(root, products=["Screw"]).ok
+
+
+def test_readme_lists_every_check():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for name, (severity, _) in CHECKS.items():
+        assert f"| `{name}` | {severity} |" in readme, name

@@ -8,13 +8,13 @@ The record is an SQLite file under the data dir; if it cannot be used, every fil
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from visionops.data.files import sha256_file
 from visionops.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,7 @@ def file_digests(
             if recorded is not None and recorded[0] == identity:
                 digests.append(recorded[1])
             else:
-                with open(path, "rb") as handle:  # noqa: PTH123
-                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
+                digest = sha256_file(path)
                 digests.append(digest)
                 fresh.append((path, *identity, digest))
         except FileNotFoundError as error:
@@ -92,7 +91,7 @@ def _load(cache: Path, paths: Sequence[str]) -> dict[str, tuple[tuple[int, int, 
                         known[path] = ((dev, ino, size, mtime_ns), digest)
         finally:
             connection.close()
-    except sqlite3.Error as error:
+    except (sqlite3.Error, OSError) as error:  # a read-only data dir: hash without a cache
         log.warning("digest cache %s unusable (%s); hashing every file", cache, error)
         return {}
     return known
@@ -108,5 +107,5 @@ def _store(cache: Path, rows: list[tuple[str, int, int, int, int, str]]) -> None
                 )
         finally:
             connection.close()
-    except sqlite3.Error as error:
+    except (sqlite3.Error, OSError) as error:  # a read-only data dir: hash without a cache
         log.warning("could not record digests in %s: %s", cache, error)
