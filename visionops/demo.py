@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -307,113 +308,154 @@ def drift_check(run: LocalRun) -> DriftCheck:
 # ---------------------------------------------------------------- the demo
 
 
+class _Demo:
+    """The demo's state as it goes: where it writes, what it timed, the reports it kept."""
+
+    def __init__(self, config: DemoConfig, events: DemoEvents, settings: Settings) -> None:
+        self.config, self.events, self.settings = config, events, settings
+        self.name = config.model_name or f"{settings.model_name}-demo"
+        self.root = (config.out_dir or settings.data_dir / "demo").expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.timings: dict[str, float] = {}
+        self.reports: list[tuple[str, Path]] = []
+
+    @contextmanager
+    def stage(self, title: str) -> Iterator[None]:
+        self.events.stage(title)
+        started = time.monotonic()
+        yield
+        self.timings[title] = time.monotonic() - started
+
+    def keep_report(self, label: str, artifact: dict[str, Any] | None, file_name: str) -> None:
+        """Copy a report artifact to `<demo>/reports/<file_name>` (a name a browser opens)."""
+        if artifact is None or not Path(artifact["path"]).is_file():
+            return
+        target = self.root / "reports" / file_name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(artifact["path"], target)
+        self.reports.append((label, target))
+
+    def train_first(self, data: DemoData) -> str:
+        """The training pipeline on the clean data; returns the champion version it made."""
+        from visionops.orchestration.local import run_local
+
+        config = self.config
+        params: dict[str, Any] = {
+            "dataset": str(data.vision), "epochs": config.epochs, "imgsz": config.imgsz,
+            "batch": config.batch, "seed": config.seed, "model_name": self.name,
+            "deploy_target": "none",
+        }  # fmt: skip
+        if config.min_map50 is not None:
+            params["min_map50"] = config.min_map50
+        run = run_local("training", params, on_step=self.events.step)
+        version = str(run.output("register-model", "version"))
+        self.keep_report("validation", run.artifact("validate-dataset", "summary"), "validation.md")
+        self.keep_report(
+            f"evaluation v{version}", run.artifact("evaluate-model", "report"),
+            f"evaluation-v{version}.md",
+        )  # fmt: skip
+        if not run.output("register-model", "promoted"):
+            raise PipelineError(
+                "the first model did not become the champion: "
+                f"{run.output('register-model', 'reason')} (train longer: --epochs)"
+            )
+        return version
+
+    def monitor(
+        self, window: str, params: dict[str, Any], start: datetime, end: datetime
+    ) -> tuple[LocalRun, DriftCheck]:
+        """The monitoring pipeline on [start, end) of the prediction log."""
+        from visionops.orchestration.local import run_local
+
+        with self.stage(f"monitor: {window} window"):
+            run = run_local(
+                "monitoring", {**params, "start": start.isoformat(), "end": end.isoformat()},
+                on_step=self.events.step,
+            )  # fmt: skip
+        check = drift_check(run)
+        self.keep_report(
+            f"drift check, {window} window ({check.decision})",
+            run.artifact("drift-check", "report"), f"drift-{window}-window.html",
+        )  # fmt: skip
+        return run, check
+
+    def retrain(self, training_run: str) -> LocalRun:
+        """Follow the training run the monitoring pipeline re-submitted, until it ends."""
+        from visionops.orchestration.local import follow_run
+        from visionops.orchestration.resubmit import list_submissions
+
+        submission = next(s for s in list_submissions(self.settings) if s.run_name == training_run)
+        self.events.info(f"following {training_run} (process {submission.pid})")
+        try:
+            run = follow_run("training", Path(submission.run_dir), submission.pid, self.events.step)
+        finally:
+            if submission.pid:
+                stop_process(submission.pid)  # on failure or Ctrl-C; gone already otherwise
+        version = run.output("register-model", "version")
+        self.keep_report(
+            f"evaluation v{version}", run.artifact("evaluate-model", "report"),
+            f"evaluation-v{version}.md",
+        )  # fmt: skip
+        return run
+
+
 def run_demo(
     config: DemoConfig, events: DemoEvents | None = None, settings: Settings | None = None
 ) -> DemoResult:
     """Run the whole demo (see the module docstring); returns what the summary shows."""
-    from visionops.orchestration.local import follow_run, run_local
-    from visionops.orchestration.resubmit import list_submissions
-
-    events = events or DemoEvents()
-    settings = settings or get_settings()
-    name = config.model_name or f"{settings.model_name}-demo"
-    root = (config.out_dir or settings.data_dir / "demo").expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    reports: list[tuple[str, Path]] = []
-    spawned: list[int] = []
-
-    @contextmanager
-    def timed(stage: str) -> Iterator[None]:
-        events.stage(stage)
-        started = time.monotonic()
-        yield
-        timings[stage] = time.monotonic() - started
-
-    try:
-        with timed("data"):
-            data = prepare_data(config, root, events)
-            reset_model(name, settings)
-        with timed("train"):
-            first_run = run_local("training", {
-                "dataset": str(data.vision), "epochs": config.epochs, "imgsz": config.imgsz,
-                "batch": config.batch, "seed": config.seed, "model_name": name,
-                "deploy_target": "none",
-                **({} if config.min_map50 is None else {"min_map50": config.min_map50}),
-            }, on_step=events.step)  # fmt: skip
-            reports += [(f"training: {step}", path) for step, path in first_run.reports()]
-            if not first_run.output("register-model", "promoted"):
-                raise PipelineError(
-                    "the first model did not become the champion: "
-                    f"{first_run.output('register-model', 'reason')} (train longer: --epochs)"
-                )
-            first_version = str(first_run.output("register-model", "version"))
-        with timed("serve + traffic"), predictor(name, root / "prediction-log", root) as url:
-            events.info(f"predictor {url} serves {name} v{first_version}")
+    demo = _Demo(config, events or DemoEvents(), settings or get_settings())
+    name, root, log_dir = demo.name, demo.root, demo.root / "prediction-log"
+    with demo.stage("data"):
+        data = prepare_data(config, root, demo.events)
+        reset_model(name, demo.settings)
+    with demo.stage("train"):
+        first_version = demo.train_first(data)
+    with contextlib.ExitStack() as running:
+        with demo.stage("serve + traffic"):
+            url = running.enter_context(predictor(name, log_dir, root))
+            demo.events.info(f"predictor {url} serves {name} v{first_version}")
             clean_start = datetime.now(UTC)
             sent = send_images(url, name, inference_images(data.vision))
             drift_start = datetime.now(UTC)
             drifted = send_images(url, name, inference_images(data.drifted))
             drift_end = datetime.now(UTC)
-            events.info(f"sent {sent} clean, then {drifted} drifted images")
-            wait_for_log(root / "prediction-log", clean_start, drift_end, sent + drifted)
-
-            monitoring = {
-                "log_location": str(root / "prediction-log"),
-                "reference": f"models:/{name}@champion", "model_name": name,
-                "dataset": str(data.vision), "new_data": str(data.drifted),
-                "epochs": config.retrain_epochs, "imgsz": config.imgsz,
-                "weights": f"models:/{name}@champion",
-                "training_params": json.dumps({
-                    "model_name": name, "batch": config.batch, "seed": config.seed,
-                    "deploy_target": "local", "predictor_url": url,
-                }),
-            }  # fmt: skip
-            with timed("monitor: clean window"):
-                clean_run = run_local("monitoring", {
-                    **monitoring, "start": clean_start.isoformat(), "end": drift_start.isoformat(),
-                }, on_step=events.step)  # fmt: skip
-            with timed("monitor: drifted window"):
-                drift_run = run_local("monitoring", {
-                    **monitoring, "start": drift_start.isoformat(), "end": drift_end.isoformat(),
-                }, on_step=events.step)  # fmt: skip
-            checks = (drift_check(clean_run), drift_check(drift_run))
-            for check in checks:
-                if check.report:
-                    reports.append((f"drift report ({check.decision})", check.report))
-            training_run = str(drift_run.output("retrain", "run_name", ""))
-            if not training_run:
-                raise PipelineError(
-                    f"the drifted window was not judged as drift ({checks[1].decision}: "
-                    f"{checks[1].reason}); try a stronger --drift-severity"
-                )
-            submission = next(s for s in list_submissions(settings) if s.run_name == training_run)
-            if submission.pid:
-                spawned.append(submission.pid)
-            with timed("retrain (re-submitted run)"):
-                events.info(f"following {training_run} (pid {submission.pid})")
-                retrained_run = follow_run(
-                    "training", Path(submission.run_dir), submission.pid, events.step
-                )
-            reports += [(f"retraining: {step}", path) for step, path in retrained_run.reports()]
-            serving = _served_version(url, name)
-        with timed("evaluate before/after"):
-            first = scores(name, first_version, data, settings)
-            version = retrained_run.output("register-model", "version")
-            retrained = scores(name, str(version), data, settings) if version else None
-    finally:
-        for pid in spawned:
-            stop_process(pid)
+            demo.events.info(f"sent {sent} clean, then {drifted} drifted images")
+            wait_for_log(log_dir, clean_start, drift_end, sent + drifted)
+        monitoring = {
+            "log_location": str(log_dir), "reference": f"models:/{name}@champion",
+            "model_name": name, "dataset": str(data.vision), "new_data": str(data.drifted),
+            "epochs": config.retrain_epochs, "imgsz": config.imgsz,
+            "weights": f"models:/{name}@champion",
+            "training_params": json.dumps({
+                "model_name": name, "batch": config.batch, "seed": config.seed,
+                "deploy_target": "local", "predictor_url": url,
+            }),
+        }  # fmt: skip
+        _, clean_check = demo.monitor("clean", monitoring, clean_start, drift_start)
+        drift_run, drift_check_ = demo.monitor("drifted", monitoring, drift_start, drift_end)
+        training_run = str(drift_run.output("retrain", "run_name", ""))
+        if not training_run:
+            raise PipelineError(
+                f"the drifted window was not judged as drift ({drift_check_.decision}: "
+                f"{drift_check_.reason}); try a stronger --drift-severity"
+            )
+        with demo.stage("retrain (re-submitted run)"):
+            retrained_run = demo.retrain(training_run)
+        serving = served_version(url, name)
+    with demo.stage("evaluate before/after"):
+        first = scores(name, first_version, data, demo.settings)
+        version = retrained_run.output("register-model", "version")
+        retrained = scores(name, str(version), data, demo.settings) if version else None
     return DemoResult(
         model_name=name, first=first, retrained=retrained,
         promoted=bool(retrained_run.output("register-model", "promoted")),
         gate_reason=str(retrained_run.output("register-model", "reason", "")),
-        clean_check=checks[0], drift_check=checks[1], training_run=training_run,
-        serving_version=serving, reports=reports, timings=timings, out_dir=root,
+        clean_check=clean_check, drift_check=drift_check_, training_run=training_run,
+        serving_version=serving, reports=demo.reports, timings=demo.timings, out_dir=root,
     )  # fmt: skip
 
 
-def _served_version(url: str, name: str) -> str:
+def served_version(url: str, name: str) -> str:
     try:
         return str(_http(f"{url}/v2/models/{name}")["parameters"]["model_version"])
     except (OSError, KeyError, VisionOpsError) as error:

@@ -299,7 +299,7 @@ def run_local(
     error: str | None = None
     started = time.monotonic()
     log.info("local run %s of %s in %s", run_name, name, run_dir)
-    with (run_dir / "run.log").open("a", encoding="utf-8") as log_file:
+    with (run_dir / "run.log").open("a", encoding="utf-8", buffering=1) as log_file:
         stream = StepStream(log_file, tasks, callback)
         try:
             with _kfp_local(outputs_root), contextlib.redirect_stdout(stream):

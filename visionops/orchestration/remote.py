@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +54,7 @@ def connect(host: str | None = None, settings: Settings | None = None) -> kfp.Cl
 
     settings = settings or get_settings()
     token = KFP_TOKEN.read_text().strip() if KFP_TOKEN.is_file() else None
+    warnings.filterwarnings("ignore", "This client only works with Kubeflow", FutureWarning)
     try:
         return Client(
             host=host or settings.kfp_host,
