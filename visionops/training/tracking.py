@@ -15,6 +15,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,6 +66,31 @@ def _configure_http(settings: Settings) -> None:
     # boto3 (MLflow's S3 artifact client) retries on its own; keep that bounded too.
     os.environ["AWS_MAX_ATTEMPTS"] = str(settings.mlflow_retries + 1)
     os.environ["AWS_RETRY_MODE"] = "standard"
+
+
+_s3_identity: tuple[str | None, ...] | None = None
+
+
+def _refresh_s3_clients(settings: Settings) -> None:
+    """Rebuild MLflow's S3 clients when the S3 settings changed within this process.
+
+    MLflow's S3 artifact store reads credentials from the environment through boto3, whose default
+    session keeps the first credentials it found for the life of the process, and MLflow caches
+    its clients; a process that changes settings (a notebook, the tests) would keep the old ones.
+    """
+    global _s3_identity
+    secret = settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None
+    key = settings.s3_access_key.get_secret_value() if settings.s3_access_key else None
+    identity = (settings.s3_endpoint, key, secret, settings.s3_region)
+    if identity == _s3_identity:
+        return
+    _s3_identity = identity
+    boto3 = sys.modules.get("boto3")
+    if boto3 is not None:
+        boto3.DEFAULT_SESSION = None
+    repo = sys.modules.get("mlflow.store.artifact.s3_artifact_repo")
+    if repo is not None:
+        repo._cached_get_s3_client.cache_clear()
 
 
 def artifact_root(settings: Settings) -> str:
@@ -137,6 +163,7 @@ def connect(settings: Settings | None = None) -> Tracking:
     """
     settings = bootstrap(settings)
     _configure_http(settings)
+    _refresh_s3_clients(settings)
     from mlflow import MlflowClient
 
     uri = settings.tracking_uri
