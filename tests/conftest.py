@@ -164,3 +164,14 @@ def trained(mlflow: MlflowServer, tiny_data_yaml: Path):
             return train_observed(tiny_data_yaml, settings)
         finally:
             get_settings.cache_clear()
+
+
+@pytest.fixture
+def local_kfp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """KFP's local runner in this venv, outputs under this test's tmp dir (returned)."""
+    from kfp import local
+
+    monkeypatch.chdir(tmp_path)
+    outputs = tmp_path / "outputs"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(outputs))
+    return outputs

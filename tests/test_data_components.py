@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kfp import dsl, local
+from kfp import dsl
 
 from components.convert import convert_dataset
 from components.validate import validate_dataset
@@ -31,14 +31,6 @@ def data_steps(dataset_dir: str, extra_dir: str) -> dsl.Dataset:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return small_dataset(tmp_path_factory.mktemp("kfp") / "v", products=["Cable", "Ring"])
-
-
-@pytest.fixture
-def local_kfp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    outputs = tmp_path / "outputs"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(outputs))
-    return outputs
 
 
 def test_pipeline_validates_then_converts(root: Path, tmp_path: Path, local_kfp: Path):
