@@ -19,14 +19,17 @@ def train_model(
     weights: str = "",
     device: str = "auto",
     seed: int = 0,
+    train_args: str = "",
 ) -> NamedTuple("TrainOutputs", [("run_id", str), ("map50_95", float)]):  # type: ignore[valid-type]
     """Train on `dataset` (a folder holding data.yaml); `model.path` is the model directory.
 
     `epochs`/`imgsz`/`batch` of 0 mean the settings' values; `weights` may be empty (train from
     the architecture), a path, an s3:// URI or models:/NAME@ALIAS (fine-tune the champion). The
     MLflow run id is an output and in the model's metadata, for `evaluate_model` and
-    `register_model`.
+    `register_model`. `train_args`: a JSON object of further Ultralytics train arguments (e.g.
+    `{"nbs": 16, "warmup_epochs": 0}`, which small datasets learn much faster with).
     """
+    import json
     import shutil
     from collections import namedtuple
     from pathlib import Path
@@ -34,8 +37,13 @@ def train_model(
     from visionops.bootstrap import bootstrap
 
     bootstrap()
+    from visionops.errors import UsageError
     from visionops.training.train import train
 
+    try:
+        overrides = dict(json.loads(train_args or "{}"))
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"train_args must be a JSON object: {error}") from error
     data_yaml = Path(dataset.path) / dataset.metadata.get("data_yaml", "data.yaml")
     result = train(
         data_yaml,
@@ -45,6 +53,7 @@ def train_model(
         weights=weights or None,
         device=device,
         seed=seed,
+        overrides=overrides,
     )
     shutil.copytree(result.model_dir, model.path, dirs_exist_ok=True)
     model.metadata.update(

@@ -37,6 +37,7 @@ def training_pipeline(
     weights: str = "",
     device: str = "auto",
     seed: int = 0,
+    train_args: str = "",
     min_map50: float = _DEFAULT["gate_min_map50"],
     min_map50_95: float = _DEFAULT["gate_min_map50_95"],
     gate_margin: float = _DEFAULT["gate_margin"],
@@ -48,6 +49,7 @@ def training_pipeline(
     """`dataset`: a VISION root (folder, s3://bucket/prefix or `synthetic[?products=2&...]`);
     `extra_data`: more labeled VISION roots merged in (comma-separated), e.g. drifted production
     images; `weights`: start from them (models:/NAME@champion fine-tunes the champion);
+    `train_args`: more Ultralytics train arguments as JSON (e.g. {"nbs": 8, "warmup_epochs": 0});
     `products`: comma-separated, empty for all; the gate promotes only a model above the minimums
     that beats the champion by `gate_margin` mAP50-95; `deploy_target`: auto, cluster, local,
     none; `canary_traffic_percent` > 0 deploys as a canary (KServe Serverless mode)."""
@@ -77,6 +79,7 @@ def training_pipeline(
             weights=weights,
             device=device,
             seed=seed,
+            train_args=train_args,
         ),
         "Train YOLOv8n",
         cpu="2",

@@ -30,14 +30,14 @@ def demo(
     products: Annotated[
         int, typer.Option("--products", "-p", min=1, max=14, help="How many products.")
     ] = 2,
-    train: Annotated[int, typer.Option("--train", min=1, help="Training images per product.")] = 48,
+    train: Annotated[int, typer.Option("--train", min=1, help="Training images per product.")] = 50,
     imgsz: Annotated[
         int, typer.Option("--imgsz", min=64, max=640, help="Image size (multiple of 32).")
     ] = 320,
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="First training.")] = 30,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="First training.")] = 16,
     retrain_epochs: Annotated[
         int, typer.Option("--retrain-epochs", min=1, help="Fine-tuning after the drift.")
-    ] = 15,
+    ] = 8,
     severity: Annotated[
         float, typer.Option("--drift-severity", min=0.1, max=1.0, help="Brightness drift.")
     ] = 0.8,

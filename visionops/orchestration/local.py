@@ -63,6 +63,7 @@ class StepResult:
     state: str
     parameters: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0  # wall time of its attempts, as this process saw them
 
 
 @dataclass
@@ -160,6 +161,8 @@ class StepStream(io.TextIOBase):
         self.running: str | None = None
         self.states: dict[str, str] = {}
         self.order: list[str] = []
+        self.seconds: dict[str, float] = {}
+        self._started: dict[str, float] = {}
         self._buffer = ""
 
     def writable(self) -> bool:
@@ -183,6 +186,7 @@ class StepStream(io.TextIOBase):
     def _line(self, line: str) -> None:
         if started := _STARTED.search(line):
             self.running = started["task"]
+            self._started[self.running] = time.monotonic()
             if self.running not in self.order:
                 self.order.append(self.running)
             self.callback(self.running, self._display(self.running), "started")
@@ -190,6 +194,8 @@ class StepStream(io.TextIOBase):
             task = finished["task"]
             event = SUCCEEDED if finished["status"] == "SUCCESS" else FAILED
             self.states[task] = event
+            spent = time.monotonic() - self._started.get(task, time.monotonic())
+            self.seconds[task] = round(self.seconds.get(task, 0.0) + spent, 2)
             self.callback(task, self._display(task), event)
             self.running = None
         elif self.running and line.strip():
@@ -205,7 +211,9 @@ def _collect_steps(
     steps: dict[str, StepResult] = {}
     names = [*stream.order, *(n for n in tasks if n not in stream.order)]
     for name, info in ((n, tasks.get(n, TaskInfo(n, n))) for n in names):
-        steps[name] = StepResult(name, info.display_name, states.get(name, SKIPPED))
+        steps[name] = StepResult(
+            name, info.display_name, states.get(name, SKIPPED), seconds=stream.seconds.get(name, 0)
+        )
     for path in sorted(outputs_root.glob("*/*/executor_output.json")):
         name = path.parent.name
         info = tasks.get(name, TaskInfo(name, name))
@@ -219,7 +227,9 @@ def _collect_steps(
                 "type": info.artifact_types.get(out, ""),
             }
         parameters = dict(data.get("parameterValues") or {})
-        steps[name] = StepResult(name, info.display_name, SUCCEEDED, parameters, artifacts)
+        steps[name] = StepResult(
+            name, info.display_name, SUCCEEDED, parameters, artifacts, stream.seconds.get(name, 0)
+        )
     return steps
 
 

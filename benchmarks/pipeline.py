@@ -1,0 +1,138 @@
+"""Pipeline overhead: the training pipeline under KFP's local runner against the same steps called
+directly, one after the other, in one Python process, on the same data.
+
+Heavy libraries are imported once before timing (warm page cache for both). Both do fetch
+(hard links) -> validate -> convert -> train -> evaluate -> register, with the same
+parameters, into a fresh data dir with its own MLflow store and two registered models (each run's
+model is its first champion, so neither gate re-evaluates a champion). The pipeline pays what a
+pipeline costs: one subprocess per step (imports of kfp, visionops, MLflow, torch, Ultralytics
+each time), artifact copies into KFP's outputs, the "extra data" fetch and the deploy step. The
+goal is an overhead of at most 10% of the pipeline's wall time at the demo's sizes.
+
+    .venv/bin/python benchmarks/pipeline.py [--epochs 10] [--imgsz 320] [--train 50] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def direct(vision: Path, work: Path, args: argparse.Namespace, name: str) -> dict[str, float]:
+    """The steps as plain library calls in this process; seconds per step."""
+    from visionops.data.convert import convert
+    from visionops.data.fetch import fetch_datasets
+    from visionops.data.validate import validate
+    from visionops.training.evaluate import evaluate
+    from visionops.training.registry import register
+    from visionops.training.train import train
+
+    seconds: dict[str, float] = {}
+
+    def timed(step: str, call: Any) -> Any:
+        started = time.perf_counter()
+        result = call()
+        seconds[step] = time.perf_counter() - started
+        return result
+
+    fetched = timed("fetch", lambda: fetch_datasets([str(vision)], work / "fetched"))
+    report = timed("validate", lambda: validate(fetched.out_dir))
+    assert report.ok, report.summary()
+    converted = timed("convert", lambda: convert([fetched.out_dir], work / "yolo"))
+    trained = timed("train", lambda: train(
+        converted.data_yaml, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
+        device="cpu", seed=0, overrides=_train_args(args),
+    ))  # fmt: skip
+    timed("evaluate", lambda: evaluate(trained.model_dir, converted.data_yaml))
+    result = timed("register", lambda: register(
+        trained.run_id, data_yaml=converted.data_yaml, name=name
+    ))  # fmt: skip
+    assert result.promoted, result.reason
+    return seconds
+
+
+def pipeline(vision: Path, args: argparse.Namespace, name: str, run: str) -> dict[str, float]:
+    """The training pipeline locally; seconds per step as its runner reported them."""
+    from visionops.orchestration.local import run_local
+
+    result = run_local("training", {
+        "dataset": str(vision), "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch,
+        "device": "cpu", "model_name": name, "deploy_target": "none", "min_map50": 0,
+        "train_args": json.dumps(_train_args(args)),
+    }, run_name=run)  # fmt: skip
+    assert result.output("register-model", "promoted"), result.output("register-model", "reason")
+    return {step.display_name: step.seconds for step in result.steps.values()}
+
+
+def warm_up() -> None:
+    """Import the heavy libraries once, untimed: the page cache then holds them for both sides,
+    and the direct side, like any long-lived process, pays their import once, not per step."""
+    from visionops.bootstrap import configure_ultralytics
+
+    configure_ultralytics()
+    import mlflow  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import ultralytics  # noqa: F401
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--products", type=int, default=2)
+    parser.add_argument("--train", type=int, default=50, help="train images per product")
+    parser.add_argument("--val", type=int, default=32, help="val images per product")
+    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=1, help="pairs of runs, alternating")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        work = Path(tmp)
+        os.environ["VISIONOPS_DATA_DIR"] = str(work / "data")  # fresh MLflow store and caches
+        os.environ["VISIONOPS_GATE_MIN_MAP50"] = "0"
+        from visionops.bootstrap import bootstrap
+        from visionops.data.synth import synthesize
+
+        bootstrap()
+        warm_up()
+        vision = synthesize(
+            work / "vision", products=args.products, n_train=args.train, n_val=args.val,
+            n_inference=1, imgsz=args.imgsz, seed=0,
+        ).root  # fmt: skip
+        walls: dict[str, list[float]] = {"direct": [], "pipeline": []}
+        for i in range(args.repeat):
+            started = time.perf_counter()
+            steps = direct(vision, work / f"direct-{i}", args, f"bench-direct-{i}")
+            walls["direct"].append(time.perf_counter() - started)
+            print(f"direct   {walls['direct'][-1]:7.1f} s  " + _steps(steps), flush=True)
+            started = time.perf_counter()
+            steps = pipeline(vision, args, f"bench-pipeline-{i}", f"bench-{i}")
+            walls["pipeline"].append(time.perf_counter() - started)
+            print(f"pipeline {walls['pipeline'][-1]:7.1f} s  " + _steps(steps), flush=True)
+    ours, anchor = statistics.median(walls["pipeline"]), statistics.median(walls["direct"])
+    overhead = (ours - anchor) / ours
+    print(
+        f"training pipeline (local runner) {ours:.1f} s vs the same steps in one process "
+        f"{anchor:.1f} s: ratio {ours / anchor:.2f}, overhead {overhead:.1%} of the pipeline's "
+        f"wall time (goal <= 10%); {args.products} products x {args.train} images, imgsz "
+        f"{args.imgsz}, {args.epochs} epochs, {os.cpu_count()} cores"
+    )
+
+
+def _train_args(args: argparse.Namespace) -> dict[str, Any]:
+    """As the demo trains: an optimizer step per batch, no warmup."""
+    return {"nbs": args.batch, "warmup_epochs": 0}
+
+
+def _steps(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in seconds.items())
+
+
+if __name__ == "__main__":
+    main()
