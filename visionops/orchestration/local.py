@@ -334,17 +334,18 @@ def run_local(
 
 
 def alive(pid: int) -> bool:
-    """True while process `pid` runs."""
+    """True while process `pid` runs (a zombie, finished but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    try:  # our own finished child is a zombie until reaped: not running
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return True
+    return state not in ("Z", "X")
 
 
 def follow_run(

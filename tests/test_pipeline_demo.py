@@ -1,0 +1,77 @@
+"""`visionops demo`'s own pieces: the summary it ends with, and stopping what it started.
+
+The demo's stages are the pipelines, predictor and traffic of test_pipeline_e2e.py (which uses
+the demo's functions); a full `make demo` takes minutes and is not part of the suite.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from visionops.cli._common import console
+from visionops.cli.demo import print_summary
+from visionops.demo import DemoResult, DriftCheck, Scores, stop_process
+from visionops.orchestration.local import alive
+
+
+def _check(decision: str, share: float, columns: list[tuple[str, float, bool]]) -> DriftCheck:
+    return DriftCheck(
+        run_name=f"monitoring-{decision}", decision=decision, reason="...", drifted_share=share,
+        columns=[{"column": c, "method": "ks", "score": s, "drifted": d} for c, s, d in columns],
+        report=Path(f"/demo/reports/drift-{decision}.html"),
+    )  # fmt: skip
+
+
+def test_the_summary_shows_scores_drift_gate_and_what_serves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    result = DemoResult(
+        model_name="visionops-yolov8n-demo",
+        first=Scores("1", {"map50": 0.61, "map50_95": 0.31}, {"map50": 0.20, "map50_95": 0.08}),
+        retrained=Scores("2", {"map50": 0.66, "map50_95": 0.35}, {"map50": 0.58, "map50_95": 0.29}),
+        promoted=True,
+        gate_reason="beats the champion: map50_95 0.3200 vs champion v1 0.1950",
+        clean_check=_check("no_drift", 0.0, [("contrast", 0.4, False)]),
+        drift_check=_check(
+            "drift", 0.4, [("contrast", 0.3, False), ("brightness_mean", 1e-20, True)]
+        ),
+        training_run="training-after-123",
+        serving_version="2",
+        reports=[("drift check, drifted window (drift)", Path("/demo/reports/drift.html"))],
+        timings={"train": 300.0, "retrain (re-submitted run)": 240.0},
+    )
+    monkeypatch.setattr(console, "width", 200)  # one line per row, as on a wide terminal
+    with console.capture() as captured:
+        print_summary(result)
+    text = captured.get()
+
+    assert "v1 first" in text and "0.310 (0.610)" in text and "0.080 (0.200)" in text
+    assert "v2 retrained" in text and "0.290 (0.580)" in text
+    assert "no_drift" in text and "drift" in text and "40%" in text
+    # The drifted column comes first, with its method and score.
+    assert text.index("brightness_mean (ks 1e-20)") < text.index("contrast (ks 0.3)")
+    assert "promoted: beats the champion" in text
+    assert "now serving: visionops-yolov8n-demo v2" in text
+    assert "/demo/reports/drift.html" in text and "took 9.0 min" in text
+    assert "mlflow ui --backend-store-uri sqlite:///" in text
+
+
+def test_stop_process_ends_the_whole_process_group() -> None:
+    script = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    time.sleep(0.5)
+    group = subprocess.run(
+        ["pgrep", "-g", str(parent.pid)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(group) == 2  # the parent and its child
+
+    stop_process(parent)
+
+    assert parent.poll() is not None
+    assert not any(alive(int(pid)) for pid in group)
+    stop_process(parent.pid)  # already gone: quiet
