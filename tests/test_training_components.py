@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from kfp import dsl, local
+from kfp import dsl
 
 from components.evaluate import evaluate_model
 from components.register import register_model
@@ -39,11 +39,9 @@ def _executor_outputs(root: Path) -> dict[str, dict]:
 
 
 def test_train_evaluate_register_pipeline(
-    mlflow_settings: Settings, tiny_data_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mlflow_settings: Settings, tiny_data_yaml: Path, local_kfp: Path
 ):
-    monkeypatch.chdir(tmp_path)
-    root = tmp_path / "outputs"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    root = local_kfp
     training_steps(dataset_dir=str(tiny_data_yaml.parent), model_name=mlflow_settings.model_name)
 
     outputs = _executor_outputs(root)
