@@ -19,6 +19,22 @@ from kfp_server_api import rest
 API = "/apis/v2beta1"
 
 
+def json_response(rest_module: Any, status: int, payload: Any) -> Any:
+    """A JSON answer as a generated client's REST layer returns it (`RESTResponse`); an error
+    status raises the client's `ApiException`, as its own REST layer does."""
+    response = rest_module.RESTResponse(
+        urllib3.HTTPResponse(
+            body=json.dumps(payload).encode(),
+            status=status,
+            preload_content=True,
+            headers={"Content-Type": "application/json"},
+        )
+    )
+    if not 200 <= status < 300:
+        raise rest_module.ApiException(http_resp=response)
+    return response
+
+
 @dataclass
 class Request:
     method: str
@@ -47,18 +63,7 @@ class KfpApi:
         path = urllib3.util.parse_url(url).path
         query = dict(query_params or [])
         self.requests.append(Request(method, path, query, copy.deepcopy(body), post_params))
-        status, payload = self._answer(method, path, query, body)
-        response = rest.RESTResponse(
-            urllib3.HTTPResponse(
-                body=json.dumps(payload).encode(),
-                status=status,
-                preload_content=True,
-                headers={"Content-Type": "application/json"},
-            )
-        )
-        if not 200 <= status < 300:
-            raise rest.ApiException(http_resp=response)
-        return response
+        return json_response(rest, *self._answer(method, path, query, body))
 
     def _new_id(self, kind: str) -> str:
         return f"{kind}-{next(self._ids)}"

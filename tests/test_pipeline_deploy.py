@@ -10,7 +10,6 @@ is tested against a real predictor in test_pipeline_e2e.py.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client import rest
 
+from tests.kfp_api import json_response
 from visionops.deploy import CONTAINER, VERSION_ANNOTATION, patch_inference_service
 from visionops.errors import PipelineError, UsageError
 
@@ -47,17 +47,7 @@ class ApiServer(rest.RESTClientObject):
         path = urllib3.util.parse_url(url).path
         self.requests.append(Request(method, path, dict(headers or {}), copy.deepcopy(body)))
         status, payload = self.replies.pop(0)
-        response = rest.RESTResponse(
-            urllib3.HTTPResponse(
-                body=json.dumps(payload).encode(),
-                status=status,
-                preload_content=True,
-                headers={"Content-Type": "application/json"},
-            )
-        )
-        if not 200 <= status < 300:
-            raise client.ApiException(http_resp=response)
-        return response
+        return json_response(rest, status, payload)
 
 
 def _api(server: ApiServer) -> client.CustomObjectsApi:

@@ -20,18 +20,17 @@ import logging
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionops.config import Settings, get_settings
 from visionops.errors import PipelineError, UsageError
+from visionops.orchestration import in_cluster, resolve_mode
 
 if TYPE_CHECKING:
     from kubernetes.client import CustomObjectsApi
 
 log = logging.getLogger(__name__)
 
-SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 CONTAINER = "kserve-container"
 STORAGE_URI_ENV = "STORAGE_URI"
 VERSION_ANNOTATION = "visionops.io/model-version"
@@ -50,20 +49,6 @@ class DeployResult:
     version: str
     model_uri: str  # what serves it: an s3:// prefix (cluster) or models:/name@champion
     detail: str
-
-
-def in_cluster() -> bool:
-    """True inside a Kubernetes pod (its service account token is mounted)."""
-    return SERVICE_ACCOUNT_TOKEN.is_file()
-
-
-def resolve_target(target: str) -> str:
-    """`auto` becomes `cluster` in a pod and `local` elsewhere; UsageError for unknown targets."""
-    if target not in TARGETS:
-        raise UsageError(f"unknown deploy target {target!r}; use {', '.join(TARGETS)}")
-    if target == "auto":
-        return "cluster" if in_cluster() else "local"
-    return target
 
 
 def deploy(
@@ -85,7 +70,7 @@ def deploy(
     name = name or settings.model_name
     if not 0 <= canary_traffic_percent <= 99:
         raise UsageError(f"canary traffic must be 0 (none) to 99 %, got {canary_traffic_percent}")
-    target = resolve_target(target)
+    target = resolve_mode(target, TARGETS, "deploy target")
     if target == "cluster":
         uri = publish_model(version, name, settings)
         patch_inference_service(

@@ -289,14 +289,10 @@ def run_local(
     Raises PipelineError when a step fails (the message names it and the log); the run's summary
     is written in either case. UsageError for an unknown pipeline or parameter.
     """
-    from pipelines import PIPELINES, load_pipeline
-    from visionops.orchestration.params import parameter_types, parse_params
+    from visionops.orchestration.params import load_with_params
 
     settings = settings or get_settings()
-    if name not in PIPELINES:
-        raise UsageError(f"unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}")
-    pipeline = load_pipeline(name)
-    params = parse_params(pipeline.name, parameter_types(pipeline), params or {})
+    pipeline, params = load_with_params(name, params)
     run_name = run_name or new_run_name(name)
     run_dir = runs_dir(settings) / run_name
     if (run_dir / "summary.json").exists():

@@ -26,6 +26,19 @@ _YAML_TYPES = {
 }
 
 
+def load_with_params(
+    name: str, params: dict[str, Any] | Iterable[str] | None
+) -> tuple[Any, dict[str, Any]]:
+    """Pipeline `name` (training, monitoring) and `params` typed for it; UsageError for an unknown
+    pipeline or parameter."""
+    from pipelines import PIPELINES, load_pipeline
+
+    if name not in PIPELINES:
+        raise UsageError(f"unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}")
+    pipeline = load_pipeline(name)
+    return pipeline, parse_params(pipeline.name, parameter_types(pipeline), params or {})
+
+
 def parameter_types(pipeline: Any) -> dict[str, str]:
     """`{name: KFP type}` of a pipeline's inputs (String, Integer, Float, Boolean, ...)."""
     return {name: spec.type for name, spec in pipeline.component_spec.inputs.items()}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionops.config import Settings, get_settings
-from visionops.errors import PipelineError, UsageError
+from visionops.errors import PipelineError
 
 if TYPE_CHECKING:
     import kfp
@@ -144,14 +144,11 @@ def run_remote(
     follow it to the end. PipelineError when the server refuses or the run does not succeed."""
     from kfp_server_api.exceptions import ApiException
 
-    from pipelines import PIPELINES, compile_pipeline, load_pipeline
-    from visionops.orchestration.params import parameter_types, parse_params
+    from pipelines import compile_pipeline
+    from visionops.orchestration.params import load_with_params
 
     settings = settings or get_settings()
-    if name not in PIPELINES:
-        raise UsageError(f"unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}")
-    pipeline = load_pipeline(name)
-    params = parse_params(pipeline.name, parameter_types(pipeline), params or {})
+    pipeline, params = load_with_params(name, params)
     stamp = f"{datetime.now(UTC):%Y%m%d-%H%M%S}"
     client = connect(host, settings)
     try:

@@ -27,6 +27,7 @@ from typing import Any
 
 from visionops.config import Settings, get_settings
 from visionops.errors import PipelineError, UsageError
+from visionops.orchestration import resolve_mode
 from visionops.storage import ObjectStore, default_store
 
 log = logging.getLogger(__name__)
@@ -93,16 +94,6 @@ def list_submissions(settings: Settings | None = None) -> list[Submission]:
     return sorted(records, key=lambda s: s.submitted_at)
 
 
-def _resolve_mode(mode: str) -> str:
-    from visionops.deploy import in_cluster
-
-    if mode not in MODES:
-        raise UsageError(f"unknown submission mode {mode!r}; use {', '.join(MODES)}")
-    if mode == "auto":
-        return "cluster" if in_cluster() else "local"
-    return mode
-
-
 def submit_training(
     key: str, params: dict[str, Any], *, mode: str = "auto", settings: Settings | None = None
 ) -> Submission:
@@ -115,7 +106,7 @@ def submit_training(
 
     settings = settings or get_settings()
     safe = safe_key(key)
-    mode = _resolve_mode(mode)
+    mode = resolve_mode(mode, MODES, "submission mode")
     package = compiled_package(TRAINING)
     params = parse_params(*package_info(package), params)
     store = submission_store(settings)
