@@ -8,7 +8,6 @@ to fix. Errors fail validation (CLI exit 1, the KFP step fails); warnings are re
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -428,7 +427,9 @@ def _polygon_problem(segmentation: Any, width: int, height: int) -> str | None:
 
 def _inspect(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None]:
     """(problem check or None, decoded size, content digest) of one image file."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from visionops.inference.images import open_pil
 
     try:
         data = path.read_bytes()
@@ -438,7 +439,7 @@ def _inspect(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None
         return "image_unreadable", None, None
     digest = hashlib.sha256(data).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_pil(data) as image:
             size = image.size
             if image.format == "JPEG":
                 image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
@@ -447,9 +448,7 @@ def _inspect(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None
             elif image.format == "PNG" and not data.endswith(b"IEND\xaeB`\x82"):
                 return "image_truncated", size, digest
             image.load()
-    except (UnidentifiedImageError, ImportError):
-        # ImportError: once Ultralytics is imported it patches Image.open to try the pi-heif
-        # plugin on unidentified files, which is not installed (nor installable offline).
+    except UnidentifiedImageError:
         return "image_unreadable", None, digest
     except (OSError, SyntaxError, ValueError) as error:
         check = "image_truncated" if "truncated" in str(error) else "image_unreadable"

@@ -9,10 +9,17 @@ into a half-grey image.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from visionops.errors import InvalidImage, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF")
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -29,6 +36,25 @@ _MAGIC = {
 }
 
 
+@contextmanager
+def open_pil(source: bytes | Path) -> Iterator[PILImage]:
+    """`PIL.Image.open` whose "not an image" is always `UnidentifiedImageError`.
+
+    Once Ultralytics is imported in the process it patches `Image.open` to load the pi-heif plugin
+    on unidentified files; that plugin is not installed (nor installable offline), so the same
+    file then fails with ImportError. Every VisionOps reader of untrusted images goes through here.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        image = Image.open(stream)
+    except ImportError as error:
+        raise UnidentifiedImageError(f"cannot identify image file {source!r:.60}") from error
+    with image:
+        yield image
+
+
 def image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int, int]:
     """(format, width, height) from the header alone; raises if it is not a supported image."""
     from PIL import Image, UnidentifiedImageError
@@ -36,7 +62,7 @@ def image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[st
     if not data:
         raise InvalidImage("empty image (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as header:
+        with open_pil(data) as header:
             fmt, (width, height) = header.format or "?", header.size
     except Image.DecompressionBombError as error:
         raise PayloadTooLarge(f"image too large (decompression bomb): {error}") from error

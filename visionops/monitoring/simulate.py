@@ -165,10 +165,12 @@ def jpeg_quality(path: Path) -> int | None:
     quality 95 over quality-92 sources alone shifted the noise estimate by 0.6 standard deviations,
     enough for the check to flag it).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from visionops.inference.images import open_pil
 
     try:
-        with Image.open(path) as image:
+        with open_pil(path) as image:
             tables = getattr(image, "quantization", None) or {}
     except (OSError, UnidentifiedImageError):
         return None
