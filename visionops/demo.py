@@ -157,15 +157,20 @@ def prepare_data(config: DemoConfig, root: Path, events: DemoEvents) -> DemoData
 
 
 def reset_model(name: str, settings: Settings) -> None:
-    """Delete the demo's registered model, so its first training becomes the champion."""
+    """Delete the demo's registered model, so its first training becomes the champion, and the
+    local copies of its versions (the registry caches them by version number, which restart)."""
+    from visionops.errors import ModelNotFound
     from visionops.training.registry import Registry
+    from visionops.training.tracking import mlflow_errors
 
+    for cached in (settings.data_dir / "cache" / "registry").glob(f"*/models/{name}"):
+        shutil.rmtree(cached)
     registry = Registry(name, settings)
     try:
-        registry.client.get_registered_model(name)
-    except Exception:  # MLflow raises RESOURCE_DOES_NOT_EXIST: nothing to reset
-        return
-    registry.client.delete_registered_model(name)
+        with mlflow_errors(f"delete the demo model {name!r}", settings):
+            registry.client.delete_registered_model(name)
+    except ModelNotFound:
+        return  # a first demo: nothing to reset
     log.info("reset the demo model %s", name)
 
 
@@ -318,6 +323,7 @@ class _Demo:
         self.root.mkdir(parents=True, exist_ok=True)
         self.timings: dict[str, float] = {}
         self.reports: list[tuple[str, Path]] = []
+        self.started = datetime.now(UTC).isoformat(timespec="seconds")
 
     @property
     def train_args(self) -> str:
@@ -340,6 +346,15 @@ class _Demo:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(artifact["path"], target)
         self.reports.append((label, target))
+
+    def stop_spawned(self) -> None:
+        """Stop training runs that monitoring started during this demo and that still run (after
+        a failure or Ctrl-C; a finished run is gone already)."""
+        from visionops.orchestration.resubmit import list_submissions
+
+        for submission in list_submissions(self.settings):
+            if submission.submitted_at >= self.started and submission.pid and alive(submission.pid):
+                stop_process(submission.pid)
 
     def train_first(self, data: DemoData) -> str:
         """The training pipeline on the clean data; returns the champion version it made."""
@@ -392,11 +407,7 @@ class _Demo:
 
         submission = next(s for s in list_submissions(self.settings) if s.run_name == training_run)
         self.events.info(f"following {training_run} (process {submission.pid})")
-        try:
-            run = follow_run("training", Path(submission.run_dir), submission.pid, self.events.step)
-        finally:
-            if submission.pid:
-                stop_process(submission.pid)  # on failure or Ctrl-C; gone already otherwise
+        run = follow_run("training", Path(submission.run_dir), submission.pid, self.events.step)
         version = run.output("register-model", "version")
         self.keep_report(
             f"evaluation v{version}", run.artifact("evaluate-model", "report"),
@@ -417,6 +428,7 @@ def run_demo(
     with demo.stage("train"):
         first_version = demo.train_first(data)
     with contextlib.ExitStack() as running:
+        running.callback(demo.stop_spawned)
         with demo.stage("serve + traffic"):
             url = running.enter_context(predictor(name, log_dir, root))
             demo.events.info(f"predictor {url} serves {name} v{first_version}")
