@@ -47,6 +47,7 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     from kserve import model_server
 
     from visionops.inference.backends import ENGINES
+    from visionops.inference.variants import AUTO
     from visionops.storage import default_store
 
     parser = argparse.ArgumentParser(
@@ -64,7 +65,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         "--model-uri", help="s3://bucket/prefix or models:/name@alias (resolved on every reload)"
     )
     parser.add_argument("--engine", default="onnxruntime", choices=sorted(ENGINES))
-    parser.add_argument("--precision", default="fp32", help="model variant: fp32, int8")
+    parser.add_argument(
+        "--precision", default="fp32", choices=["fp32", "int8", AUTO],
+        help="model variant; auto: the fastest that passed the accuracy guard on the engine",
+    )  # fmt: skip
     parser.add_argument(
         "--host", default=None, help="address to bind HTTP and gRPC to (default: all interfaces)"
     )
@@ -108,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     from serving.model import ServeOptions, YoloModel
     from serving.protocol import Defaults
     from serving.server import PredictorServer
+    from visionops.inference.backends import require_runtime
+
+    require_runtime(args.engine)  # a missing engine stops the predictor here, not at each load
 
     solo = args.solo_threads if args.solo_threads is not None else len(os.sched_getaffinity(0))
     options = ServeOptions(

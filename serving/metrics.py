@@ -49,7 +49,9 @@ DETECTIONS = Counter("visionops_detections", "Detections returned, by class.", [
 INFERENCE_IN_FLIGHT = Gauge(
     "visionops_inference_in_flight", "Requests currently decoding or running inference."
 )
-MODEL_INFO = Info("visionops_model", "The model being served: name, version, source, engine.")
+MODEL_INFO = Info(
+    "visionops_model", "The model being served: name, version, source, engine, precision."
+)
 MODEL_READY = Gauge("visionops_model_ready", "1 when a model is loaded and serving, else 0.")
 MODEL_LOADS = Counter(
     "visionops_model_loads", "Model loads and reloads, by outcome (success, failure).", ["outcome"]

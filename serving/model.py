@@ -52,7 +52,7 @@ class ServeOptions:
 
     source: str
     engine: str = "onnxruntime"
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32, int8 or auto
     inference_workers: int = 2
     inference_threads: int = 1
     solo_threads: int = 0
@@ -137,7 +137,7 @@ class YoloModel(Model):
                 "version": loaded.model.version,
                 "source": loaded.model.source,
                 "engine": self.options.engine,
-                "precision": self.options.precision,
+                "precision": loaded.detector.precision,
             }
         )
         log.info(
@@ -303,7 +303,8 @@ class YoloModel(Model):
                 model_version=loaded.model.version,
                 model_source=loaded.model.source,
                 imgsz=loaded.detector.metadata.imgsz,
-                precision=self.options.precision,
+                precision=loaded.detector.precision,
+                requested_precision=self.options.precision,
             )
         else:
             info["load_error"] = self.load_error

@@ -175,3 +175,17 @@ def local_kfp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     outputs = tmp_path / "outputs"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(outputs))
     return outputs
+
+
+# Engines and INT8 (tests/test_engines.py, tests/test_quantize.py): a model that detects, trained
+# through `visionops train` on generated shapes, so its directory carries the guarded INT8 variant.
+
+
+@pytest.fixture(scope="session")
+def detecting(tmp_path_factory: pytest.TempPathFactory):
+    """(TrainResult, data.yaml) of a YOLOv8n trained until it detects (about 20 s of CPU)."""
+    from tests.detecting import shapes_dataset, train_detector
+    from visionops.config import get_settings
+
+    data_yaml = shapes_dataset(tmp_path_factory.mktemp("shapes"))
+    return train_detector(data_yaml, get_settings()), data_yaml

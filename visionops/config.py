@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     gate_min_map50: float = Field(0.05, ge=0, le=1)
     gate_min_map50_95: float = Field(0.0, ge=0, le=1)
     gate_margin: float = Field(0.005, ge=0, le=1)
+    # INT8 variant (training/quantize.py): calibrated on a sample of training images, shipped only
+    # if its mAP50-95 on the evaluation split is at most `quantize_max_map_drop` below fp32's.
+    quantize_calibration_images: int = Field(32, ge=0, description="0: no INT8 variant")
+    quantize_max_map_drop: float = Field(0.01, ge=-1, le=1, description="absolute mAP50-95")
     # MLflow calls: bounded retries with exponential backoff, then a clear error.
     mlflow_retries: int = Field(3, ge=0, le=10)
     mlflow_backoff: int = Field(1, ge=0, le=10, description="seconds; doubles per retry")

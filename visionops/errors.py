@@ -66,6 +66,10 @@ class ModelLoadError(VisionOpsError, RuntimeError):
     """A model file exists but cannot be loaded (corrupt ONNX, unknown engine or precision)."""
 
 
+class EngineUnavailable(VisionOpsError, ImportError):
+    """An inference engine's runtime is not installed; the message names the extra to install."""
+
+
 class InvalidImage(VisionOpsError, ValueError):
     """An input is not a decodable image, or exceeds the configured limits (HTTP 400)."""
 

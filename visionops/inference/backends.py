@@ -2,20 +2,22 @@
 
 A backend only runs the network: float32 NCHW in, the raw head output `[B, 4 + nc, anchors]` out.
 Decoding, letterboxing and NMS live once, in `Detector`, so every engine returns the same boxes.
-A new engine (OpenVINO) is one more class registered in `ENGINES`.
+A new engine is one more class registered in `ENGINES`, with the package it runs on in `RUNTIMES`.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
-from visionops.errors import InferenceError, ModelLoadError, UsageError
+from visionops.errors import EngineUnavailable, InferenceError, ModelLoadError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -123,17 +125,46 @@ class OnnxRuntimeBackend(InferenceBackend):
                 self._running -= 1
 
 
+def _openvino(model_path: Path, *, threads: int = 0, solo_threads: int = 0) -> InferenceBackend:
+    from visionops.inference.openvino_backend import OpenVinoBackend
+
+    return OpenVinoBackend(model_path, threads=threads, solo_threads=solo_threads)
+
+
 BackendFactory = Callable[..., InferenceBackend]
-ENGINES: dict[str, BackendFactory] = {OnnxRuntimeBackend.name: OnnxRuntimeBackend}
+ENGINES: dict[str, BackendFactory] = {
+    OnnxRuntimeBackend.name: OnnxRuntimeBackend,
+    "openvino": _openvino,  # the module imports OpenVINO only when a model is loaded
+}
+# The package each engine runs on, and the extra of this project that installs it.
+RUNTIMES: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("onnxruntime", "serve"),
+    "openvino": ("openvino", "openvino"),
+}
+
+
+def require_runtime(engine: str) -> ModuleType:
+    """Import the package `engine` runs on; `EngineUnavailable` names the extra to install.
+
+    The predictor calls it before loading anything, so a missing runtime stops it at start.
+    """
+    if engine not in ENGINES:
+        known = ", ".join(sorted(ENGINES))
+        raise UsageError(f"unknown engine {engine!r} (known: {known})")
+    package, extra = RUNTIMES[engine]
+    try:
+        return importlib.import_module(package)
+    except ImportError as error:
+        raise EngineUnavailable(
+            f"the {engine} engine needs the {package} package, which is not installed: "
+            f"pip install 'visionops[{extra}]' (the predictor image: docker build "
+            f"--build-arg EXTRAS={extra})"
+        ) from error
 
 
 def create_backend(
     engine: str, model_path: Path, *, threads: int = 0, solo_threads: int = 0
 ) -> InferenceBackend:
     """The backend called `engine` for the model file at `model_path`."""
-    try:
-        factory = ENGINES[engine]
-    except KeyError as error:
-        known = ", ".join(sorted(ENGINES))
-        raise UsageError(f"unknown engine {engine!r} (known: {known})") from error
-    return factory(model_path, threads=threads, solo_threads=solo_threads)
+    require_runtime(engine)
+    return ENGINES[engine](model_path, threads=threads, solo_threads=solo_threads)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from visionops.errors import InvalidImage, ModelLoadError, ModelNotFound, UsageE
 from visionops.inference.backends import InferenceBackend, create_backend
 from visionops.inference.letterbox import PAD_VALUE, letterbox, to_input_tensor
 from visionops.inference.postprocess import detections_from_output
+from visionops.inference.variants import AUTO, auto_precisions, fastest_backend, require_variant
 from visionops.model_artifact import (
     MODEL_INT8_ONNX,
     MODEL_ONNX,
@@ -41,7 +43,7 @@ def model_file(model_dir: Path, precision: str = "fp32") -> Path:
     metadata = read_metadata(model_dir)
     name = metadata.variants.get(precision, {}).get("file") or PRECISION_FILES.get(precision)
     if name is None:
-        known = sorted({*PRECISION_FILES, *metadata.variants})
+        known = sorted({*PRECISION_FILES, *metadata.variants, AUTO})
         raise UsageError(f"unknown precision {precision!r} (known: {', '.join(known)})")
     check_model_dir(model_dir, name)
     return Path(model_dir) / name
@@ -61,13 +63,19 @@ class Detector:
     """YOLOv8 detection with Ultralytics' letterbox and NMS on an `InferenceBackend`."""
 
     def __init__(
-        self, backend: InferenceBackend, metadata: ModelMetadata, *, batch_size: int = 1
+        self,
+        backend: InferenceBackend,
+        metadata: ModelMetadata,
+        *,
+        batch_size: int = 1,
+        precision: str = "fp32",
     ) -> None:
         if batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, got {batch_size}")
         self.backend = backend
         self.metadata = metadata
         self.batch_size = min(batch_size, backend.max_batch or batch_size)
+        self.precision = precision  # the variant loaded (what `auto` chose)
 
     @classmethod
     def from_model_dir(
@@ -82,22 +90,52 @@ class Detector:
     ) -> Detector:
         """Load the model directory's ONNX file of `precision` on `engine`.
 
-        `threads` per inference (0: the engine's default, every core); see `OnnxRuntimeBackend`
-        for `solo_threads`. Raises `ModelNotFound`, `DataError` or `ModelLoadError`.
+        `precision` `auto` loads every variant that passed the accuracy guard on `engine` and
+        keeps the fastest there (`visionops.inference.variants`). `threads` per inference (0: the
+        engine's default, every core); see `OnnxRuntimeBackend` for `solo_threads`. Raises
+        `ModelNotFound`, `DataError`, `ModelLoadError` or `EngineUnavailable`.
         """
-        path = model_file(Path(model_dir), precision)
-        metadata = read_metadata(path.parent)
-        backend = create_backend(engine, path, threads=threads, solo_threads=solo_threads)
+        model_dir = Path(model_dir)
+        metadata = check_model_dir(model_dir)
+        if precision == AUTO:
+            choices = auto_precisions(metadata, model_dir, engine)
+        else:
+            require_variant(metadata, model_dir, precision, engine)
+            choices = [precision]
+        paths = {name: model_file(model_dir, name) for name in choices}
+        precision, backend, _ = fastest_backend(
+            {
+                name: partial(
+                    create_backend, engine, path, threads=threads, solo_threads=solo_threads
+                )
+                for name, path in paths.items()
+            },
+            metadata.imgsz,
+        )
         log.info(
             "loaded %s (%s, %s) on %s: %d classes, imgsz %d",
             model_dir, precision, backend.input_size or "dynamic size", engine,
             len(metadata.names), metadata.imgsz,
         )  # fmt: skip
-        return cls(backend, metadata, batch_size=batch_size)
+        return cls(backend, metadata, batch_size=batch_size, precision=precision)
+
+    @property
+    def engine(self) -> str:
+        return self.backend.name
 
     @property
     def names(self) -> list[str]:
         return self.metadata.names
+
+    def letterboxed(self, image: np.ndarray) -> np.ndarray:
+        """A BGR image resized and padded as the network sees it (INT8 calibration uses it too).
+
+        A model with dynamic input size gets the minimum rectangle (a multiple of the stride), as
+        Ultralytics' predict does; a fixed-size model the square.
+        """
+        fixed = self.backend.input_size
+        new_shape = fixed or (self.metadata.imgsz, self.metadata.imgsz)
+        return letterbox(image, new_shape, stride=self.metadata.stride, auto=not fixed)
 
     def warmup(self) -> None:
         """Run one grey input through the backend; check the head matches the class names."""
@@ -124,13 +162,11 @@ class Detector:
     ) -> list[Detections]:
         """Detections for each BGR uint8 image [H, W, 3], in the order given.
 
-        A model with dynamic input size sees each image letterboxed to the minimum rectangle (a
-        multiple of the stride), as Ultralytics' predict does; a fixed-size model sees the square.
-        Images of the same shape run together in batches of `batch_size`.
+        Each image is `letterboxed`; images of the same shape run together in batches of
+        `batch_size`.
         """
         check_thresholds(conf, iou, max_det)
         fixed = self.backend.input_size
-        new_shape = fixed or (self.metadata.imgsz, self.metadata.imgsz)
         groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for index, image in enumerate(images):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -143,10 +179,7 @@ class Detector:
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
-                boxed = [
-                    letterbox(images[i], new_shape, stride=self.metadata.stride, auto=not fixed)
-                    for i in chunk
-                ]
+                boxed = [self.letterboxed(images[i]) for i in chunk]
                 output = self.backend.run(to_input_tensor(boxed))
                 for row, i in enumerate(chunk):
                     results[i] = detections_from_output(

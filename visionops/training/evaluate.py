@@ -177,6 +177,25 @@ def evaluate(
     return result
 
 
+def score_detector(
+    detector: Any,
+    dataset: YoloDataset,
+    split: str,
+    *,
+    settings: Settings,
+    progress: ProgressCallback = no_progress,
+) -> DetectionMetrics:
+    """The metrics `evaluate` reports for a loaded `Detector` on `split`, without writing files.
+
+    The INT8 accuracy guard (`visionops.training.quantize`) scores each model variant with it.
+    """
+    truths, detections, _, _ = _run_images(
+        detector, dataset.labeled(split), conf=settings.serve_conf, settings=settings,
+        progress=progress,
+    )  # fmt: skip
+    return detection_metrics(truths, detections, dataset.names, conf=settings.serve_conf)
+
+
 def _default_out_dir(
     settings: Settings, model_dir: Path, run_id: str | None, split: str, data_hash: str
 ) -> Path:

@@ -1,0 +1,335 @@
+"""The INT8 variant of an exported model, shipped only if it keeps the fp32 model's accuracy.
+
+ONNX Runtime fp32 runs YOLOv8n close to the CPU's fp32 peak; going faster takes lower precision.
+What works, measured on 2 cores: static quantisation in QDQ format, per-channel s8 weights, u8
+activations, MinMax calibration on a few dozen training images letterboxed exactly as the engine
+does it, with the detection head's post-processing left in fp32 (about 2x faster, no accuracy
+loss). Quantising that post-processing too returns no detections at all: its final Concat holds
+box coordinates in pixels and class scores in 0..1, and one u8 scale cannot hold both. Dynamic
+quantisation gave no speedup.
+
+The post-processing is found in the graph itself (`postprocess_nodes`), not by node names: every
+node between the head's last convolutions and the output (box distribution decode, anchors and
+strides, sigmoid, the final Concat).
+
+The accuracy guard (`add_int8_variant`) scores fp32 and INT8 on the evaluation split through the
+serving detector and ships `model.int8.onnx` only if the mAP50-95 drop is at most
+`VISIONOPS_QUANTIZE_MAX_MAP_DROP`; both scores, the decision and its reason go to
+`metadata.json`'s `variants`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from visionops.config import Settings, get_settings
+from visionops.errors import TrainingError
+from visionops.model_artifact import (
+    MODEL_INT8_ONNX,
+    MODEL_ONNX,
+    ModelMetadata,
+    read_metadata,
+    write_metadata,
+)
+from visionops.training.dataset import YoloDataset
+
+log = logging.getLogger(__name__)
+
+METHOD = "onnxruntime static QDQ: per-channel s8 weights, u8 activations, MinMax calibration"
+CALIBRATION_SPLIT = "train"
+REFERENCE_ENGINE = "onnxruntime"
+EVALUATION_SPLIT = "val"
+_CANDIDATE = f".{MODEL_INT8_ONNX}.candidate"
+# Inputs that only give a shape, index or bounds: no tensor values flow through them.
+_VALUE_INPUTS = {
+    "Reshape": 1, "Expand": 1, "Slice": 1, "Tile": 1, "Gather": 1, "Unsqueeze": 1,
+    "Squeeze": 1, "Resize": 1, "Pad": 1, "ConstantOfShape": 0, "Range": 0, "Shape": 0,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class QuantizedModel:
+    """An INT8 model file and how it was made."""
+
+    path: Path
+    calibration_images: int
+    excluded_nodes: list[str]
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "method": METHOD,
+            "calibration_split": CALIBRATION_SPLIT,
+            "calibration_images": self.calibration_images,
+            "fp32_nodes": len(self.excluded_nodes),
+        }
+
+
+def _name_nodes(model: Any) -> None:
+    """Give every node a unique name: exclusion from quantisation works by name."""
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{index}"
+        seen.add(node.name)
+
+
+def postprocess_nodes(model: Any) -> list[str]:
+    """Names of the nodes after the last convolutions of a YOLOv8 detection head.
+
+    Walks from the graph output back along the inputs that carry values, and stops at each
+    convolution: those are the head's last learned layers (box and class branches at every
+    scale). The one convolution it walks through is the distribution-to-distance decode (DFL), a
+    fixed 1x1 convolution applied to a Softmax. Every node visited is post-processing.
+    """
+    graph = model.graph
+    producer = {output: node for node in graph.node for output in node.output}
+    visited: dict[str, Any] = {}
+    heads: list[str] = []
+    pending = [producer[output.name] for output in graph.output if output.name in producer]
+    while pending:
+        node = pending.pop()
+        if node.name in visited:
+            continue
+        source = producer.get(node.input[0]) if node.input else None
+        if node.op_type == "Conv" and (source is None or source.op_type != "Softmax"):
+            heads.append(node.name)
+            continue
+        visited[node.name] = node
+        value_inputs = node.input[: _VALUE_INPUTS.get(node.op_type, len(node.input))]
+        pending.extend(producer[name] for name in value_inputs if name in producer)
+    if not heads or not any(node.op_type == "Concat" for node in visited.values()):
+        raise TrainingError(
+            "cannot find a YOLOv8 detection head in the ONNX graph (no convolution feeding a "
+            "Concat before the output)"
+        )
+    return sorted(visited)
+
+
+def calibration_sample(images: Sequence[Path], count: int, seed: int) -> list[Path]:
+    """`count` images drawn without replacement (all of them if there are fewer), seeded."""
+    ordered = sorted(images)
+    if len(ordered) <= count:
+        return ordered
+    chosen = np.random.default_rng(seed).choice(len(ordered), size=count, replace=False)
+    return [ordered[i] for i in sorted(chosen)]
+
+
+def quantize_int8(
+    model_dir: Path,
+    out: Path,
+    images: Sequence[Path],
+    *,
+    exclude: Sequence[str] | None = None,
+) -> QuantizedModel:
+    """Quantise the model directory's fp32 ONNX to static QDQ INT8 at `out`.
+
+    Calibration runs `images` through the serving detector's own letterbox. `exclude`: the nodes
+    left in fp32 (default: `postprocess_nodes`). Raises `TrainingError` when quantisation fails.
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from visionops.inference import Detector
+    from visionops.inference.letterbox import to_input_tensor
+    from visionops.monitoring.features import read_image
+
+    if not images:
+        raise TrainingError("INT8 calibration needs at least one training image")
+    detector = Detector.from_model_dir(model_dir)
+    source = Path(model_dir) / MODEL_ONNX
+    model = onnx.load(str(source))
+    _name_nodes(model)
+    excluded = list(exclude) if exclude is not None else postprocess_nodes(model)
+    input_name = model.graph.input[0].name
+
+    class Letterboxed(CalibrationDataReader):  # type: ignore[misc]
+        """One letterboxed training image per calibration batch, decoded as it is needed."""
+
+        def __init__(self) -> None:
+            self._tensors: Iterator[np.ndarray] = (
+                to_input_tensor([detector.letterboxed(read_image(path))]) for path in images
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            tensor = next(self._tensors, None)
+            return None if tensor is None else {input_name: tensor}
+
+    try:
+        quantize_static(
+            model,
+            str(out),
+            Letterboxed(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    except Exception as error:  # ORT's quantiser raises plain exceptions of many kinds
+        Path(out).unlink(missing_ok=True)
+        raise TrainingError(f"INT8 quantisation of {source} failed: {error}") from error
+    log.info(
+        "quantised %s -> %s (%d calibration images, %d nodes kept in fp32)",
+        source, out, len(images), len(excluded),
+    )  # fmt: skip
+    return QuantizedModel(Path(out), len(images), excluded)
+
+
+def installed_engines() -> list[str]:
+    """The engines whose runtime is installed here, the reference (ONNX Runtime) first."""
+    from visionops.errors import EngineUnavailable
+    from visionops.inference.backends import ENGINES, require_runtime
+
+    found = []
+    for engine in sorted(ENGINES, key=lambda name: (name != REFERENCE_ENGINE, name)):
+        try:
+            require_runtime(engine)
+        except EngineUnavailable:
+            log.info("accuracy guard: %s not installed, its variants stay unverified", engine)
+            continue
+        found.append(engine)
+    return found
+
+
+def _judged(metrics: Any, reference: float, max_drop: float, what: str, split: str) -> dict:
+    """Scores of one variant on one engine and the guard's decision against the reference."""
+    entry: dict[str, Any] = {name: round(value, 6) for name, value in metrics.summary().items()}
+    drop = reference - metrics.map50_95
+    entry["map50_95_drop"] = round(drop, 6)
+    entry["shipped"] = drop <= max_drop + 1e-9  # float noise must not reject "equal to the limit"
+    if not entry["shipped"]:
+        entry["reason"] = (
+            f"{what}: mAP50-95 {metrics.map50_95:.4f} is {drop:.4f} below fp32 on "
+            f"{REFERENCE_ENGINE}'s {reference:.4f} on {split}, more than the allowed {max_drop:g} "
+            "(VISIONOPS_QUANTIZE_MAX_MAP_DROP)"
+        )
+    return entry
+
+
+def guard_int8(
+    model_dir: Path,
+    candidate: QuantizedModel,
+    dataset: YoloDataset,
+    *,
+    split: str = EVALUATION_SPLIT,
+    settings: Settings | None = None,
+) -> ModelMetadata:
+    """Score fp32 and the INT8 `candidate` on `split`, on every installed engine, against fp32
+    on ONNX Runtime; ship the candidate as `model.int8.onnx` if it passes on at least one engine,
+    else delete it.
+
+    A variant passes on an engine when its mAP50-95 there is at most `quantize_max_map_drop`
+    below the reference's. Engines compute differently (OpenVINO runs fp32 graphs in bf16 where
+    the CPU has it, and its own INT8 kernels), so each engine gets its own verdict; the predictor
+    serves a variant only on engines where it passed. Scores, verdicts and reasons go to
+    metadata.json.
+    """
+    from visionops.inference import Detector
+    from visionops.inference.backends import create_backend
+    from visionops.training.evaluate import score_detector
+
+    settings = settings or get_settings()
+    model_dir = Path(model_dir)
+    metadata = read_metadata(model_dir)
+    files = {"fp32": model_dir / MODEL_ONNX, "int8": candidate.path}
+    scores: dict[str, dict[str, Any]] = {precision: {} for precision in files}
+    for engine in installed_engines():
+        for precision, path in files.items():
+            detector = Detector(
+                create_backend(engine, path), metadata, batch_size=4, precision=precision
+            )
+            scores[precision][engine] = score_detector(detector, dataset, split, settings=settings)
+    reference = scores["fp32"][REFERENCE_ENGINE].map50_95
+    max_drop = settings.quantize_max_map_drop
+    common = {
+        "eval_split": split,
+        "eval_data_hash": dataset.split_hash(split),
+        "max_map50_95_drop": max_drop,
+    }
+    variants = dict(metadata.variants)
+    for precision in files:
+        engines = {
+            engine: _judged(metrics, reference, max_drop, f"{precision} on {engine}", split)
+            for engine, metrics in scores[precision].items()
+        }
+        for engine, entry in engines.items():
+            log.info(
+                "accuracy guard: %s on %s: mAP50-95 %.4f (drop %.4f): %s",
+                precision, engine, entry["map50_95"], entry["map50_95_drop"],
+                "passed" if entry["shipped"] else "REJECTED",
+            )  # fmt: skip
+        passed = [engine for engine, entry in engines.items() if entry["shipped"]]
+        entry: dict[str, Any] = {
+            **variants.get(precision, {}),
+            **(candidate.details() if precision == "int8" else {}),
+            **{k: engines[REFERENCE_ENGINE][k] for k in ("map50", "map50_95", "map50_95_drop")},
+            **common,
+            "engines": engines,
+            "shipped": bool(passed),
+        }
+        if passed:
+            entry["file"] = files[precision].name if precision == "fp32" else MODEL_INT8_ONNX
+        else:
+            entry.pop("file", None)
+            entry["reason"] = "; ".join(e["reason"] for e in engines.values())
+        variants[precision] = entry
+    target = model_dir / MODEL_INT8_ONNX
+    if variants["int8"]["shipped"]:
+        candidate.path.replace(target)
+    else:
+        candidate.path.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
+        log.warning("INT8 variant not shipped: %s", variants["int8"]["reason"])
+    metadata = metadata.model_copy(update={"variants": variants})
+    write_metadata(model_dir, metadata)
+    return metadata
+
+
+def add_int8_variant(
+    model_dir: Path,
+    dataset: YoloDataset,
+    *,
+    split: str = EVALUATION_SPLIT,
+    settings: Settings | None = None,
+) -> ModelMetadata:
+    """Quantise the exported model, calibrated on a sample of the training images, and ship the
+    INT8 variant if the accuracy guard (`guard_int8`) lets it through.
+
+    A quantisation that fails is recorded as a rejection with its reason; the fp32 model stays
+    as exported. `quantize_calibration_images` 0 skips the INT8 variant.
+    """
+    settings = settings or get_settings()
+    model_dir = Path(model_dir)
+    count = settings.quantize_calibration_images
+    if count == 0:
+        log.info("no INT8 variant: VISIONOPS_QUANTIZE_CALIBRATION_IMAGES is 0")
+        return read_metadata(model_dir)
+    sample = calibration_sample(dataset.images(CALIBRATION_SPLIT), count, settings.seed)
+    candidate_path = model_dir / _CANDIDATE
+    try:
+        try:
+            candidate = quantize_int8(model_dir, candidate_path, sample)
+        except TrainingError as error:
+            metadata = read_metadata(model_dir)
+            reason = str(error)
+            log.warning("INT8 variant not shipped: %s", reason)
+            variants = {**metadata.variants, "int8": {"shipped": False, "reason": reason}}
+            metadata = metadata.model_copy(update={"variants": variants})
+            write_metadata(model_dir, metadata)
+            return metadata
+        return guard_int8(model_dir, candidate, dataset, split=split, settings=settings)
+    finally:
+        candidate_path.unlink(missing_ok=True)
