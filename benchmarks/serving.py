@@ -1,18 +1,29 @@
-"""Serving speed: the predictor over HTTP v2 and gRPC against in-process baselines.
+"""Serving speed: the predictor over HTTP v2 and gRPC against in-process baselines, for every
+engine and precision.
 
     (a) Ultralytics `YOLO(model.pt).predict(path)`, in process, one image at a time
-    (b) raw ONNX Runtime in process with our decode, letterbox and NMS (`Detector`, all cores)
+    (b) raw ONNX Runtime in process with our decode, letterbox and NMS (`Detector`, all cores),
+        then the same for each other engine and precision
     (c) `python -m serving` on 127.0.0.1 over HTTP v2 (JSON with base64, and the binary extension
-        with one UINT8 tensor) and gRPC (raw bytes), at concurrency 1 and 8
+        with one UINT8 tensor) and gRPC (raw bytes), at concurrency 1 and 8 (fp32, ONNX Runtime)
+    (d) the predictor with each other engine and precision (`--engine`, `--precision`), over the
+        HTTP v2 binary extension and gRPC at concurrency 1 and 8
 
 The model is YOLOv8n (untrained weights: speed does not depend on them) exported at imgsz 640; the
-inputs are 640x640 JPEGs, every request one image. Clients send pre-encoded bodies over keep-alive
-connections, so client work is small, but it shares the machine's cores with the server. The
-server runs as configured for production, prediction log included (to a temporary folder).
+inputs are 640x640 JPEGs, every request one image. Without an INT8 variant in the model directory,
+one is quantised here as training does it (calibrated on the benchmark's images; no accuracy
+guard: speed only). With `--accuracy-model` (a trained model directory, e.g. a training run's
+`model/`) and `--data`, each engine and precision that model's accuracy guard let through is also
+scored on the data's val split (mAP50-95, through the serving detector). Clients send
+pre-encoded bodies over keep-alive connections, so client work is small, but it shares the
+machine's cores with the server. The server runs as configured for production, prediction log
+included (to a temporary folder).
 Goals: (c) at concurrency 1 has p50 <= 1.15x (b); at concurrency 8, throughput >= 0.95x (b)'s
-sequential throughput and >= 2x (a)'s.
+sequential throughput and >= 2x (a)'s. (d): the fastest at concurrency 8 >= 1.8x (c)'s throughput
+on the same protocol and >= 4x (a)'s, with mAP50-95 within 0.01 of fp32.
 
     .venv/bin/python benchmarks/serving.py [--requests 160] [--model-dir DIR]
+        [--accuracy-model DIR --data DATA_YAML]
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ import argparse
 import base64
 import http.client
 import json
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -39,8 +52,10 @@ from tests.models import untrained_model_dir
 from tests.servers import predictor_server
 from visionops.bootstrap import bootstrap, configure_ultralytics
 from visionops.config import DEFAULT_MODEL_NAME as MODEL
+from visionops.model_artifact import MODEL_INT8_ONNX, read_metadata, write_metadata
 
 IMGSZ = 640
+BASELINE = ("onnxruntime", "fp32")
 
 
 def summary(latencies: list[float], wall: float) -> dict[str, float]:
@@ -155,21 +170,86 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=160, help="per server measurement")
     parser.add_argument("--images", type=int, default=16, help="distinct JPEGs, cycled")
     parser.add_argument("--model-dir", type=Path, help="default: an untrained YOLOv8n at 640")
+    parser.add_argument("--accuracy-model", type=Path, help="trained model directory to score")
+    parser.add_argument("--data", type=Path, help="data.yaml whose val split it is scored on")
+    parser.add_argument(
+        "--engines", default="onnxruntime,openvino", help="comma-separated engines to measure"
+    )
     args = parser.parse_args()
 
     bootstrap()
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        rows = measure(Path(tmp), args)
-    report(rows)
+        rows, accuracy = measure(Path(tmp), args)
+    report(rows, accuracy)
+    print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
-def measure(work: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    model_dir = args.model_dir or untrained_model_dir(work / "model", imgsz=IMGSZ)
+def prepare_model(work: Path, model_dir: Path | None, images: list[Path]) -> Path:
+    """A private copy of the model directory with an INT8 variant (quantised here if missing)."""
+    from visionops.training.quantize import quantize_int8
+
+    target = work / "model"
+    if model_dir is None:
+        untrained_model_dir(target, imgsz=IMGSZ)
+    else:
+        shutil.copytree(model_dir, target)
+    metadata = read_metadata(target)
+    if "int8" not in metadata.variants or not (target / MODEL_INT8_ONNX).is_file():
+        quantize_int8(target, target / MODEL_INT8_ONNX, images)
+        variants = {**metadata.variants, "int8": {"file": MODEL_INT8_ONNX}}
+        write_metadata(target, metadata.model_copy(update={"variants": variants}))
+    return target
+
+
+def served_variants(model_dir: Path, engines: list[str]) -> list[tuple[str, str]]:
+    """(engine, precision) pairs the predictor would serve: the accuracy guard's verdicts."""
+    from visionops.inference.variants import variant_status
+
+    metadata = read_metadata(model_dir)
+    pairs = []
+    for engine in engines:
+        for precision in ("fp32", "int8"):
+            reason = variant_status(metadata, precision, engine)
+            if reason is None:
+                pairs.append((engine, precision))
+            else:
+                print(f"not measured: {precision} on {engine}: {reason}")
+    return pairs
+
+
+def score_variants(
+    model_dir: Path, data_yaml: Path, pairs: list[tuple[str, str]]
+) -> dict[tuple[str, str], float]:
+    """mAP50-95 on the val split of each (engine, precision), through the serving detector."""
+    from visionops.config import get_settings
+    from visionops.inference import Detector
+    from visionops.training.dataset import load_data_yaml
+    from visionops.training.evaluate import score_detector
+
+    dataset = load_data_yaml(data_yaml)
+    scores = {}
+    for engine, precision in pairs:
+        detector = Detector.from_model_dir(model_dir, engine=engine, precision=precision)
+        metrics = score_detector(detector, dataset, "val", settings=get_settings())
+        scores[engine, precision] = metrics.map50_95
+    return scores
+
+
+def measure(
+    work: Path, args: argparse.Namespace
+) -> tuple[dict[str, dict[str, float]], dict[tuple[str, str], float]]:
     jpegs = [encode(textured(640, 640, seed=s), ".jpg") for s in range(args.images)]
     paths = []
     for index, data in enumerate(jpegs):
         paths.append(work / f"image-{index}.jpg")
         paths[-1].write_bytes(data)
+    model_dir = prepare_model(work, args.model_dir, paths)
+    pairs = served_variants(model_dir, args.engines.split(","))
+    accuracy = {}
+    if args.accuracy_model and args.data:
+        scored = served_variants(args.accuracy_model, args.engines.split(","))
+        accuracy = score_variants(args.accuracy_model, args.data, scored)
     rows: dict[str, dict[str, float]] = {}
     n = max(args.requests // 2, 20)
 
@@ -183,39 +263,67 @@ def measure(work: Path, args: argparse.Namespace) -> dict[str, dict[str, float]]
 
     from visionops.inference import Detector, decode_image
 
-    detector = Detector.from_model_dir(model_dir)
-    rows["(b) ONNX Runtime + our pre/post"] = sequential(
-        lambda i: detector.detect([decode_image(jpegs[i % len(jpegs)])]), n
-    )
+    for engine, precision in pairs:
+        detector = Detector.from_model_dir(model_dir, engine=engine, precision=precision)
+        name = (
+            "(b) ONNX Runtime + our pre/post"
+            if (engine, precision) == BASELINE
+            else f"(b) {engine} {precision} + our pre/post"
+        )
+        rows[name] = sequential(
+            lambda i, d=detector: d.detect([decode_image(jpegs[i % len(jpegs)])]), n
+        )
 
-    server_args = ["--model-dir", str(model_dir), "--prediction-log", str(work / "log")]
-    with predictor_server(work / "server", server_args) as server:
-        path = f"/v2/models/{MODEL}/infer"
-        clients = {
-            name: http_client(server.http, path, bodies)
-            for name, bodies in request_bodies(jpegs).items()
-        }
-        clients["gRPC"] = grpc_client(server.grpc, jpegs)
-        for name, make in clients.items():
-            rows[f"(c) {name}, concurrency 1"] = concurrent(make, n, 1)
-            rows[f"(c) {name}, concurrency 8"] = concurrent(make, args.requests, 8)
+    path = f"/v2/models/{MODEL}/infer"
+    bodies = request_bodies(jpegs)
+    for engine, precision in pairs:
+        server_args = [
+            "--model-dir", str(model_dir), "--prediction-log", str(work / "log"),
+            "--engine", engine, "--precision", precision,
+        ]  # fmt: skip
+        baseline = (engine, precision) == BASELINE
+        prefix = "(c)" if baseline else f"(d) {engine} {precision},"
+        with predictor_server(work / f"server-{engine}-{precision}", server_args) as server:
+            clients = {
+                name: http_client(server.http, path, body)
+                for name, body in bodies.items()
+                if baseline or name == "HTTP v2 binary"
+            }
+            clients["gRPC"] = grpc_client(server.grpc, jpegs)
+            for name, make in clients.items():
+                rows[f"{prefix} {name}, concurrency 1"] = concurrent(make, n, 1)
+                rows[f"{prefix} {name}, concurrency 8"] = concurrent(make, args.requests, 8)
 
-    return rows
+    return rows, accuracy
 
 
-def report(rows: dict[str, dict[str, float]]) -> None:
+def report(rows: dict[str, dict[str, float]], accuracy: dict[tuple[str, str], float]) -> None:
     a, b = rows["(a) Ultralytics YOLO(pt).predict"], rows["(b) ONNX Runtime + our pre/post"]
-    print(f"\n{'':44} {'p50 ms':>8} {'p99 ms':>8} {'img/s':>7}   ratios")
+    print(f"\n{'':52} {'p50 ms':>8} {'p99 ms':>8} {'img/s':>7}   ratios")
     for name, row in rows.items():
         ratios = ""
-        if "concurrency 1" in name:
+        if name.startswith("(b) ") and row is not b:
+            ratios = f"img/s {row['ips'] / b['ips']:.2f}x (b)"
+        elif name.startswith("(c)") and "concurrency 1" in name:
             ratios = f"p50 {row['p50'] / b['p50']:.2f}x (b)  [goal <= 1.15]"
-        elif "concurrency 8" in name:
+        elif name.startswith("(c)") and "concurrency 8" in name:
             ratios = (
                 f"img/s {row['ips'] / b['ips']:.2f}x (b) [>= 0.95], "
                 f"{row['ips'] / a['ips']:.2f}x (a) [>= 2]"
             )
-        print(f"{name:44} {row['p50']:8.1f} {row['p99']:8.1f} {row['ips']:7.1f}   {ratios}")
+        elif name.startswith("(d)") and "concurrency 8" in name:
+            protocol = name.split(", ")[1]
+            c = rows[f"(c) {protocol}, concurrency 8"]
+            ratios = (
+                f"img/s {row['ips'] / c['ips']:.2f}x (c) {protocol} [>= 1.8], "
+                f"{row['ips'] / a['ips']:.2f}x (a) [>= 4]"
+            )
+        print(f"{name:52} {row['p50']:8.1f} {row['p99']:8.1f} {row['ips']:7.1f}   {ratios}")
+    if accuracy:
+        reference = accuracy[BASELINE]
+        print(f"\nmAP50-95 on val {'':27} {'mAP50-95':>8} {'drop':>8}")
+        for (engine, precision), value in accuracy.items():
+            print(f"{engine + ' ' + precision:44} {value:8.4f} {reference - value:8.4f}  [<= 0.01]")
 
 
 if __name__ == "__main__":
