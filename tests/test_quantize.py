@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -152,14 +153,19 @@ def test_quantising_the_whole_graph_is_rejected_by_the_guard(
     assert Detector.from_model_dir(model_copy, precision="auto").precision == "fp32"
 
 
+def _add_int8_with(variable: str, value: str, model_dir: Path, data_yaml: Path, env) -> Any:
+    from visionops.config import get_settings
+
+    env.setenv(variable, value)
+    return add_int8_variant(model_dir, load_data_yaml(data_yaml), settings=get_settings())
+
+
 def test_a_negative_max_drop_rejects_even_a_lossless_int8(
     detecting, model_copy: Path, settings_env: pytest.MonkeyPatch
 ) -> None:
-    from visionops.config import get_settings
-
-    _, data_yaml = detecting
-    settings_env.setenv("VISIONOPS_QUANTIZE_MAX_MAP_DROP", "-0.5")
-    metadata = add_int8_variant(model_copy, load_data_yaml(data_yaml), settings=get_settings())
+    metadata = _add_int8_with(
+        "VISIONOPS_QUANTIZE_MAX_MAP_DROP", "-0.5", model_copy, detecting[1], settings_env
+    )
     int8 = metadata.variants["int8"]
     assert int8["shipped"] is False and "more than the allowed -0.5" in int8["reason"]
     assert int8["max_map50_95_drop"] == -0.5
@@ -169,11 +175,9 @@ def test_a_negative_max_drop_rejects_even_a_lossless_int8(
 def test_zero_calibration_images_means_no_int8_variant(
     detecting, model_copy: Path, settings_env: pytest.MonkeyPatch
 ) -> None:
-    from visionops.config import get_settings
-
-    _, data_yaml = detecting
-    settings_env.setenv("VISIONOPS_QUANTIZE_CALIBRATION_IMAGES", "0")
-    metadata = add_int8_variant(model_copy, load_data_yaml(data_yaml), settings=get_settings())
+    metadata = _add_int8_with(
+        "VISIONOPS_QUANTIZE_CALIBRATION_IMAGES", "0", model_copy, detecting[1], settings_env
+    )
     assert list(metadata.variants) == ["fp32"] and not (model_copy / MODEL_INT8_ONNX).exists()
 
 

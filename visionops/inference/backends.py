@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -46,25 +47,75 @@ class InferenceBackend(ABC):
         return self.run(batch)
 
 
-class OnnxRuntimeBackend(InferenceBackend):
-    """ONNX Runtime on CPU.
+class SoloSharedBackend(InferenceBackend):
+    """Two runners of one network: `_shared` takes inferences that run at once (the server's
+    executor calls `run` from several threads), `_solo` (optional, more threads) an inference that
+    runs alone, so a lone request uses every core while concurrent ones do not fight over them.
 
-    `threads` intra-op threads run each inference when several run at once (the server's executor
-    calls `run` from several threads; one session serves them all). With `solo_threads` greater
-    than `threads`, a second session with that many threads takes an inference that runs alone, so
-    a lone request uses every core while concurrent ones do not fight over them.
+    Subclasses create the runners and say how one runs a batch (`_infer`).
     """
 
+    runtime = ""  # the runtime's name, in messages
+
+    def __init__(self, model_path: Path) -> None:
+        self.model_path = Path(model_path)
+        self._shared: Any = None
+        self._solo: Any = None
+        self._input_size: tuple[int, int] | None = None
+        self._max_batch: int | None = None
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @abstractmethod
+    def _infer(self, runner: Any, batch: np.ndarray) -> np.ndarray:
+        """Run `batch` on one runner (a session, a compiled model)."""
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        return self._input_size
+
+    @property
+    def max_batch(self) -> int | None:
+        return self._max_batch
+
+    def warmup(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            if self._solo is not None:
+                self._infer(self._solo, batch)
+            return self._infer(self._shared, batch)
+        except Exception as error:
+            raise ModelLoadError(
+                f"{self.model_path} does not run on {self.runtime}: {error}"
+            ) from error
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._running += 1
+            alone = self._running == 1
+        runner = self._solo if alone and self._solo is not None else self._shared
+        try:
+            return self._infer(runner, batch)
+        except Exception as error:
+            shape = list(batch.shape)
+            raise InferenceError(f"{self.runtime} failed on a {shape} batch: {error}") from error
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+class OnnxRuntimeBackend(SoloSharedBackend):
+    """ONNX Runtime on CPU: one session of `threads` intra-op threads serves concurrent
+    inferences; with `solo_threads` greater than `threads`, a second session takes a lone one."""
+
     name = "onnxruntime"
+    runtime = "ONNX Runtime"
 
     def __init__(self, model_path: Path, *, threads: int = 0, solo_threads: int = 0) -> None:
         if threads < 0 or solo_threads < 0:
             raise UsageError("ONNX Runtime thread counts must be >= 0 (0: one per core)")
-        self.model_path = Path(model_path)
+        super().__init__(model_path)
         self._shared = self._session(threads)
         self._solo = self._session(solo_threads) if solo_threads > max(threads, 1) else None
-        self._lock = threading.Lock()
-        self._running = 0
         meta = self._shared.get_inputs()[0]
         self._input_name = meta.name
         self._output_name = self._shared.get_outputs()[0].name
@@ -94,35 +145,8 @@ class OnnxRuntimeBackend(InferenceBackend):
         except Exception as error:  # ORT raises its own pybind exception types
             raise ModelLoadError(f"cannot load ONNX model {self.model_path}: {error}") from error
 
-    @property
-    def input_size(self) -> tuple[int, int] | None:
-        return self._input_size
-
-    @property
-    def max_batch(self) -> int | None:
-        return self._max_batch
-
-    def warmup(self, batch: np.ndarray) -> np.ndarray:
-        try:
-            if self._solo is not None:
-                self._solo.run([self._output_name], {self._input_name: batch})
-            return self._shared.run([self._output_name], {self._input_name: batch})[0]
-        except Exception as error:
-            raise ModelLoadError(f"{self.model_path} does not run: {error}") from error
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        with self._lock:
-            self._running += 1
-            alone = self._running == 1
-        session = self._solo if alone and self._solo is not None else self._shared
-        try:
-            return session.run([self._output_name], {self._input_name: batch})[0]
-        except Exception as error:
-            shape = list(batch.shape)
-            raise InferenceError(f"ONNX Runtime failed on a {shape} batch: {error}") from error
-        finally:
-            with self._lock:
-                self._running -= 1
+    def _infer(self, runner: Any, batch: np.ndarray) -> np.ndarray:
+        return runner.run([self._output_name], {self._input_name: batch})[0]
 
 
 def _openvino(model_path: Path, *, threads: int = 0, solo_threads: int = 0) -> InferenceBackend:
