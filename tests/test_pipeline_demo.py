@@ -53,8 +53,8 @@ def test_the_summary_shows_scores_drift_gate_and_what_serves(
     assert "v1 first" in text and "0.310 (0.610)" in text and "0.080 (0.200)" in text
     assert "v2 retrained" in text and "0.290 (0.580)" in text
     assert "no_drift" in text and "drift" in text and "40%" in text
-    # The drifted column comes first, with its method and score.
-    assert text.index("brightness_mean (ks 1e-20)") < text.index("contrast (ks 0.3)")
+    # Drifted columns with their method and score; the others are not listed.
+    assert "brightness_mean (ks 1e-20)" in text and "contrast (ks" not in text
     assert "promoted: beats the champion" in text
     assert "now serving: visionops-yolov8n-demo v2" in text
     assert "/demo/reports/drift.html" in text and "took 9.0 min" in text

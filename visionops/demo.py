@@ -90,8 +90,8 @@ class DriftCheck:
     report: Path | None
 
     def strongest(self, count: int = 3) -> list[dict[str, Any]]:
-        """The drifted columns first, then the others, as the check listed them."""
-        return sorted(self.columns, key=lambda c: not c.get("drifted"))[:count]
+        """Up to `count` of the columns that drifted, as the check listed them."""
+        return [c for c in self.columns if c.get("drifted")][:count]
 
 
 @dataclass

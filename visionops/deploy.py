@@ -200,7 +200,8 @@ def patch_inference_service(
 
     where = {"group": ISVC_GROUP, "version": ISVC_VERSION, "namespace": namespace,
              "plural": ISVC_PLURAL}  # fmt: skip
-    for attempt in range(_CONFLICT_RETRIES + 1):
+    conflicts = 0
+    while True:
         try:
             isvc = api.get_namespaced_custom_object(name=name, **where)
             body = {
@@ -216,7 +217,8 @@ def patch_inference_service(
             }
             patched = api.patch_namespaced_custom_object(name=name, body=body, **where)
         except ApiException as error:
-            if error.status == 409 and attempt < _CONFLICT_RETRIES:
+            if error.status == 409 and conflicts < _CONFLICT_RETRIES:
+                conflicts += 1
                 log.info("InferenceService %s changed meanwhile; reading it again", name)
                 continue
             raise PipelineError(
@@ -224,4 +226,3 @@ def patch_inference_service(
             ) from error
         log.info("InferenceService %s/%s -> %s (v%s)", namespace, name, storage_uri, version)
         return dict(patched)
-    raise AssertionError("unreachable")

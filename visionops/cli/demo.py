@@ -86,10 +86,11 @@ def print_summary(result: DemoResult) -> None:
         table.add_row(row[0], f"{row[1]} ({row50[1]})", f"{row[2]} ({row50[2]})")
     console.print(table)
 
-    checks = Table("window", "decision", "drifted share", "strongest drift", box=None)
+    checks = Table("window", "decision", "drifted share", "drifted columns (score)", box=None)
     for label, check in (("clean", result.clean_check), ("drifted", result.drift_check)):
-        strongest = ", ".join(
-            f"{c['column']} ({c['method']} {c['score']:.2g})" for c in check.strongest()
+        strongest = (
+            ", ".join(f"{c['column']} ({c['method']} {c['score']:.2g})" for c in check.strongest())
+            or "-"
         )
         share = "-" if check.drifted_share is None else f"{check.drifted_share:.0%}"
         checks.add_row(label, check.decision, share, strongest)

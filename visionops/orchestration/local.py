@@ -233,13 +233,15 @@ def _collect_steps(
     return steps
 
 
-def _resolve_named_outputs() -> None:
-    """Let dsl.If/Else test a named output (`task.outputs["decision"]`) under KFP's local runner.
+def allow_named_output_conditions() -> None:
+    """Let a `dsl.If` test a named output (`task.outputs["promoted"]`) under KFP's local runner.
 
-    kfp 2.17.3's local condition evaluator resolves `pipelinechannel--<task>-<output>` only for
-    outputs called `Output`; for any other name it gives up and both branches are skipped (the
-    cluster evaluates them correctly). On a miss, try each split of the reference into an
-    upstream task and one of its outputs. Idempotent.
+    kfp 2.17.3's local condition evaluator resolves `pipelinechannel--<task>-<output>` as a task
+    output only for outputs called `Output`, else as an input of the enclosing DAG: that works
+    inside an If/Else group (whose DAG receives the value) but not for a lone `dsl.If` in the
+    pipeline's own DAG, which is then silently skipped (a cluster evaluates it correctly). On a
+    miss, try each split of the reference into an upstream task and one of its outputs.
+    Idempotent.
     """
     from kfp.local.orchestrator.enhanced_dag_orchestrator import ConditionEvaluator
 
@@ -265,7 +267,7 @@ def _kfp_local(outputs_root: Path) -> Iterator[None]:
     """KFP's local runner for one run: subprocess steps in this venv, outputs under the run."""
     from kfp import local
 
-    _resolve_named_outputs()
+    allow_named_output_conditions()
     warnings.filterwarnings("ignore", "You may be attemping", RuntimeWarning)  # our image's name
     warnings.filterwarnings("ignore", ".*no effect in the current local runner", UserWarning)
     local.init(
