@@ -170,9 +170,8 @@ class StepStream(io.TextIOBase):
 
     def write(self, text: str) -> int:
         self.log_file.write(text)
-        self._buffer += text
-        while "\n" in self._buffer:
-            line, self._buffer = self._buffer.split("\n", 1)
+        *lines, self._buffer = (self._buffer + text).split("\n")
+        for line in lines:
             self._line(_ANSI.sub("", line))
         return len(text)
 
@@ -268,14 +267,15 @@ def _kfp_local(outputs_root: Path) -> Iterator[None]:
     from kfp import local
 
     allow_named_output_conditions()
-    warnings.filterwarnings("ignore", "You may be attemping", RuntimeWarning)  # our image's name
-    warnings.filterwarnings("ignore", ".*no effect in the current local runner", UserWarning)
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(outputs_root),
-        raise_on_error=True,
-    )
-    yield
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "You may be attemping", RuntimeWarning)  # our image
+        warnings.filterwarnings("ignore", ".*no effect in the current local runner", UserWarning)
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False),
+            pipeline_root=str(outputs_root),
+            raise_on_error=True,
+        )
+        yield
 
 
 def run_local(

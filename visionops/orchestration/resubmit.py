@@ -125,7 +125,7 @@ def submit_training(
     try:
         if mode == "cluster":
             unsure = existing is not None and existing.status == SUBMITTING
-            submission = _submit_cluster(pending, package, settings, settled=unsure)
+            submission = _submit_cluster(pending, package, settings, look_up_first=unsure)
         else:
             submission = _spawn_local(pending, settings)
     except (PipelineError, OSError) as error:
@@ -139,7 +139,7 @@ def submit_training(
 
 
 def _submit_cluster(
-    pending: Submission, package: Path, settings: Settings, *, settled: bool
+    pending: Submission, package: Path, settings: Settings, *, look_up_first: bool
 ) -> Submission:
     """Start the run on the KFP server (uploading `package` if the pipeline is not there yet),
     or find it when an earlier attempt may have started it."""
@@ -151,7 +151,7 @@ def _submit_cluster(
     client = remote.connect(settings=settings)
     name = package_info(package)[0]
     try:
-        if settled:
+        if look_up_first:
             experiment = client.create_experiment(
                 settings.kfp_experiment, namespace=settings.kfp_namespace
             )
