@@ -28,12 +28,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP) ## Create .venv and install the project with every extra
 
-tools: ## System tools the tests use (shellcheck, promtool, prometheus), via apt if missing
-	@missing=""; for t in shellcheck promtool prometheus; do command -v $$t >/dev/null || missing=1; done; \
+tools: ## System tools the tests use (shellcheck, promtool, prometheus, pushgateway), via apt if missing
+	@missing=""; for t in shellcheck promtool prometheus prometheus-pushgateway; do command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
-	  echo ">> installing shellcheck and prometheus (promtool) with apt"; \
+	  echo ">> installing shellcheck, prometheus (promtool) and prometheus-pushgateway with apt"; \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends shellcheck prometheus >/dev/null; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends shellcheck prometheus prometheus-pushgateway >/dev/null; \
 	fi
 
 demo: $(STAMP) ## Generate data, train, serve and monitor on one machine

@@ -30,7 +30,9 @@ def drift_check(
     Writes the self-contained Evidently report (`report`, shown in the Kubeflow UI), the JSON
     result (`result`, also carrying the Prometheus text for the drift alert in its metadata) and
     per-column scores as Metrics; with `log_to_mlflow` the report and scores also go to an MLflow
-    run. `drift_share`/`min_rows` of 0 mean the settings' values.
+    run. `drift_share`/`min_rows` of 0 mean the settings' values. With VISIONOPS_PUSHGATEWAY_URL
+    set, the drift gauges are pushed there for the "drift detected" alert; a failed push is logged
+    and recorded in the result's metadata, it does not stop the decision.
     """
     import math
     import shutil
@@ -41,12 +43,14 @@ def drift_check(
     from visionops.bootstrap import bootstrap
 
     settings = bootstrap()
+    from visionops.errors import StorageError
     from visionops.monitoring.drift import (
         DriftConfig,
         check_drift,
         load_feature_table,
         log_drift_to_mlflow,
         prometheus_metrics,
+        push_drift_metrics,
     )
     from visionops.monitoring.reference import resolve_reference
 
@@ -74,6 +78,15 @@ def drift_check(
     scores.log_metric("current_rows", outcome.current_rows)
     result.metadata["decision"] = outcome.decision
     result.metadata["prometheus"] = prometheus_metrics(outcome, model_name or settings.model_name)
+    if settings.pushgateway_url:
+        try:
+            group = push_drift_metrics(
+                outcome, model_name or settings.model_name, settings.pushgateway_url
+            )
+            result.metadata["pushed_to"] = group
+        except StorageError as error:
+            print(f"WARNING: drift metrics not pushed: {error}")
+            result.metadata["push_error"] = str(error)
     print(f"{outcome.decision}: {outcome.reason}")
     return namedtuple("DriftOutputs", ["decision", "drift_detected"])(
         outcome.decision, outcome.drift_detected

@@ -166,6 +166,15 @@ def trained(mlflow: MlflowServer, tiny_data_yaml: Path):
             get_settings.cache_clear()
 
 
+@pytest.fixture(scope="session")
+def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus Pushgateway on 127.0.0.1 (its URL)."""
+    from tests.servers import pushgateway_server
+
+    with pushgateway_server(tmp_path_factory.mktemp("pushgateway")) as url:
+        yield url
+
+
 @pytest.fixture
 def local_kfp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """KFP's local runner in this venv, outputs under this test's tmp dir (returned)."""

@@ -260,3 +260,40 @@ def predictor_server(
     finally:
         stop(proc)
         log.close()
+
+
+@contextmanager
+def pushgateway_server(workdir: Path) -> Iterator[str]:
+    """A real Prometheus Pushgateway (Debian's prometheus-pushgateway) on 127.0.0.1."""
+    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+    if binary is None:
+        raise RuntimeError("prometheus-pushgateway is missing (make tools installs it)")
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = (workdir / "pushgateway.log").open("wb")
+    proc = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: http_status(f"{url}/-/ready") == 200, timeout=30, what="Pushgateway", proc=proc
+        )
+        yield url
+    finally:
+        stop(proc)
+        log.close()
+
+
+def gauge(url: str, name: str, **labels: str) -> float | None:
+    """The value of one sample scraped from `url`/metrics, None if absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return sample.value
+    return None

@@ -10,12 +10,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from kfp import dsl, local
+from kfp import dsl
 
 from components import visionops_component
 from components.collect import collect
 from components.drift_check import drift_check
 from tests.drift_data import PRODUCTS, DriftTables, build_drift_tables
+from tests.servers import gauge
 from visionops.monitoring.features import read_image
 from visionops.monitoring.prediction_log import PredictionLogWriter
 from visionops.storage import LocalStore
@@ -54,14 +55,6 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> DriftTables:
     return build_drift_tables(tmp_path_factory.mktemp("drift"))
 
 
-@pytest.fixture
-def local_kfp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    root = tmp_path / "outputs"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    return root
-
-
 def _log_images(root: Path, store_dir: Path) -> Path:
     """Log every inference image below `root` as predictions, one second apart from T0."""
     writer = PredictionLogWriter(LocalStore(store_dir), model_name="m", model_version="1")
@@ -75,8 +68,15 @@ def _log_images(root: Path, store_dir: Path) -> Path:
 
 @pytest.mark.parametrize(("which", "branch"), [("clean", "keep"), ("dark", "retrain")])
 def test_pipeline_branches_on_the_drift_decision(
-    tables: DriftTables, local_kfp: Path, tmp_path: Path, which: str, branch: str
+    tables: DriftTables,
+    local_kfp: Path,
+    tmp_path: Path,
+    which: str,
+    branch: str,
+    pushgateway: str,
+    settings_env: pytest.MonkeyPatch,
 ):
+    settings_env.setenv("VISIONOPS_PUSHGATEWAY_URL", pushgateway)  # the steps inherit it
     images = tables.root if which == "clean" else tables.dark
     log_dir = _log_images(images, tmp_path / "log")
     marker = tmp_path / "branch.txt"
@@ -109,6 +109,9 @@ def test_pipeline_branches_on_the_drift_decision(
         f'visionops_drift_detected{{model_name="m"}} {int(which == "dark")}'
         in (metadata["prometheus"])
     )
+    # The alert's gauge reached the real Pushgateway, under the model's group.
+    assert metadata["pushed_to"] == f"{pushgateway}/metrics/job/visionops-drift/model_name/m"
+    assert gauge(pushgateway, "visionops_drift_detected", model_name="m") == int(which == "dark")
     tracking = connect()  # the step recorded the check in MLflow
     run = tracking.client.get_run(metadata["mlflow_run_id"])
     assert run.data.tags["visionops.drift.decision"] == result["decision"]

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from tests.drift_data import DriftTables, build_drift_tables
+from tests.servers import free_port, gauge
 from visionops.cli.app import app
 from visionops.config import get_settings
 from visionops.monitoring.drift import (
@@ -217,6 +218,29 @@ def test_alert_metrics_in_prometheus_format(tables: DriftTables):
     text = prometheus_metrics(waiting, "m")
     assert 'visionops_drift_detected{model_name="m"} 0' in text
     assert "visionops_drift_share" not in text
+
+
+def test_check_pushes_the_alert_gauges_to_a_pushgateway(
+    tables: DriftTables, pushgateway: str, tmp_path: Path
+):
+    model = get_settings().model_name
+    code, payload, output = _check(tables.reference, tables.drifted, "--pushgateway", pushgateway)
+    assert code == 0, output
+    assert gauge(pushgateway, "visionops_drift_detected", model_name=model) == 1
+    assert gauge(pushgateway, "visionops_drift_share", model_name=model) == pytest.approx(
+        payload["drifted_share"]
+    )
+    code, payload, output = _check(tables.reference, tables.clean, "--pushgateway", pushgateway)
+    assert code == 0, output
+    assert gauge(pushgateway, "visionops_drift_detected", model_name=model) == 0  # replaced
+
+
+def test_unreachable_pushgateway_is_a_clear_error(tables: DriftTables):
+    url = f"http://127.0.0.1:{free_port()}"
+    code, payload, output = _check(tables.reference, tables.drifted, "--pushgateway", url)
+    assert code == 1
+    assert payload["decision"] == "drift"  # the decision was still printed
+    assert f"Pushgateway {url} unreachable" in output
 
 
 def test_features_command_builds_a_table(tables: DriftTables, tmp_path: Path):

@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     drift_columns: list[str] | None = Field(None, description="JSON list; default: all features")
     drift_column_methods: dict[str, str] = Field(default_factory=dict, description="JSON object")
     drift_column_thresholds: dict[str, float] = Field(default_factory=dict, description="JSON")
+    # Where drift results are pushed for the "drift detected" alert (unset: not pushed).
+    pushgateway_url: str | None = Field(None, description="e.g. http://pushgateway:9091")
     # Prediction log (monitoring/prediction_log.py), written by the predictor off the request path.
     log_prefix: str = Field("predictions", min_length=1, description="store prefix of the log")
     log_max_queue: int = Field(512, ge=1, description="records waiting; more are dropped")

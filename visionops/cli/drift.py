@@ -101,9 +101,23 @@ def check(
     mlflow: Annotated[
         bool, typer.Option("--mlflow", help="Also record the check (report, scores) in MLflow.")
     ] = False,
+    pushgateway: Annotated[
+        str | None,
+        typer.Option(
+            "--pushgateway",
+            help="Push the drift gauges to this Prometheus Pushgateway "
+            "(default: VISIONOPS_PUSHGATEWAY_URL, unset: no push).",
+        ),
+    ] = None,
 ) -> None:
     """Decide drift / no drift / not enough data; the result is JSON on stdout (exit 0)."""
-    from visionops.monitoring.drift import DriftConfig, check_drift_files, log_drift_to_mlflow
+    from visionops.config import get_settings
+    from visionops.monitoring.drift import (
+        DriftConfig,
+        check_drift_files,
+        log_drift_to_mlflow,
+        push_drift_metrics,
+    )
     from visionops.monitoring.reference import resolve_reference
 
     config = DriftConfig.from_settings(drift_share=drift_share, min_rows=min_rows)
@@ -117,3 +131,8 @@ def check(
     err_console.print(f"[bold {colour}]{result.decision}[/]: {result.reason}", highlight=False)
     if result.report_html:
         err_console.print(f"report: {result.report_html}", highlight=False)
+    settings = get_settings()
+    gateway = pushgateway or settings.pushgateway_url
+    if gateway:
+        group = push_drift_metrics(result, settings.model_name, gateway)
+        err_console.print(f"pushed to {group}", highlight=False)

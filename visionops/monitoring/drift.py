@@ -476,6 +476,41 @@ def prometheus_metrics(result: DriftResult, model_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def push_drift_metrics(
+    result: DriftResult, model_name: str, url: str, *, job: str = "visionops-drift"
+) -> str:
+    """PUT the drift gauges to a Prometheus Pushgateway, where the "drift detected" alert reads
+    them; returns the group URL. One group per model, so a check replaces only its own model's
+    values. Raises StorageError when the gateway cannot be reached or refuses the push.
+    """
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from visionops.errors import StorageError
+
+    group = (
+        f"{url.rstrip('/')}/metrics/job/{urllib.parse.quote(job, safe='')}"
+        f"/model_name/{urllib.parse.quote(model_name, safe='')}"
+    )
+    request = urllib.request.Request(
+        group,
+        data=prometheus_metrics(result, model_name).encode(),
+        method="PUT",
+        headers={"Content-Type": "text/plain; version=0.0.4"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace").strip()
+        raise StorageError(f"Pushgateway {group} refused the drift metrics: {detail}") from error
+    except (urllib.error.URLError, OSError) as error:
+        raise StorageError(f"Pushgateway {url} unreachable: {error}") from error
+    log.info("pushed drift metrics of %s to %s", model_name, group)
+    return group
+
+
 def log_drift_to_mlflow(
     result: DriftResult, *, model_name: str = "", settings: Settings | None = None
 ) -> str:
