@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.images import encode, textured
-from tests.servers import BIN, MlflowServer, S3Server, mlflow_server, predictor_server
+from tests.servers import BIN, MlflowServer, predictor_server
 from visionops.config import DEFAULT_MODEL_NAME as MODEL
 
 pytestmark = pytest.mark.slow
@@ -56,12 +55,6 @@ def assert_not_ready(client: httpx.Client, reason: str) -> None:
     assert reason in client.get(f"/v2/models/{MODEL}").json()["parameters"]["load_error"]
 
 
-@pytest.fixture(scope="module")
-def mlflow(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    with mlflow_server(tmp_path_factory.mktemp("mlflow"), s3) as server:
-        yield server
-
-
 def test_registry_champion_is_served_and_a_promotion_is_picked_up(
     mlflow: MlflowServer,
     untrained_model: Path,
@@ -70,27 +63,30 @@ def test_registry_champion_is_served_and_a_promotion_is_picked_up(
 ) -> None:
     from visionops.training.tracking import MODEL_ARTIFACT_DIR, connect
 
+    # The session's MLflow server is shared: this test's registered model has its own name, the
+    # predictor still serves it as MODEL.
+    registered = "serving-sources-champion"
     settings_env.setenv("VISIONOPS_MLFLOW_TRACKING_URI", mlflow.url)
-    uri = f"models:/{MODEL}@champion"
-    command = [str(BIN / "visionops"), "serve"]
+    uri = f"models:/{registered}@champion"
+    command = [str(BIN / "visionops"), "serve", "--model_name", MODEL]
     with predictor_server(
         tmp_path / "predictor", ["--model-uri", uri], env=mlflow.env(), command=command,
         wait_ready=False,
     ) as server, httpx.Client(base_url=server.http, timeout=60) as client:  # fmt: skip
         # Nothing registered yet: up, not ready, and the log says why.
-        assert_not_ready(client, f"Registered Model with name={MODEL} not found")
+        assert_not_ready(client, f"Registered Model with name={registered} not found")
         assert f"model {MODEL} from {uri} not loaded" in server.log_text()
 
         tracking = connect()
         client_ml = tracking.client
-        client_ml.create_registered_model(MODEL)
+        client_ml.create_registered_model(registered)
 
         def register(model_dir: Path) -> str:
             run = client_ml.create_run(tracking.experiment_id)
             client_ml.log_artifacts(run.info.run_id, str(model_dir), MODEL_ARTIFACT_DIR)
             source = f"{run.info.artifact_uri}/{MODEL_ARTIFACT_DIR}"
-            version = client_ml.create_model_version(MODEL, source, run_id=run.info.run_id)
-            client_ml.set_registered_model_alias(MODEL, "champion", version.version)
+            version = client_ml.create_model_version(registered, source, run_id=run.info.run_id)
+            client_ml.set_registered_model_alias(registered, "champion", version.version)
             return str(version.version)
 
         first = register(untrained_model)
