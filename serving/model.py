@@ -38,7 +38,7 @@ from visionops.detections import Detections
 from visionops.errors import InvalidImage, UsageError, VisionOpsError
 from visionops.inference import Detector, decode_image
 from visionops.inference.model_source import ResolvedModel, resolve_model_source
-from visionops.monitoring.prediction_log import PredictionLogWriter
+from visionops.monitoring.prediction_log import Activity, PredictionLogWriter
 from visionops.storage import open_store
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class YoloModel(Model):
         )
         self._reload_lock: asyncio.Lock | None = None
         self._log: PredictionLogWriter | None = None
+        self._activity = Activity()  # lets the log's features wait for a pause in inference
 
     # -- loading ----------------------------------------------------------------------------------
 
@@ -122,6 +123,7 @@ class YoloModel(Model):
                 batch_size=self.settings.log_batch_size,
                 flush_every_s=self.settings.log_flush_every_s,
                 on_drop=metrics.PREDICTION_LOG_DROPPED.inc,
+                activity=self._activity,
             )
         elif self._log is not None:
             self._log.names = list(names)
@@ -240,6 +242,12 @@ class YoloModel(Model):
         self, loaded: Loaded, parsed: ParsedRequest
     ) -> tuple[list[np.ndarray], list[Detections]]:
         """Decode and detect (in an executor thread)."""
+        with self._activity.busy():
+            return self._decode_and_detect(loaded, parsed)
+
+    def _decode_and_detect(
+        self, loaded: Loaded, parsed: ParsedRequest
+    ) -> tuple[list[np.ndarray], list[Detections]]:
         images = []
         for index, data in enumerate(parsed.images):
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from visionops.detections import Detections
 from visionops.errors import StorageError
 from visionops.monitoring.features import FEATURE_COLUMNS, feature_row
-from visionops.monitoring.prediction_log import PredictionLogWriter, read_window
+from visionops.monitoring.prediction_log import Activity, PredictionLogWriter, read_window
 from visionops.storage import LocalStore, ObjectStore, default_store
 
 NAMES = ("Cable/break", "Cable/thunderbolt", "Screw/defect")
@@ -111,6 +112,28 @@ def test_queue_memory_bound_drops_large_images(tmp_path: Path):
     writer = PredictionLogWriter(LocalStore(tmp_path), max_queue_bytes=10_000)
     assert not writer.submit(np.zeros((100, 100, 3), np.uint8), None)  # 30 kB > 10 kB
     assert writer.dropped == 1
+    writer.close()
+
+
+def test_features_wait_for_a_pause_in_inference(tmp_path: Path):
+    activity = Activity()
+    writer = PredictionLogWriter(LocalStore(tmp_path), activity=activity, flush_every_s=60)
+    with activity.busy():  # an inference is running: the writer holds its records back
+        assert writer.submit(_image(0), None) and writer.submit(_image(1), None)
+        assert not writer.flush(timeout=0.5)
+        assert writer.written == 0
+    assert writer.flush(timeout=10)  # the pause came: both are written
+    assert writer.written == 2
+    writer.close()
+
+
+def test_busy_inference_delays_features_at_most_until_the_flush(tmp_path: Path):
+    activity = Activity()
+    writer = PredictionLogWriter(LocalStore(tmp_path), activity=activity, flush_every_s=0.3)
+    with activity.busy():  # never a pause: the records still go out by the flush deadline
+        assert writer.submit(_image(0), None)
+        time.sleep(1.5)
+        assert writer.written == 1
     writer.close()
 
 

@@ -135,6 +135,12 @@ class OnnxRuntimeBackend(SoloSharedBackend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Worker threads that spin between operators make any other work on the cores (the
+        # prediction log's feature thread, the event loop, a second inference) a straggler that
+        # every parallel operator waits for. Measured on 2 cores, 640 px: without spinning the
+        # server answered a lone request with the log on in 33 ms instead of 39, and served 8
+        # concurrent clients 10% faster; in-process alone it costs about 2 ms.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
