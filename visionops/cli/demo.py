@@ -46,8 +46,7 @@ def demo(
     ] = False,
     seed: SeedOption = 0,
 ) -> None:
-    """Generate data, train, serve, send clean then drifted traffic, detect the drift, retrain,
-    promote only if better, reload the predictor; then print what happened."""
+    """The whole loop on generated data: train, serve, drift, retrain, promote if better."""
     from visionops.cli.pipeline import StepPrinter
     from visionops.demo import DemoConfig, DemoEvents, run_demo
 
