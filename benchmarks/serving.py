@@ -197,6 +197,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=160, help="per server measurement")
     parser.add_argument("--images", type=int, default=16, help="distinct JPEGs, cycled")
     parser.add_argument("--model-dir", type=Path, help="default: an untrained YOLOv8n at 640")
+    parser.add_argument(
+        "--no-prediction-log",
+        action="store_true",
+        help="serve without the prediction log, to see what it costs",
+    )
     parser.add_argument("--accuracy-model", type=Path, help="trained model directory to score")
     parser.add_argument("--data", type=Path, help="data.yaml whose val split it is scored on")
     parser.add_argument(
@@ -306,7 +311,8 @@ def measure(
     bodies = request_bodies(jpegs)
     for engine, precision in pairs:
         server_args = [
-            "--model-dir", str(model_dir), "--prediction-log", str(work / "log"),
+            "--model-dir", str(model_dir),
+            "--prediction-log", "off" if args.no_prediction_log else str(work / "log"),
             "--engine", engine, "--precision", precision,
         ]  # fmt: skip
         baseline = (engine, precision) == BASELINE
