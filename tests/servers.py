@@ -263,27 +263,37 @@ def predictor_server(
 
 
 @contextmanager
+def prometheus_family_server(
+    binary: str, args: list[str], workdir: Path, what: str
+) -> Iterator[str]:
+    """A Prometheus-family binary (prometheus, pushgateway) listening on a free 127.0.0.1 port;
+    yields its URL once `/-/ready` answers."""
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = (workdir / f"{what}.log").open("wb")
+    proc = subprocess.Popen(
+        [binary, *args, f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_status(f"{url}/-/ready") == 200, timeout=30, what=what, proc=proc)
+        yield url
+    finally:
+        stop(proc)
+        log.close()
+
+
+@contextmanager
 def pushgateway_server(workdir: Path) -> Iterator[str]:
     """A real Prometheus Pushgateway (Debian's prometheus-pushgateway) on 127.0.0.1."""
     binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
     if binary is None:
         raise RuntimeError("prometheus-pushgateway is missing (make tools installs it)")
-    port = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = (workdir / "pushgateway.log").open("wb")
-    proc = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(
-            lambda: http_status(f"{url}/-/ready") == 200, timeout=30, what="Pushgateway", proc=proc
-        )
+    # Debian's build persists to /var/lib/prometheus by default: keep each server's state its own.
+    args = [f"--persistence.file={workdir / 'pushgateway.data'}"]
+    with prometheus_family_server(binary, args, workdir, "pushgateway") as url:
         yield url
-    finally:
-        stop(proc)
-        log.close()
 
 
 def gauge(url: str, name: str, **labels: str) -> float | None:

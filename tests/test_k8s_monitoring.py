@@ -14,14 +14,11 @@ import json
 import math
 import re
 import shutil
-import subprocess
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,14 @@ import pytest
 import yaml
 
 from tests.k8s import ROOT, Doc, example_tree, find, render, run, tool
-from tests.servers import Predictor, free_port, http_status, predictor_server, stop, wait_until
+from tests.servers import (
+    Predictor,
+    http_status,
+    predictor_server,
+    prometheus_family_server,
+    pushgateway_server,
+    wait_until,
+)
 
 MONITORING = ROOT / "manifests" / "monitoring"
 DASHBOARD = MONITORING / "dashboards" / "visionops.json"
@@ -214,15 +218,21 @@ def _scraped_names(url: str) -> set[str]:
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 
 
-def _drift_exposition() -> str:
-    """What the monitoring pipeline's drift check pushes to the Pushgateway, for a drift."""
-    from visionops.monitoring.drift import DRIFT, DriftResult, prometheus_metrics
+def _drift_result():  # type: ignore[no-untyped-def]
+    """A drift check that decided drift, as the monitoring pipeline's step produces it."""
+    from visionops.monitoring.drift import DRIFT, DriftResult
 
-    result = DriftResult(
+    return DriftResult(
         decision=DRIFT, reason="3 of 12 columns drifted", reference_rows=500, current_rows=200,
         min_rows=50, drift_share_threshold=0.1, drifted_share=0.25,
     )  # fmt: skip
-    return prometheus_metrics(result, MODEL_NAME)
+
+
+def _drift_exposition() -> str:
+    """What the monitoring pipeline's drift check pushes to the Pushgateway, for a drift."""
+    from visionops.monitoring.drift import prometheus_metrics
+
+    return prometheus_metrics(_drift_result(), MODEL_NAME)
 
 
 def test_every_expression_names_a_metric_the_platform_exports(
@@ -242,35 +252,15 @@ def test_every_expression_names_a_metric_the_platform_exports(
     assert "visionops_requests_total" in exported and "visionops_drift_detected" in drift
 
 
-class _Exposition(BaseHTTPRequestHandler):
-    """Serves a fixed exposition text at /metrics: the drift check's push, as the Pushgateway
-    would expose it (Prometheus scrapes it with honor_labels, like the ServiceMonitor says)."""
-
-    text = ""
-
-    def do_GET(self) -> None:
-        body = self.text.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        return
-
-
 @pytest.fixture(scope="module")
-def drift_target() -> Iterator[str]:
-    _Exposition.text = _drift_exposition()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Exposition)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def drift_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Pushgateway holding what the drift check pushes for a drift (Prometheus scrapes it
+    with honor_labels, as the ServiceMonitor says)."""
+    from visionops.monitoring.drift import push_drift_metrics
+
+    with pushgateway_server(tmp_path_factory.mktemp("pushgateway")) as url:
+        push_drift_metrics(_drift_result(), MODEL_NAME, url)
+        yield url.removeprefix("http://")
 
 
 @pytest.fixture(scope="module")
@@ -301,24 +291,9 @@ def prometheus(
         ],
     }
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (work / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            tool("prometheus"), f"--config.file={work / 'prometheus.yml'}",
-            f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(
-            lambda: http_status(f"{url}/-/ready") == 200, timeout=30, what="prometheus", proc=proc
-        )
+    args = [f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}"]
+    with prometheus_family_server(tool("prometheus"), args, work, "prometheus") as url:
         yield url
-    finally:
-        stop(proc)
-        log.close()
 
 
 def _query(prometheus: str, expr: str) -> dict[str, Any]:
