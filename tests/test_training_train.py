@@ -183,6 +183,17 @@ def test_cli_reports_bad_input_with_exit_code(tmp_path: Path):
     assert "data.yaml not found" in result.output
 
 
+def test_auto_device_takes_the_gpu_when_torch_sees_one(monkeypatch: pytest.MonkeyPatch):
+    # No GPU can run here: torch's CUDA probe is the one thing replaced, to check the choice.
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda:0"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device("cuda:1") == "cuda:1"
+
+
 def test_unknown_device_is_a_usage_error():
     with pytest.raises(UsageError, match="unknown device 'gpu'"):
         resolve_device("gpu")
