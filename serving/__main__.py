@@ -98,7 +98,12 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         help=f"directory or s3://bucket/prefix for the prediction log; '{OFF}' to disable",
     )
     # A gRPC message may be as large as an HTTP body unless set explicitly.
-    parser.set_defaults(model_name=settings.model_name, grpc_max_receive_message_length=None)
+    # Latency is in /metrics: a log line per request (KServe's default) only costs event-loop time.
+    parser.set_defaults(
+        model_name=settings.model_name,
+        grpc_max_receive_message_length=None,
+        enable_latency_logging=False,
+    )
     return parser
 
 

@@ -41,6 +41,7 @@ from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, Logg
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
+from timing_asgi import TimingMiddleware
 
 from serving import metrics
 from serving.model import YoloModel
@@ -229,6 +230,13 @@ class GuardedRESTServer(RESTServer):
         super().__init__(*args, **kwargs)
         self.max_body_bytes = max_body_bytes
 
+    def _add_middlewares(self, app: Any) -> None:
+        """KServe's middlewares without its TimingMiddleware: `RequestGuard` already times every
+        inference request into /metrics, and the two log lines per request it adds cost the
+        event loop about 0.2 ms each request."""
+        super()._add_middlewares(app)
+        app.user_middleware[:] = [m for m in app.user_middleware if m.cls is not TimingMiddleware]
+
     def create_application(self) -> None:
         from kserve.model_server import app
 
@@ -318,6 +326,22 @@ class PredictorServer(ModelServer):
                 grace_period=self.grace_period,
             )
             self.servers.append(self._grpc_server.start(self.max_threads))
-        self.setup_event_loop()
-        self.register_signal_handler()
-        asyncio.run(self._serve())
+        with asyncio.Runner(loop_factory=self._loop_factory()) as runner:
+            loop = runner.get_loop()  # the loop that serves, so KServe's setup configures it
+            log.info("event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
+            self.setup_event_loop()
+            self.register_signal_handler()
+            runner.run(self._serve())
+
+    def _loop_factory(self) -> Callable[[], asyncio.AbstractEventLoop] | None:
+        """uvloop unless `--event-loop asyncio` (KServe's own start always runs asyncio's loop,
+        whatever the flag says); about 0.3 ms less per request on the event loop."""
+        if self.event_loop == "asyncio":
+            return None
+        try:
+            import uvloop
+        except ImportError:
+            if self.event_loop == "uvloop":
+                raise UsageError("--event-loop uvloop: uvloop is not installed") from None
+            return None
+        return uvloop.new_event_loop

@@ -113,7 +113,7 @@ def server(
     args = [
         "--model-dir", str(model_dir), f"--max-images={MAX_IMAGES}",
         f"--max-pixels={MAX_PIXELS}", f"--max-body-bytes={MAX_BODY}",
-        "--prediction-log", str(log_dir), "--enable_latency_logging=false",
+        "--prediction-log", str(log_dir),
     ]  # fmt: skip
     env = {"VISIONOPS_LOG_FLUSH_EVERY_S": "1"}
     with predictor_server(tmp_path_factory.mktemp("predictor"), args, env=env) as running:
@@ -367,6 +367,17 @@ def test_200_requests_at_concurrency_16_while_health_answers(client: httpx.Clien
             before, "visionops_requests_total", **key
         )
         assert delta == 100
+
+
+def test_runs_uvloop_and_logs_one_access_line_per_request(
+    server: Predictor, client: httpx.Client
+) -> None:
+    for _ in range(3):
+        assert client.post(V2, json=v2_body(JPEG)).status_code == 200
+    text = server.log_text()
+    assert "event loop: uvloop.Loop" in text
+    assert text.count('"POST /v2/models/') >= 3  # uvicorn's access log
+    assert "kserve.trace" not in text  # latency lines and KServe's timing lines are off
 
 
 def test_metrics_show_what_was_sent(server: Predictor, client: httpx.Client) -> None:
