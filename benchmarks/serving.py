@@ -324,8 +324,11 @@ def measure(
                 if baseline or name == "HTTP v2 binary"
             }
             clients["gRPC"] = grpc_client(server.grpc, jpegs)
+            # Every protocol at concurrency 1 before any burst at 8: a burst leaves the
+            # prediction log a backlog of feature rows, which is not an idle server's latency.
             for name, make in clients.items():
                 rows[f"{prefix} {name}, concurrency 1"] = concurrent(make, n, 1)
+            for name, make in clients.items():
                 rows[f"{prefix} {name}, concurrency 8"] = concurrent(make, args.requests, 8)
 
     return rows, accuracy
