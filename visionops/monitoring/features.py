@@ -4,9 +4,11 @@ The predictor's prediction log, the evaluation reference table, the calibration 
 check all call these functions, so a column means the same thing everywhere. Global statistics
 (brightness, colour, saturation, contrast) are computed on a copy downscaled to at most
 `SMALL_SIDE` pixels, texture statistics (sharpness, noise, edges, orientation) on a grey copy of at
-most `DETAIL_SIDE` pixels (about what the detector sees), and JPEG blockiness on a crop at native
-resolution, because the 8x8 block grid only exists there. Everything is vectorised numpy/OpenCV;
-cv2 releases the GIL, so `image_feature_rows` runs images in parallel threads.
+most `DETAIL_SIDE` pixels (the resolution the drift thresholds were calibrated at, and a third of
+the cost of 512 px: the predictor computes a row for every image it serves), and JPEG blockiness on
+a crop at native resolution, because the 8x8 block grid only exists there. Everything is
+vectorised numpy/OpenCV; cv2 releases the GIL, so `image_feature_rows` runs images in parallel
+threads.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SMALL_SIDE = 128
-DETAIL_SIDE = 512
+DETAIL_SIDE = 320
 BLOCK_CROP = 256
 EDGE_THRESHOLD = 64.0  # Sobel magnitude (about 16 grey levels per pixel) that counts as an edge
 
@@ -156,8 +158,8 @@ def _noise_sigma(grey: np.ndarray) -> float:
     h, w = grey.shape
     if h < 3 or w < 3:
         return 0.0
-    response = cv2.filter2D(grey, cv2.CV_32F, _IMMERKAER)[1:-1, 1:-1]
-    return float(math.sqrt(math.pi / 2.0) * np.abs(response).mean() / 6.0)
+    response = cv2.filter2D(grey, cv2.CV_16S, _IMMERKAER)[1:-1, 1:-1]  # exact: |sum| <= 4080
+    return float(math.sqrt(math.pi / 2.0) * cv2.norm(response, cv2.NORM_L1) / response.size / 6.0)
 
 
 def _blockiness(grey: np.ndarray) -> float:
@@ -202,16 +204,20 @@ def image_features(image_bgr: np.ndarray) -> dict[str, float]:
 
     grey = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     detail = _fit(grey, DETAIL_SIDE)
-    _, lap_std = cv2.meanStdDev(cv2.Laplacian(detail, cv2.CV_32F, ksize=1))
+    _, lap_std = cv2.meanStdDev(cv2.Laplacian(detail, cv2.CV_16S, ksize=1))  # exact integers
     gx = cv2.Sobel(detail, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(detail, cv2.CV_32F, 0, 1, ksize=3)
-    gx2, gy2 = gx * gx, gy * gy
-    energy = gx2 + gy2
-    total = float(energy.sum())
-    # cos(4 theta) * |g|^2 = ((gx^2 - gy^2)^2 - 4 gx^2 gy^2) / |g|^2
-    aligned = ((gx2 - gy2) ** 2 - 4.0 * gx2 * gy2) / np.maximum(energy, 1e-6)
-    alignment = float(aligned.sum()) / total if total > 0 else 0.0
-    edges = float(np.count_nonzero(energy > EDGE_THRESHOLD**2)) / energy.size
+    gx2, gy2 = cv2.multiply(gx, gx), cv2.multiply(gy, gy)
+    energy = cv2.add(gx2, gy2)
+    total = cv2.sumElems(energy)[0]
+    # cos(4 theta) * |g|^2 = ((gx^2 - gy^2)^2 - 4 gx^2 gy^2) / |g|^2 (OpenCV: one pass each)
+    diff = cv2.subtract(gx2, gy2)
+    aligned = cv2.divide(
+        cv2.subtract(cv2.multiply(diff, diff), cv2.multiply(gx2, gy2, scale=4.0)),
+        cv2.max(energy, 1e-6),
+    )
+    alignment = cv2.sumElems(aligned)[0] / total if total > 0 else 0.0
+    edges = cv2.countNonZero(cv2.compare(energy, EDGE_THRESHOLD**2, cv2.CMP_GT)) / energy.size
 
     return {
         IMG_WIDTH: float(width),
