@@ -17,8 +17,14 @@ import numpy as np
 import pytest
 
 from visionops.errors import ModelNotFound, TrainingError
-from visionops.inference import Detector
-from visionops.model_artifact import MODEL_INT8_ONNX, MODEL_ONNX, read_metadata, write_metadata
+from visionops.inference import Detector, model_file
+from visionops.model_artifact import (
+    MODEL_INT8_ONNX,
+    MODEL_INT8_OPENVINO_ONNX,
+    MODEL_ONNX,
+    read_metadata,
+    write_metadata,
+)
 from visionops.training.dataset import load_data_yaml
 from visionops.training.quantize import (
     add_int8_variant,
@@ -38,7 +44,7 @@ def model_copy(detecting, tmp_path: Path) -> Path:
     """A copy of the trained model directory with only its fp32 variant, as export leaves it."""
     result, _ = detecting
     target = tmp_path / "model"
-    shutil.copytree(result.model_dir, target, ignore=shutil.ignore_patterns(MODEL_INT8_ONNX))
+    shutil.copytree(result.model_dir, target, ignore=shutil.ignore_patterns("model.int8*"))
     metadata = read_metadata(target)
     write_metadata(target, metadata.model_copy(update={"variants": {"fp32": {"file": MODEL_ONNX}}}))
     return target
@@ -73,6 +79,14 @@ def test_training_ships_an_int8_variant_within_the_allowed_map_drop(detecting) -
         metrics = score_detector(detector, dataset, "val", settings=settings)
         assert entry["map50_95"] == pytest.approx(metrics.map50_95, abs=1e-6)
         assert entry["engines"]["onnxruntime"]["map50"] == pytest.approx(metrics.map50, abs=1e-6)
+    # Each engine runs its own graph: OpenVINO's quantises convolution inputs only.
+    assert int8["engines"]["onnxruntime"]["quantized_ops"] == ["all"]
+    on_openvino = int8["engines"]["openvino"]
+    assert on_openvino["file"] == MODEL_INT8_OPENVINO_ONNX
+    assert on_openvino["quantized_ops"] == ["Conv"]
+    assert (result.model_dir / MODEL_INT8_OPENVINO_ONNX).is_file() is on_openvino["shipped"]
+    assert model_file(result.model_dir, "int8", "openvino").name == MODEL_INT8_OPENVINO_ONNX
+    assert model_file(result.model_dir, "int8", "onnxruntime").name == MODEL_INT8_ONNX
     assert fp32["map50_95"] > 0.1, "the fixture must detect for the guard to mean anything"
     drop = fp32["map50_95"] - int8["map50_95"]
     assert int8["map50_95_drop"] == pytest.approx(drop, abs=1e-6) and drop <= 0.01
@@ -138,7 +152,7 @@ def test_quantising_the_whole_graph_is_rejected_by_the_guard(
         exclude=[],
     )  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="visionops.training.quantize"):
-        metadata = guard_int8(model_copy, candidate, dataset)
+        metadata = guard_int8(model_copy, {"onnxruntime": candidate}, dataset)
     int8 = metadata.variants["int8"]
     assert int8["shipped"] is False and "file" not in int8
     assert int8["map50_95"] == 0.0

@@ -17,6 +17,7 @@ from visionops.errors import DataError, ModelNotFound
 
 MODEL_ONNX = "model.onnx"
 MODEL_INT8_ONNX = "model.int8.onnx"
+MODEL_INT8_OPENVINO_ONNX = "model.int8.openvino.onnx"
 MODEL_PT = "model.pt"
 METADATA_JSON = "metadata.json"
 FORMAT_VERSION = 1

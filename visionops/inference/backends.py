@@ -110,7 +110,14 @@ class OnnxRuntimeBackend(SoloSharedBackend):
     name = "onnxruntime"
     runtime = "ONNX Runtime"
 
-    def __init__(self, model_path: Path, *, threads: int = 0, solo_threads: int = 0) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        threads: int = 0,
+        solo_threads: int = 0,
+        imgsz: int | None = None,  # unused: ORT runs dynamic sizes as fast as fixed ones
+    ) -> None:
         if threads < 0 or solo_threads < 0:
             raise UsageError("ONNX Runtime thread counts must be >= 0 (0: one per core)")
         super().__init__(model_path)
@@ -155,10 +162,12 @@ class OnnxRuntimeBackend(SoloSharedBackend):
         return runner.run([self._output_name], {self._input_name: batch})[0]
 
 
-def _openvino(model_path: Path, *, threads: int = 0, solo_threads: int = 0) -> InferenceBackend:
+def _openvino(
+    model_path: Path, *, threads: int = 0, solo_threads: int = 0, imgsz: int | None = None
+) -> InferenceBackend:
     from visionops.inference.openvino_backend import OpenVinoBackend
 
-    return OpenVinoBackend(model_path, threads=threads, solo_threads=solo_threads)
+    return OpenVinoBackend(model_path, threads=threads, solo_threads=solo_threads, imgsz=imgsz)
 
 
 BackendFactory = Callable[..., InferenceBackend]
@@ -193,8 +202,17 @@ def require_runtime(engine: str) -> ModuleType:
 
 
 def create_backend(
-    engine: str, model_path: Path, *, threads: int = 0, solo_threads: int = 0
+    engine: str,
+    model_path: Path,
+    *,
+    threads: int = 0,
+    solo_threads: int = 0,
+    imgsz: int | None = None,
 ) -> InferenceBackend:
-    """The backend called `engine` for the model file at `model_path`."""
+    """The backend called `engine` for the model file at `model_path`.
+
+    `imgsz` is the model's training size: an engine that runs fixed shapes faster (OpenVINO)
+    compiles a dynamic-size model for `imgsz` x `imgsz` inputs, one image per run.
+    """
     require_runtime(engine)
-    return ENGINES[engine](model_path, threads=threads, solo_threads=solo_threads)
+    return ENGINES[engine](model_path, threads=threads, solo_threads=solo_threads, imgsz=imgsz)

@@ -19,7 +19,13 @@ from visionops.errors import InvalidImage, ModelLoadError, ModelNotFound, UsageE
 from visionops.inference.backends import InferenceBackend, create_backend
 from visionops.inference.letterbox import PAD_VALUE, letterbox, to_input_tensor
 from visionops.inference.postprocess import detections_from_output
-from visionops.inference.variants import AUTO, auto_precisions, fastest_backend, require_variant
+from visionops.inference.variants import (
+    AUTO,
+    auto_precisions,
+    fastest_backend,
+    require_variant,
+    variant_file,
+)
 from visionops.model_artifact import (
     MODEL_INT8_ONNX,
     MODEL_ONNX,
@@ -36,12 +42,13 @@ DEFAULT_MAX_DET = 300
 PRECISION_FILES = {"fp32": MODEL_ONNX, "int8": MODEL_INT8_ONNX}
 
 
-def model_file(model_dir: Path, precision: str = "fp32") -> Path:
-    """The ONNX file of `precision` in a model directory (from metadata.json's variants)."""
+def model_file(model_dir: Path, precision: str = "fp32", engine: str = "onnxruntime") -> Path:
+    """The ONNX file `engine` runs for `precision` in a model directory (from metadata.json's
+    variants)."""
     if not Path(model_dir).is_dir():
         raise ModelNotFound(f"model directory {model_dir} does not exist")
     metadata = read_metadata(model_dir)
-    name = metadata.variants.get(precision, {}).get("file") or PRECISION_FILES.get(precision)
+    name = variant_file(metadata, precision, engine) or PRECISION_FILES.get(precision)
     if name is None:
         known = sorted({*PRECISION_FILES, *metadata.variants, AUTO})
         raise UsageError(f"unknown precision {precision!r} (known: {', '.join(known)})")
@@ -102,11 +109,16 @@ class Detector:
         else:
             require_variant(metadata, model_dir, precision, engine)
             choices = [precision]
-        paths = {name: model_file(model_dir, name) for name in choices}
+        paths = {name: model_file(model_dir, name, engine) for name in choices}
         precision, backend, _ = fastest_backend(
             {
                 name: partial(
-                    create_backend, engine, path, threads=threads, solo_threads=solo_threads
+                    create_backend,
+                    engine,
+                    path,
+                    threads=threads,
+                    solo_threads=solo_threads,
+                    imgsz=metadata.imgsz,
                 )
                 for name, path in paths.items()
             },

@@ -27,6 +27,14 @@ AUTO = "auto"
 TIMED_RUNS = 5
 
 
+def variant_file(metadata: ModelMetadata, precision: str, engine: str) -> str | None:
+    """The file `engine` runs for `precision`: its own graph if the guard recorded one (INT8
+    graphs differ per engine), else the variant's file."""
+    variant = metadata.variants.get(precision, {})
+    own = variant.get("engines", {}).get(engine, {}).get("file")
+    return own or variant.get("file")
+
+
 def variant_status(metadata: ModelMetadata, precision: str, engine: str) -> str | None:
     """Why `precision` may not be served on `engine` (the guard's reason), or None if it may.
 
@@ -71,8 +79,8 @@ def auto_precisions(metadata: ModelMetadata, model_dir: Path, engine: str) -> li
         return ["fp32"]
     chosen = [
         name
-        for name, variant in metadata.variants.items()
-        if variant.get("file")
+        for name in metadata.variants
+        if variant_file(metadata, name, engine)
         and variant_status(metadata, name, engine) is None
         and (name == "fp32" or verified(metadata, name, engine))
     ]
