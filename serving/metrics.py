@@ -56,6 +56,11 @@ MODEL_READY = Gauge("visionops_model_ready", "1 when a model is loaded and servi
 MODEL_LOADS = Counter(
     "visionops_model_loads", "Model loads and reloads, by outcome (success, failure).", ["outcome"]
 )
+PREDICTION_LOG_QUEUED = Gauge(
+    "visionops_prediction_log_queued",
+    "Prediction log records waiting for their feature row (the log defers them while inference "
+    "runs, until the queue is half full).",
+)
 PREDICTION_LOG_DROPPED = Counter(
     "visionops_prediction_log_dropped",
     "Prediction log records dropped because the log queue was full (never slows a request).",

@@ -125,6 +125,7 @@ class YoloModel(Model):
                 on_drop=metrics.PREDICTION_LOG_DROPPED.inc,
                 activity=self._activity,
             )
+            metrics.PREDICTION_LOG_QUEUED.set_function(lambda log=self._log: log.queued)
         elif self._log is not None:
             self._log.names = list(names)
         self.loaded = loaded  # one assignment: requests that took the old one keep it

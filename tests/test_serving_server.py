@@ -426,6 +426,11 @@ def test_metrics_show_what_was_sent(server: Predictor, client: httpx.Client) -> 
     )
     assert by_class == detections > 0
     version = client.get(f"/v2/models/{MODEL}").json()["parameters"]["model_version"]
+    assert ("visionops_prediction_log_queued", frozenset()) in after
+    deadline = time.monotonic() + 30
+    while metric(metrics(client), "visionops_prediction_log_queued") > 0:  # idle: it drains
+        assert time.monotonic() < deadline, "the prediction log never caught up"
+        time.sleep(0.1)
     info = [labels for (name, labels), v in after.items() if name == "visionops_model_info"]
     assert len(info) == 1 and ("version", version) in info[0] and ("name", MODEL) in info[0]
     assert metric(after, "visionops_model_ready") == 1

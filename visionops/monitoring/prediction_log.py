@@ -187,6 +187,11 @@ class PredictionLogWriter:
             with self._lock:
                 return self._drop()
 
+    @property
+    def queued(self) -> int:
+        """Records waiting for their feature row."""
+        return self._queue.qsize()
+
     def _drop(self) -> bool:
         """Count a dropped record (lock held)."""
         self.dropped += 1
