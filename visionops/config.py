@@ -88,7 +88,9 @@ class Settings(BaseSettings):
     serve_conf: float = Field(0.25, ge=0, le=1)
     serve_iou: float = Field(0.7, ge=0, le=1)
     serve_max_det: int = Field(300, ge=1, le=10_000)
-    serve_inference_workers: int = Field(2, ge=1, description="inferences run at once")
+    serve_inference_workers: int | None = Field(
+        None, ge=1, description="inferences run at once; unset: per engine (see serving)"
+    )
     serve_inference_threads: int = Field(1, ge=0, description="threads each; 0: all cores")
     serve_solo_threads: int | None = Field(
         None, ge=0, description="threads for a request running alone; unset: all cores, 0: off"
