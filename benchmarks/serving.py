@@ -243,7 +243,7 @@ def prepare_model(
 ) -> Path:
     """A private copy of the model directory with each engine's INT8 graph (quantised here, as
     training does it, if missing)."""
-    from visionops.training.quantize import INT8_RECIPES, quantize_int8
+    from visionops.training.quantize import INT8_RECIPES, installed_engines, quantize_int8
 
     target = work / "model"
     if model_dir is None:
@@ -253,10 +253,11 @@ def prepare_model(
     metadata = read_metadata(target)
     int8 = dict(metadata.variants.get("int8") or {"file": MODEL_INT8_ONNX})
     on_engines = dict(int8.get("engines", {}))
-    for engine in engines:
+    for engine in (e for e in engines if e in installed_engines()):
         recipe = INT8_RECIPES[engine]
         if not (target / recipe.file).is_file():
-            quantize_int8(target, target / recipe.file, images, op_types=recipe.op_types)
+            out = target / recipe.file
+            quantize_int8(target, out, images, op_types=recipe.op_types, engine=engine)
         on_engines[engine] = {**on_engines.get(engine, {}), "file": recipe.file}
     variants = {**metadata.variants, "int8": {**int8, "engines": on_engines}}
     write_metadata(target, metadata.model_copy(update={"variants": variants}))

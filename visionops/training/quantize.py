@@ -153,10 +153,14 @@ def quantize_int8(
     *,
     exclude: Sequence[str] | None = None,
     op_types: Sequence[str] | None = None,
+    engine: str = REFERENCE_ENGINE,
 ) -> QuantizedModel:
     """Quantise the model directory's fp32 ONNX to static QDQ INT8 at `out`.
 
-    Calibration runs `images` through the serving detector's own letterbox. `exclude`: the nodes
+    Calibration runs `images` through the letterbox of the detector that will serve the graph,
+    `engine`'s (ONNX Runtime: the minimal rectangle; OpenVINO: the fixed square, whose padding
+    widens the activation ranges: seeds 0-3 of the accuracy model lost 0.005-0.007 mAP50-95
+    calibrated on squares, 0.005-0.015 on rectangles). `exclude`: the nodes
     left in fp32 (default: `postprocess_nodes`); `op_types`: the operator types to quantise
     (default: every type the quantiser knows). Raises `TrainingError` when quantisation fails.
     """
@@ -175,7 +179,7 @@ def quantize_int8(
 
     if not images:
         raise TrainingError("INT8 calibration needs at least one training image")
-    detector = Detector.from_model_dir(model_dir)
+    detector = Detector.from_model_dir(model_dir, engine=engine)
     source = Path(model_dir) / MODEL_ONNX
     model = onnx.load(str(source))
     _name_nodes(model)
@@ -368,7 +372,9 @@ def add_int8_variant(
     try:
         try:
             candidates = {
-                engine: quantize_int8(model_dir, paths[engine], sample, op_types=recipe.op_types)
+                engine: quantize_int8(
+                    model_dir, paths[engine], sample, op_types=recipe.op_types, engine=engine
+                )
                 for engine, recipe in recipes.items()
             }
         except TrainingError as error:
