@@ -28,6 +28,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -406,7 +407,9 @@ def _dataset_hash(
 def _write_items(staging: Path, items: list[_Item], progress: Callable[[int], None]) -> set[str]:
     """Link every image and write every label file; returns the link modes used.
 
-    One thread: on the 2-core machines measured, more threads only added lock contention.
+    Images are linked in a second thread while this one writes the labels: the two create entries
+    in different folders, and on ext4 (2 cores) that took 0.25 s instead of 0.38 s for 10,000 of
+    each. Progress counts label files.
     """
     base = str(staging)
     folders = {f"{base}/images/{split}" for split in LABELED_SPLITS}
@@ -423,25 +426,32 @@ def _write_items(staging: Path, items: list[_Item], progress: Callable[[int], No
     # not once per file.
     descriptors = {folder: os.open(folder, os.O_RDONLY | os.O_DIRECTORY) for folder in folders}
     modes: set[str] = set()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    try:
-        for done, item in enumerate(items, 1):
+
+    def link_images() -> None:
+        for item in items:
             image_dir, _, image_name = f"{base}/images/{item.split}/{item.relative}".rpartition("/")
-            label_dir, _, label_name = (
-                f"{base}/labels/{item.split}/{item.label_relative}".rpartition("/")
-            )
             try:
                 os.link(item.source, image_name, dst_dir_fd=descriptors[image_dir])
                 modes.add("hardlink")
             except OSError:  # another filesystem: a symlink, else a copy
                 modes.add(link_file(item.source, f"{image_dir}/{image_name}"))
-            fd = os.open(label_name, flags, 0o644, dir_fd=descriptors[label_dir])
-            try:
-                os.write(fd, item.label.encode())
-            finally:
-                os.close(fd)
-            if done % 512 == 0 or done == len(items):
-                progress(done)
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="convert-links") as pool:
+            linking = pool.submit(link_images)
+            for done, item in enumerate(items, 1):
+                label_dir, _, label_name = (
+                    f"{base}/labels/{item.split}/{item.label_relative}".rpartition("/")
+                )
+                fd = os.open(label_name, flags, 0o644, dir_fd=descriptors[label_dir])
+                try:
+                    os.write(fd, item.label.encode())
+                finally:
+                    os.close(fd)
+                if done % 512 == 0 or done == len(items):
+                    progress(done)
+            linking.result()  # raises what linking raised
     finally:
         for descriptor in descriptors.values():
             os.close(descriptor)
