@@ -92,8 +92,8 @@ class QuantizedModel:
         }
 
     def engine_details(self) -> dict[str, Any]:
-        """What differs between engines' graphs: the file and the operators quantised."""
-        return {"file": self.path.name, "quantized_ops": list(self.op_types or ["all"])}
+        """What differs between engines' graphs besides the file: the operators quantised."""
+        return {"quantized_ops": list(self.op_types or ["all"])}
 
 
 def _name_nodes(model: Any) -> None:
@@ -160,9 +160,9 @@ def quantize_int8(
     Calibration runs `images` through the letterbox of the detector that will serve the graph,
     `engine`'s (ONNX Runtime: the minimal rectangle; OpenVINO: the fixed square, whose padding
     widens the activation ranges: seeds 0-3 of the accuracy model lost 0.005-0.007 mAP50-95
-    calibrated on squares, 0.005-0.015 on rectangles). `exclude`: the nodes
-    left in fp32 (default: `postprocess_nodes`); `op_types`: the operator types to quantise
-    (default: every type the quantiser knows). Raises `TrainingError` when quantisation fails.
+    calibrated on squares, 0.005-0.015 on rectangles). `exclude`: the nodes left in fp32
+    (default: `postprocess_nodes`); `op_types`: the operator types to quantise (default: every
+    type the quantiser knows). Raises `TrainingError` when quantisation fails.
     """
     import onnx
     from onnxruntime.quantization import (
