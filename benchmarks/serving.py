@@ -80,14 +80,6 @@ class RawOnnxRuntime(InferenceBackend):
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
-    @property
-    def input_size(self) -> tuple[int, int] | None:
-        return None
-
-    @property
-    def max_batch(self) -> int | None:
-        return None
-
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]
 

@@ -105,14 +105,6 @@ class _Sleeper(InferenceBackend):
         self.seconds = seconds
         self.runs = 0
 
-    @property
-    def input_size(self) -> tuple[int, int] | None:
-        return None
-
-    @property
-    def max_batch(self) -> int | None:
-        return None
-
     def run(self, batch: np.ndarray) -> np.ndarray:
         self.runs += 1
         time.sleep(self.seconds)

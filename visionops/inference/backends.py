@@ -29,14 +29,15 @@ class InferenceBackend(ABC):
     name: str = ""
 
     @property
-    @abstractmethod
     def input_size(self) -> tuple[int, int] | None:
-        """The fixed input (h, w), or None when any multiple of the stride is accepted."""
+        """The fixed input (h, w), or None (the default) when any multiple of the stride is
+        accepted."""
+        return None
 
     @property
-    @abstractmethod
     def max_batch(self) -> int | None:
-        """The fixed batch size of the network, or None when it is dynamic."""
+        """The fixed batch size of the network, or None (the default) when it is dynamic."""
+        return None
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
