@@ -33,7 +33,7 @@ def direct(vision: Path, work: Path, args: argparse.Namespace, name: str) -> dic
     from visionops.data.fetch import fetch_datasets
     from visionops.data.validate import validate
     from visionops.training.evaluate import evaluate
-    from visionops.training.registry import register
+    from visionops.training.promotion import register
     from visionops.training.train import train
 
     seconds: dict[str, float] = {}

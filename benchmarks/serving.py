@@ -61,7 +61,7 @@ from tests.servers import predictor_server
 from visionops.bootstrap import bootstrap, configure_ultralytics
 from visionops.config import DEFAULT_MODEL_NAME as MODEL
 from visionops.inference.backends import InferenceBackend
-from visionops.model_artifact import MODEL_INT8_ONNX, read_metadata, write_metadata
+from visionops.models.artifact import MODEL_INT8_ONNX, read_metadata, write_metadata
 
 IMGSZ = 640
 BASELINE = ("onnxruntime", "fp32")

@@ -59,8 +59,8 @@ def timed(record: list[float], function: Callable[..., Any]) -> Callable[..., An
 
 def tracked(data_yaml: Path, args: dict[str, Any], workdir: Path) -> tuple[list[float], float]:
     """VisionOps `train`; returns epoch durations and seconds spent in our per-epoch callbacks."""
+    from visionops.tracking import connect
     from visionops.training import train as train_module
-    from visionops.training.tracking import connect
 
     spent: list[float] = []
     logger = train_module._RunLogger

@@ -33,7 +33,7 @@ def register_model(
     from visionops.bootstrap import bootstrap
 
     settings = bootstrap()
-    from visionops.training.registry import register
+    from visionops.training.promotion import register
 
     gate = {"gate_min_map50": min_map50, "gate_min_map50_95": min_map50_95, "gate_margin": margin}
     settings = settings.model_copy(update={k: v for k, v in gate.items() if v >= 0})

@@ -37,7 +37,7 @@ from visionops.config import Settings
 from visionops.detections import Detections
 from visionops.errors import InvalidImage, UsageError, VisionOpsError
 from visionops.inference import Detector, decode_image
-from visionops.inference.model_source import ResolvedModel, resolve_model_source
+from visionops.models.sources import ResolvedModel, resolve_model
 from visionops.monitoring.prediction_log import Activity, PredictionLogWriter
 from visionops.storage import open_store
 
@@ -99,7 +99,7 @@ class YoloModel(Model):
     # -- loading ----------------------------------------------------------------------------------
 
     def _build(self) -> Loaded:
-        model = resolve_model_source(self.options.source, self.settings)
+        model = resolve_model(self.options.source, self.settings)
         detector = Detector.from_model_dir(
             model.path,
             engine=self.options.engine,

@@ -27,7 +27,7 @@ from visionops.errors import ModelNotFound
 from visionops.inference import Detector
 from visionops.inference.backends import InferenceBackend
 from visionops.inference.variants import auto_precisions, fastest_backend, variant_status
-from visionops.model_artifact import read_metadata
+from visionops.models.artifact import read_metadata
 from visionops.training.dataset import load_data_yaml
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 
 from tests.models import DEFAULT_NAMES
 from visionops.errors import DataError, ModelNotFound
-from visionops.model_artifact import METADATA_JSON, check_model_dir, read_metadata
+from visionops.models.artifact import METADATA_JSON, check_model_dir, read_metadata
 from visionops.training.export import export_model_dir
 
 

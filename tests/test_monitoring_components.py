@@ -20,7 +20,7 @@ from tests.servers import gauge
 from visionops.monitoring.features import read_image
 from visionops.monitoring.prediction_log import PredictionLogWriter
 from visionops.storage import LocalStore
-from visionops.training.tracking import connect
+from visionops.tracking import connect
 
 T0 = datetime(2026, 2, 1, 8, 30, tzinfo=UTC)
 # Locally the steps run in this venv, not in the pipeline image KFP warns about.

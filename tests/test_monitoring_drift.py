@@ -261,8 +261,8 @@ def test_reference_from_the_registry_champion(
     """`--reference champion`: the champion run's evaluation features, from a real MLflow store."""
     import shutil
 
+    from visionops.tracking import connect
     from visionops.training.evaluate import EVALUATION_ARTIFACT_DIR, REFERENCE_FEATURES
-    from visionops.training.tracking import connect
 
     settings_env.setenv("VISIONOPS_DATA_DIR", str(tmp_path / "data"))
     settings_env.setenv("VISIONOPS_MODEL_NAME", "drift-test")

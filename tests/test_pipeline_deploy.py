@@ -146,7 +146,7 @@ def test_cluster_deploy_publishes_the_version_and_points_the_service_at_it(
     from visionops import deploy as deploy_module
     from visionops.config import get_settings
     from visionops.storage import S3Store, s3_client
-    from visionops.training.registry import register
+    from visionops.training.promotion import register
 
     bucket = "deploy-test"
     for key, value in s3.env(bucket).items():

@@ -97,7 +97,7 @@ def _monitor(traffic: Traffic, data: DemoData, window: tuple[datetime, datetime]
 
 
 def _champion() -> Any:
-    from visionops.training.tracking import connect
+    from visionops.tracking import connect
 
     return connect().client.get_model_version_by_alias(NAME, "champion")
 
@@ -176,7 +176,7 @@ def test_a_promotion_is_deployed_to_the_running_predictor(
 ) -> None:
     from visionops.deploy import deploy
     from visionops.errors import PipelineError
-    from visionops.training.registry import promote, register
+    from visionops.training.promotion import promote, register
 
     new = register(training.output("train-model", "run_id"), name=NAME).version
     promote(new, force=True, name=NAME)

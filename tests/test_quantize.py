@@ -18,7 +18,7 @@ import pytest
 
 from visionops.errors import ModelNotFound, TrainingError
 from visionops.inference import Detector, model_file
-from visionops.model_artifact import (
+from visionops.models.artifact import (
     MODEL_INT8_ONNX,
     MODEL_INT8_OPENVINO_ONNX,
     MODEL_ONNX,
@@ -58,8 +58,8 @@ def val_images(data_yaml: Path) -> list[np.ndarray]:
 
 def test_training_ships_an_int8_variant_within_the_allowed_map_drop(detecting) -> None:
     from visionops.config import get_settings
+    from visionops.tracking import connect
     from visionops.training.evaluate import score_detector
-    from visionops.training.tracking import connect
 
     result, data_yaml = detecting
     dataset = load_data_yaml(data_yaml)

@@ -18,20 +18,19 @@ from tests.trained import ObservedTraining
 from visionops.cli.app import app
 from visionops.config import Settings, get_settings
 from visionops.errors import GateRejected, ModelNotFound, RegistryError, UsageError
-from visionops.model_artifact import METADATA_JSON, MODEL_ONNX, check_model_dir
+from visionops.models.artifact import METADATA_JSON, MODEL_ONNX, check_model_dir
+from visionops.models.sources import resolve_model
+from visionops.tracking import connect
 from visionops.training.dataset import load_data_yaml
+from visionops.training.promotion import promote, register
 from visionops.training.registry import (
     CHALLENGER,
     CHAMPION,
     TAG_HISTORY,
     Registry,
     list_versions,
-    promote,
-    register,
-    resolve_model_uri,
     rollback,
 )
-from visionops.training.tracking import connect
 
 runner = CliRunner()
 OLD_DATA = "0" * 64  # the hash of evaluation data that is no longer around
@@ -203,30 +202,32 @@ def test_a_failed_alias_move_leaves_no_half_registered_version(
     assert list_versions() == []
 
 
-def test_resolve_model_uri_follows_the_alias_and_caches_by_version(
+def test_resolve_model_follows_the_alias_and_caches_by_version(
     mlflow_settings: Settings, trained: ObservedTraining
 ):
     s, t = mlflow_settings, trained
     name = s.model_name
     register(_candidate(s, t, 0.30, data_hash=OLD_DATA))
-    first = resolve_model_uri(f"models:/{name}@champion")
+    resolved = resolve_model(f"models:/{name}@champion")
+    first = resolved.path
+    assert (resolved.version, resolved.source) == ("1", f"models:/{name}@champion")
     assert check_model_dir(first).names == check_model_dir(t.result.model_dir).names
     marker = first / "cached.marker"
     marker.write_text("still the same download")
-    assert resolve_model_uri(f"models:/{name}/1") == first and marker.exists()
+    assert resolve_model(f"models:/{name}/1").path == first and marker.exists()
 
     register(_candidate(s, t, 0.50, data_hash=OLD_DATA))
-    second = resolve_model_uri(f"models:/{name}@champion")
-    assert second != first and second.name == "2"
-    run = resolve_model_uri(t.result.model_uri)
+    second = resolve_model(f"models:/{name}@champion")
+    assert second.path != first and second.version == "2"
+    run = resolve_model(t.result.model_uri).path
     assert (run / MODEL_ONNX).read_bytes() == (t.result.model_dir / MODEL_ONNX).read_bytes()
 
     with pytest.raises(ModelNotFound):
-        resolve_model_uri(f"models:/{name}/99")
+        resolve_model(f"models:/{name}/99")
     with pytest.raises(ModelNotFound, match="alias"):
-        resolve_model_uri(f"models:/{name}@nobody")
+        resolve_model(f"models:/{name}@nobody")
     with pytest.raises(UsageError, match="not a registry URI"):
-        resolve_model_uri(f"models:/{name}")
+        resolve_model(f"models:/{name}")
 
 
 def test_embedded_store_needs_no_server(
@@ -241,7 +242,7 @@ def test_embedded_store_needs_no_server(
     assert settings.mlflow_tracking_uri is None
     result = register(_candidate(settings, trained, 0.3, data_hash=OLD_DATA))
     assert (result.version, result.alias) == ("1", CHAMPION)
-    served = resolve_model_uri("models:/embedded-model@champion")
+    served = resolve_model("models:/embedded-model@champion").path
     assert check_model_dir(served).names == check_model_dir(trained.result.model_dir).names
     mlflow_dir = settings.data_dir / "mlflow"
     assert (mlflow_dir / "mlflow.db").is_file()

@@ -43,8 +43,7 @@ def test_python_m_serving_rejects_bad_flag_values() -> None:
 def test_the_predictor_never_imports_torch() -> None:
     """The predictor image has no torch: serving, its engine and registry resolution stay off it."""
     code = (
-        "import sys, serving.server, serving.model, visionops.training.registry, "
-        "visionops.inference.model_source\n"
+        "import sys, serving.server, serving.model, visionops.models.sources\n"
         "heavy = sorted(m for m in ('torch', 'ultralytics', 'torchvision') if m in sys.modules)\n"
         "assert not heavy, heavy"
     )

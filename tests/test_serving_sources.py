@@ -61,7 +61,8 @@ def test_registry_champion_is_served_and_a_promotion_is_picked_up(
     tmp_path: Path,
     settings_env: pytest.MonkeyPatch,
 ) -> None:
-    from visionops.training.tracking import MODEL_ARTIFACT_DIR, connect
+    from visionops.models.artifact import MODEL_ARTIFACT_DIR
+    from visionops.tracking import connect
 
     # The session's MLflow server is shared: this test's registered model has its own name, the
     # predictor still serves it as MODEL.

@@ -24,9 +24,9 @@ from visionops.config import Settings
 from visionops.errors import DataError, ModelNotFound
 from visionops.inference import Detector
 from visionops.monitoring.features import FEATURE_COLUMNS, read_image
+from visionops.tracking import connect
 from visionops.training.dataset import label_path, load_data_yaml
 from visionops.training.evaluate import evaluate
-from visionops.training.tracking import connect
 
 runner = CliRunner()
 

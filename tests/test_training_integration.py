@@ -19,11 +19,13 @@ from tests.trained import IMGSZ, ObservedTraining
 from visionops.cli.app import app
 from visionops.config import Settings
 from visionops.inference.letterbox import letterbox, to_input_tensor
-from visionops.model_artifact import MODEL_ONNX, MODEL_PT, read_metadata
+from visionops.models.artifact import MODEL_ONNX, MODEL_PT, read_metadata
+from visionops.models.sources import resolve_model
 from visionops.monitoring.features import read_image
+from visionops.tracking import connect
 from visionops.training.dataset import load_data_yaml
-from visionops.training.registry import CHAMPION, register, resolve_model_uri
-from visionops.training.tracking import connect
+from visionops.training.promotion import register
+from visionops.training.registry import CHAMPION
 from visionops.training.train import train
 
 runner = CliRunner()
@@ -51,7 +53,7 @@ def test_train_evaluate_register_serve_and_retrain(
     assert (champion.version, champion.run_id) == ("1", run_id)
     assert champion.tags["visionops.dataset_hash"] == trained.result.dataset_hash
 
-    served = resolve_model_uri(f"models:/{name}@{CHAMPION}")
+    served = resolve_model(f"models:/{name}@{CHAMPION}").path
     onnx = (served / MODEL_ONNX).read_bytes()
     assert onnx == (trained.result.model_dir / MODEL_ONNX).read_bytes()
     metadata = read_metadata(served)

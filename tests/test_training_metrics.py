@@ -1,4 +1,4 @@
-"""Our detection metrics against pycocotools' COCOeval, and the promotion rule, without servers."""
+"""Our detection metrics against pycocotools' COCOeval, without servers."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import io
 import numpy as np
 import pytest
 
-from visionops.config import Settings
 from visionops.detections import Detections
 from visionops.training.metrics import GroundTruth, detection_metrics
-from visionops.training.registry import gate
 
 NAMES = ["Cable/break", "Cable/crack", "Screw/defect", "Wood/knot"]  # no Wood/knot ground truth
 
@@ -113,34 +111,3 @@ def test_confusion_matrix_and_served_precision_recall():
     # Per class at conf 0.25: break 1/1 and 1/1; crack 0/1 and 0/1; defect 0/1 (one wrong box)
     assert m.precision == pytest.approx((1 + 0 + 0) / 3)
     assert m.recall == pytest.approx((1 + 0 + 0) / 3)
-
-
-def _gate_settings(**values: float) -> Settings:
-    return Settings(gate_min_map50=0.1, gate_min_map50_95=0.05, gate_margin=0.01, **values)
-
-
-def test_gate_first_model_needs_only_the_minimums():
-    settings = _gate_settings()
-    assert gate({"map50": 0.3, "map50_95": 0.1}, None, settings).promote
-    below = gate({"map50": 0.05, "map50_95": 0.1}, None, settings)
-    assert not below.promote and "map50 0.0500 < minimum 0.1000" in below.reason
-
-
-@pytest.mark.parametrize(
-    ("candidate", "promote", "words"),
-    [
-        (0.32, True, "beats the champion"),
-        (0.30, False, "does not beat"),  # equal
-        (0.305, False, "does not beat"),  # better, but not by more than the margin
-        (0.20, False, "does not beat"),  # worse
-    ],
-)
-def test_gate_compares_with_the_champion(candidate: float, promote: bool, words: str):
-    decision = gate(
-        {"map50": 0.6, "map50_95": candidate},
-        {"map50": 0.6, "map50_95": 0.30},
-        _gate_settings(),
-        champion_version="4",
-    )
-    assert decision.promote is promote
-    assert words in decision.reason and "champion v4 0.3000" in decision.reason

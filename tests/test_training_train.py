@@ -28,9 +28,9 @@ from visionops.errors import (
     TrainingError,
     UsageError,
 )
-from visionops.model_artifact import read_metadata
+from visionops.models.artifact import read_metadata
 from visionops.storage import open_store
-from visionops.training.tracking import connect
+from visionops.tracking import connect
 from visionops.training.train import resolve_device, resolve_weights, train
 
 runner = CliRunner()

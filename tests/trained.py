@@ -47,7 +47,7 @@ class ObservedTraining:
 
 def train_observed(data_yaml: Path, settings: Settings, *, epochs: int = 2) -> ObservedTraining:
     """Train with `settings`, recording MLflow's view of the running run after each epoch."""
-    from visionops.training.tracking import connect
+    from visionops.tracking import connect
     from visionops.training.train import train
 
     tracking = connect(settings)

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda:0, ...")
     seed: int = 0
 
-    # Promotion gate (training/registry.py): a version becomes `champion` only if it meets both
+    # Promotion gate (training/gate.py): a version becomes `champion` only if it meets both
     # minimums and its mAP50-95 beats the champion's, on the same evaluation data, by > margin.
     gate_min_map50: float = Field(0.05, ge=0, le=1)
     gate_min_map50_95: float = Field(0.0, ge=0, le=1)

@@ -160,8 +160,8 @@ def reset_model(name: str, settings: Settings) -> None:
     """Delete the demo's registered model, so its first training becomes the champion, and the
     local copies of its versions (the registry caches them by version number, which restart)."""
     from visionops.errors import ModelNotFound
+    from visionops.tracking import mlflow_errors
     from visionops.training.registry import Registry
-    from visionops.training.tracking import mlflow_errors
 
     for cached in (settings.data_dir / "cache" / "registry").glob(f"*/models/{name}"):
         shutil.rmtree(cached)

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from visionops.config import Settings, get_settings
 from visionops.errors import PipelineError, UsageError
+from visionops.models.sources import resolve_model
 from visionops.orchestration import in_cluster, resolve_mode
+from visionops.storage import default_store
 
 if TYPE_CHECKING:
     from kubernetes.client import CustomObjectsApi
@@ -132,12 +134,9 @@ def reload_predictor(url: str, model_name: str, *, timeout: float = 120.0) -> st
 
 def publish_model(version: str, name: str, settings: Settings) -> str:
     """Copy version `version`'s model directory into the object store; returns its s3:// URI."""
-    from visionops.storage import default_store
-    from visionops.training.registry import resolve_model_uri
-
     if not settings.s3_endpoint:
         raise UsageError("deploying to a cluster needs the object store (VISIONOPS_S3_ENDPOINT)")
-    local = resolve_model_uri(f"models:/{name}/{version}", settings)
+    local = resolve_model(f"models:/{name}/{version}", settings).path
     store = default_store(f"models/{name}", settings)
     store.upload_tree(local, f"v{version}")
     store.upload_tree(local, "champion")

@@ -30,7 +30,7 @@ def register_command(
     name: NameOption = None,
 ) -> None:
     """Create a version from the run; it becomes champion only if it beats the champion."""
-    from visionops.training.registry import register
+    from visionops.training.promotion import register
 
     result = register(run_id, data_yaml=data, split=split, name=name)
     console.print(
@@ -75,7 +75,7 @@ def promote_command(
     name: NameOption = None,
 ) -> None:
     """Make VERSION the champion if it passes the gate against the current champion."""
-    from visionops.training.registry import promote
+    from visionops.training.promotion import promote
 
     move = promote(version, force=force, name=name)
     console.print(

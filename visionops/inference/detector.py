@@ -26,7 +26,7 @@ from visionops.inference.variants import (
     require_variant,
     variant_file,
 )
-from visionops.model_artifact import (
+from visionops.models.artifact import (
     MODEL_INT8_ONNX,
     MODEL_ONNX,
     ModelMetadata,

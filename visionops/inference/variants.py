@@ -19,7 +19,7 @@ import numpy as np
 from visionops.errors import ModelNotFound
 from visionops.inference.backends import InferenceBackend
 from visionops.inference.letterbox import PAD_VALUE
-from visionops.model_artifact import ModelMetadata
+from visionops.models.artifact import ModelMetadata
 
 log = logging.getLogger(__name__)
 

@@ -520,7 +520,7 @@ def log_drift_to_mlflow(
     beside the training runs. Returns the run id; RegistryError when MLflow is unreachable.
     """
     from visionops.config import get_settings
-    from visionops.training.tracking import TAG_PREFIX, connect, log_metrics, mlflow_errors
+    from visionops.tracking import TAG_PREFIX, connect, log_metrics, mlflow_errors
 
     settings = settings or get_settings()
     model_name = model_name or settings.model_name

@@ -10,13 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from visionops.errors import DataError
+from visionops.config import Settings, get_settings
+from visionops.errors import DataError, ModelNotFound
+from visionops.models.sources import find_version, parse_model_uri, run_artifact_uri
 from visionops.monitoring.features import image_feature_rows
+from visionops.tracking import connect, download, mlflow_errors
+from visionops.training.evaluate import EVALUATION_ARTIFACT_DIR, REFERENCE_FEATURES
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from visionops.config import Settings
     from visionops.progress import ProgressCallback
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -77,43 +80,32 @@ def registry_reference(uri: str = CHAMPION_REFERENCE, settings: Settings | None 
     `visionops evaluate` logs to the version's run. ModelNotFound when the alias, version or
     artifact does not exist; RegistryError when MLflow cannot be reached.
     """
-    import re
-
-    from visionops.config import get_settings
-    from visionops.errors import ModelNotFound, UsageError
-    from visionops.training.evaluate import EVALUATION_ARTIFACT_DIR, REFERENCE_FEATURES
-    from visionops.training.registry import Registry
-    from visionops.training.tracking import download, mlflow_errors
-
     settings = settings or get_settings()
     if uri == CHAMPION_REFERENCE:
         uri = f"models:/{settings.model_name}@{CHAMPION_REFERENCE}"
-    match = re.fullmatch(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))", uri)
-    if match is None:
-        raise UsageError(f"not a model URI: {uri!r} (expected models:/NAME@ALIAS or /VERSION)")
-    registry = Registry(match["name"], settings)
-    if match["alias"]:
-        version = registry.alias(match["alias"])
-        if version is None:
-            raise ModelNotFound(f"model {match['name']!r} has no version with alias "
-                                f"{match['alias']!r}")  # fmt: skip
-    else:
-        version = registry.version(match["version"])
+    model = parse_model_uri(uri)
+    tracking = connect(settings)
+    try:
+        version = find_version(tracking, model, settings)
+    except ModelNotFound as error:
+        if model.alias is None:
+            raise
+        raise ModelNotFound(
+            f"model {model.name!r} has no version with alias {model.alias!r}"
+        ) from error
     artifact = f"{EVALUATION_ARTIFACT_DIR}/{REFERENCE_FEATURES}"
     with mlflow_errors(f"read the evaluation of run {version.run_id}", settings):
-        run = registry.client.get_run(version.run_id)
-        found = registry.client.list_artifacts(version.run_id, EVALUATION_ARTIFACT_DIR)
-    listed = {f.path for f in found}
-    if artifact not in listed:
+        run = tracking.client.get_run(version.run_id)
+        found = tracking.client.list_artifacts(version.run_id, EVALUATION_ARTIFACT_DIR)
+    if artifact not in {f.path for f in found}:
         raise ModelNotFound(
-            f"version {version.version} of {match['name']!r} has no {artifact} in run "
+            f"version {version.version} of {model.name!r} has no {artifact} in run "
             f"{version.run_id}: evaluate it first (`visionops evaluate`)"
         )
     target = settings.data_dir / "cache" / "reference" / version.run_id
     path = target / REFERENCE_FEATURES
     if not path.is_file():
-        source = f"{run.info.artifact_uri.rstrip('/')}/{artifact}"
-        downloaded = download(registry.tracking, source, target / ".download")
+        downloaded = download(tracking, run_artifact_uri(run, artifact), target / ".download")
         downloaded.replace(path)
     return path
 

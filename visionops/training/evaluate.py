@@ -17,17 +17,23 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from visionops.config import Settings, get_settings
 from visionops.detections import Detections
 from visionops.errors import DataError
+from visionops.inference import Detector
+from visionops.models.artifact import read_metadata
+from visionops.models.sources import resolve_model
 from visionops.progress import ProgressCallback, no_progress
+from visionops.tracking import TAG_PREFIX, connect, log_metrics, mlflow_errors
 from visionops.training.dataset import LabeledImage, YoloDataset, load_data_yaml
 from visionops.training.metrics import DetectionMetrics, GroundTruth, detection_metrics
-from visionops.training.tracking import TAG_PREFIX
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,32 @@ EVAL_METRIC_PREFIX = "eval."
 TAG_EVAL_HASH = f"{TAG_PREFIX}eval.data_hash"
 TAG_EVAL_DATA = f"{TAG_PREFIX}eval.data_yaml"
 TAG_EVAL_SPLIT = f"{TAG_PREFIX}eval.split"
+HEADLINE_METRICS = ("map50", "map50_95", "precision", "recall")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Headline metrics of one model on one evaluation split (identified by its hash): what the
+    promotion gate compares."""
+
+    data_hash: str
+    metrics: dict[str, float]
+    data_yaml: str | None = None
+    split: str = "val"
+
+
+def logged_evaluation(run: Run) -> Evaluation | None:
+    """The evaluation `evaluate` logged to `run` (its `eval.*` metrics and tags), if any."""
+    tags = run.data.tags
+    data_hash = tags.get(TAG_EVAL_HASH)
+    metrics = {
+        key: run.data.metrics[f"{EVAL_METRIC_PREFIX}{key}"]
+        for key in HEADLINE_METRICS
+        if f"{EVAL_METRIC_PREFIX}{key}" in run.data.metrics
+    }
+    if not data_hash or "map50_95" not in metrics:
+        return None
+    return Evaluation(data_hash, metrics, tags.get(TAG_EVAL_DATA), tags.get(TAG_EVAL_SPLIT, "val"))
 
 
 @dataclass(frozen=True)
@@ -101,18 +133,6 @@ class EvaluationResult:
         return "\n".join(lines) + "\n"
 
 
-def resolve_model_dir(model: str | Path, settings: Settings) -> Path:
-    """A local model directory for a path, `s3://` prefix, `models:/` or `runs:/` URI."""
-    text = str(model)
-    if text.startswith(("models:/", "runs:/")):
-        from visionops.training.registry import resolve_model_uri
-
-        return resolve_model_uri(text, settings)
-    from visionops.inference.model_source import resolve_model_source
-
-    return resolve_model_source(text, settings).path
-
-
 def evaluate(
     model: str | Path,
     data_yaml: Path,
@@ -130,13 +150,10 @@ def evaluate(
     `log_run` is False. Raises DataError (data, or classes that differ from the model's),
     ModelNotFound, RegistryError/StorageError (MLflow or S3 unreachable).
     """
-    from visionops.inference import Detector
-    from visionops.model_artifact import read_metadata
-
     settings = settings or get_settings()
     dataset = load_data_yaml(data_yaml)
     labeled = dataset.labeled(split)
-    model_dir = resolve_model_dir(model, settings)
+    model_dir = resolve_model(model, settings).path
     metadata = read_metadata(model_dir)
     if metadata.names != dataset.names:
         raise DataError(
@@ -335,8 +352,6 @@ def _write_outputs(
 
 def _log_to_run(result: EvaluationResult, settings: Settings) -> None:
     """Metrics (`eval.*`), the evaluation data's identity (tags) and every output file."""
-    from visionops.training.tracking import connect, log_metrics, mlflow_errors
-
     assert result.run_id is not None
     tracking = connect(settings)
     m = result.metrics

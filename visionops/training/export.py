@@ -1,4 +1,4 @@
-"""Turn trained weights into the model directory of `visionops.model_artifact`.
+"""Turn trained weights into the model directory of `visionops.models.artifact`.
 
 The ONNX graph is exported once here (opset 18, dynamic batch and size, slimmed): evaluation and
 the predictor run exactly this file, so the numbers evaluation reports describe what is served.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from visionops.bootstrap import configure_ultralytics
 from visionops.errors import ModelNotFound, TrainingError
-from visionops.model_artifact import (
+from visionops.models.artifact import (
     MODEL_ONNX,
     MODEL_PT,
     ModelMetadata,

@@ -37,7 +37,7 @@ import numpy as np
 
 from visionops.config import Settings, get_settings
 from visionops.errors import TrainingError
-from visionops.model_artifact import (
+from visionops.models.artifact import (
     MODEL_INT8_ONNX,
     MODEL_INT8_OPENVINO_ONNX,
     MODEL_ONNX,

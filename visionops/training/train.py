@@ -30,12 +30,11 @@ from visionops.errors import (
     UsageError,
     VisionOpsError,
 )
-from visionops.model_artifact import MODEL_PT
+from visionops.models.artifact import MODEL_ARTIFACT_DIR, MODEL_PT
+from visionops.models.sources import is_registry_uri, resolve_model
 from visionops.progress import ProgressCallback, no_progress
 from visionops.storage import is_s3_uri, open_store, split_s3_uri
-from visionops.training.dataset import YoloDataset, load_data_yaml
-from visionops.training.tracking import (
-    MODEL_ARTIFACT_DIR,
+from visionops.tracking import (
     TAG_PREFIX,
     Tracking,
     connect,
@@ -44,6 +43,7 @@ from visionops.training.tracking import (
     log_metrics,
     mlflow_errors,
 )
+from visionops.training.dataset import YoloDataset, load_data_yaml
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,8 @@ def resolve_weights(weights: str | Path | None, workdir: Path, settings: Setting
     if weights is None or str(weights) in ("", ARCHITECTURE):
         return ARCHITECTURE
     text = str(weights)
-    if text.startswith(("models:/", "runs:/")):
-        from visionops.training.registry import resolve_model_uri
-
-        path = resolve_model_uri(text, settings) / MODEL_PT
+    if is_registry_uri(text):
+        path = resolve_model(text, settings).path / MODEL_PT
         if not path.is_file():
             raise ModelNotFound(f"{text} has no {MODEL_PT} to fine-tune from")
         return str(path)

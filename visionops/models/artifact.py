@@ -20,6 +20,8 @@ MODEL_INT8_ONNX = "model.int8.onnx"
 MODEL_INT8_OPENVINO_ONNX = "model.int8.openvino.onnx"
 MODEL_PT = "model.pt"
 METADATA_JSON = "metadata.json"
+MODEL_ARTIFACT_DIR = "model"
+"""Where an MLflow run keeps its model directory (a registered version's source points there)."""
 FORMAT_VERSION = 1
 
 

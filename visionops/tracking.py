@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODEL_ARTIFACT_DIR = "model"
-"""Where a run keeps its model directory (model.onnx, metadata.json, model.pt)."""
-
 TAG_PREFIX = "visionops."
 
 _S3_CODES = {
@@ -188,13 +185,6 @@ def connect(settings: Settings | None = None) -> Tracking:
                     "VISIONOPS_MLFLOW_EXPERIMENT to a new name or restore the S3 settings"
                 )
     return Tracking(client, uri, experiment_id, remote)
-
-
-def run_model_uri(tracking: Tracking, run_id: str) -> str:
-    """The artifact URI of a run's model directory (what a model version's source points at)."""
-    with mlflow_errors(f"read run {run_id}"):
-        run = tracking.client.get_run(run_id)
-    return f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_DIR}"
 
 
 def download(tracking: Tracking, artifact_uri: str, destination: Path) -> Path:
