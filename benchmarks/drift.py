@@ -39,8 +39,8 @@ def _median_seconds(func: Callable[[], object], repeat: int) -> float:
 def bench_features(n_images: int, repeat: int) -> pd.DataFrame:
     import cv2
 
+    from visionops.data.features import image_features
     from visionops.data.synth import synthesize
-    from visionops.monitoring.features import image_features
 
     with tempfile.TemporaryDirectory() as tmp:
         per_product = max(1, n_images // 4)
@@ -86,8 +86,8 @@ def bench_check(features: pd.DataFrame, sizes: list[int], repeat: int) -> None:
     from evidently.presets import DataDriftPreset
     from scipy.stats import ks_2samp
 
+    from visionops.data.features import IMAGE_COLUMNS
     from visionops.monitoring.drift import DriftConfig, check_drift
-    from visionops.monitoring.features import IMAGE_COLUMNS
 
     columns = list(IMAGE_COLUMNS)
     config = DriftConfig.from_settings(min_rows=2)

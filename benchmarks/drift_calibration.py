@@ -40,7 +40,7 @@ log = logging.getLogger("drift_calibration")
 def _drifted_features(paths: list[Path], kind: str, severity: float, seed: int) -> pd.DataFrame:
     import cv2
 
-    from visionops.monitoring.features import image_features, read_image
+    from visionops.data.features import image_features, read_image
     from visionops.monitoring.simulate import drift_image, encode_image, jpeg_quality
 
     def one(item: tuple[int, Path]) -> dict[str, float]:
@@ -59,7 +59,7 @@ def _drifted_features(paths: list[Path], kind: str, severity: float, seed: int) 
 
 
 def _clean_features(paths: list[Path]) -> pd.DataFrame:
-    from visionops.monitoring.features import image_feature_rows
+    from visionops.data.features import image_feature_rows
 
     rows, failures = image_feature_rows(paths, workers=2)
     if failures:

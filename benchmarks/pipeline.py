@@ -62,9 +62,10 @@ def direct(vision: Path, work: Path, args: argparse.Namespace, name: str) -> dic
 
 def pipeline(vision: Path, args: argparse.Namespace, name: str, run: str) -> dict[str, float]:
     """The training pipeline locally; seconds per step as its runner reported them."""
+    from pipelines import load_pipeline
     from visionops.orchestration.local import run_local
 
-    result = run_local("training", {
+    result = run_local("training", load_pipeline("training"), {
         "dataset": str(vision), "epochs": args.epochs, "imgsz": args.imgsz, "batch": args.batch,
         "device": "cpu", "model_name": name, "deploy_target": "none", "min_map50": 0,
         "train_args": json.dumps(_train_args(args)),

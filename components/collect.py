@@ -28,7 +28,7 @@ def collect(
     from visionops.bootstrap import bootstrap
 
     bootstrap()
-    from visionops.monitoring.drift import write_feature_table
+    from visionops.data.tables import write_feature_table
     from visionops.monitoring.prediction_log import collect_window
 
     frame = collect_window(log_location, start=start or None, end=end or None, hours=hours)

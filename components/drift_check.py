@@ -43,15 +43,9 @@ def drift_check(
     from visionops.bootstrap import bootstrap
 
     settings = bootstrap()
-    from visionops.errors import StorageError
-    from visionops.monitoring.drift import (
-        DriftConfig,
-        check_drift,
-        load_feature_table,
-        log_drift_to_mlflow,
-        prometheus_metrics,
-        push_drift_metrics,
-    )
+    from visionops.data.tables import load_feature_table
+    from visionops.monitoring.drift import REPORT_HTML, REPORT_JSON, DriftConfig
+    from visionops.monitoring.publish import check_and_publish
     from visionops.monitoring.reference import resolve_reference
 
     def table(artifact: Dataset):  # type: ignore[no-untyped-def]
@@ -64,12 +58,16 @@ def drift_check(
 
     config = DriftConfig.from_settings(drift_share=drift_share or None, min_rows=min_rows or None)
     with tempfile.TemporaryDirectory() as tmp:
-        outcome = check_drift(reference_table, table(current), config=config, report_dir=Path(tmp))
-        if log_to_mlflow:
-            run_id = log_drift_to_mlflow(outcome, model_name=model_name, settings=settings)
-            result.metadata["mlflow_run_id"] = run_id
-        shutil.copyfile(Path(tmp) / "drift_report.html", report.path)
-        shutil.copyfile(Path(tmp) / "drift.json", result.path)
+        check = check_and_publish(
+            reference_table, table(current), config=config, report_dir=Path(tmp),
+            model_name=model_name, log_to_mlflow=log_to_mlflow,
+            pushgateway=settings.pushgateway_url, settings=settings,
+        )  # fmt: skip
+        shutil.copyfile(Path(tmp) / REPORT_HTML, report.path)
+        shutil.copyfile(Path(tmp) / REPORT_JSON, result.path)
+    outcome = check.result
+    if check.mlflow_run_id:
+        result.metadata["mlflow_run_id"] = check.mlflow_run_id
     for name, value in outcome.scores().items():
         if math.isfinite(value):  # a constant column scores NaN; KFP metrics cannot hold it
             scores.log_metric(name, value)
@@ -77,16 +75,12 @@ def drift_check(
         scores.log_metric("drifted_share", outcome.drifted_share)
     scores.log_metric("current_rows", outcome.current_rows)
     result.metadata["decision"] = outcome.decision
-    result.metadata["prometheus"] = prometheus_metrics(outcome, model_name or settings.model_name)
-    if settings.pushgateway_url:
-        try:
-            group = push_drift_metrics(
-                outcome, model_name or settings.model_name, settings.pushgateway_url
-            )
-            result.metadata["pushed_to"] = group
-        except StorageError as error:
-            print(f"WARNING: drift metrics not pushed: {error}")
-            result.metadata["push_error"] = str(error)
+    result.metadata["prometheus"] = check.prometheus
+    if check.pushed_to:
+        result.metadata["pushed_to"] = check.pushed_to
+    if check.push_error is not None:
+        print(f"WARNING: drift metrics not pushed: {check.push_error}")
+        result.metadata["push_error"] = str(check.push_error)
     print(f"{outcome.decision}: {outcome.reason}")
     return namedtuple("DriftOutputs", ["decision", "drift_detected"])(
         outcome.decision, outcome.drift_detected

@@ -36,29 +36,20 @@ def retrain(
     from visionops.bootstrap import bootstrap
 
     bootstrap()
-    from visionops.errors import UsageError
-    from visionops.orchestration.decisions import record_decision
-    from visionops.orchestration.resubmit import submit_training
+    from visionops.orchestration.resubmit import retrain_after_drift
 
-    try:
-        params = dict(json.loads(training_params or "{}"))
-    except (TypeError, ValueError) as error:
-        raise UsageError(f"training_params must be a JSON object: {error}") from error
-    params.update({"dataset": dataset, "products": products})
-    extra = [p for p in (params.get("extra_data", ""), new_data) if p]
-    params["extra_data"] = ",".join(extra)
-    params.update({k: v for k, v in {"epochs": epochs, "imgsz": imgsz}.items() if v})
-    if weights:
-        params["weights"] = weights
-    submission = submit_training(monitoring_run_id, params, mode=mode)
     drift_result = json.loads(Path(drift.path).read_text(encoding="utf-8"))
-    record_decision(monitoring_run_id, drift_result, training_run=submission.run_name)
+    submission = retrain_after_drift(
+        monitoring_run_id, drift_result, training_params=training_params, mode=mode,
+        dataset=dataset, new_data=new_data, products=products, epochs=epochs, imgsz=imgsz,
+        weights=weights,
+    )  # fmt: skip
     where = submission.url or submission.run_dir
     Path(summary.path).write_text(
         f"## Drift: retraining\n\n{drift_result.get('reason', '')}\n\n"
         f"Training run `{submission.run_name}` ({submission.mode}"
         f"{', submitted by an earlier attempt' if submission.already else ''}): {where}\n\n"
-        f"New data: `{params['extra_data'] or '(none)'}`\n",
+        f"New data: `{submission.params['extra_data'] or '(none)'}`\n",
         encoding="utf-8",
     )
     print(f"training run {submission.run_name} ({submission.mode}): {where}")

@@ -12,10 +12,14 @@ environment of the calling process.
 from __future__ import annotations
 
 from importlib import import_module
-from pathlib import Path
 from typing import Any
 
 from kfp import dsl, kubernetes
+
+from visionops.errors import UsageError
+from visionops.orchestration.compile import compile_pipeline
+
+__all__ = ["PIPELINES", "compile_pipeline", "load_pipeline", "step"]
 
 SETTINGS_CONFIG_MAP = "visionops-settings"
 SETTINGS_KEYS = (
@@ -64,15 +68,9 @@ def step(
 
 
 def load_pipeline(name: str) -> Any:
-    """The pipeline object registered as `name` (`training`, `monitoring`)."""
+    """The pipeline object registered as `name` (`training`, `monitoring`): what the CLI and the
+    demo hand to `visionops.orchestration`. UsageError naming the choices for any other name."""
+    if name not in PIPELINES:
+        raise UsageError(f"unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}")
     module, attribute = PIPELINES[name].split(":")
     return getattr(import_module(module), attribute)
-
-
-def compile_pipeline(pipeline: Any, path: Path) -> Path:
-    """Compile `pipeline` to YAML at `path` (deterministic: same source, same bytes)."""
-    from kfp import compiler
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(pipeline, str(path))
-    return path

@@ -24,7 +24,7 @@ class DriftTables:
 
 def build_drift_tables(workdir: Path, n_images: int = 60) -> DriftTables:
     from visionops.data.synth import synthesize
-    from visionops.monitoring.drift import write_feature_table
+    from visionops.data.tables import write_feature_table
     from visionops.monitoring.reference import folder_feature_table
     from visionops.monitoring.simulate import simulate_split
 

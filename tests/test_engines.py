@@ -49,7 +49,7 @@ def val_files(detecting) -> list[Path]:
 @pytest.fixture(scope="module")
 def reference(model_dir: Path, val_files: list[Path]) -> list[Detections]:
     """fp32 on ONNX Runtime at the served confidence: what every other variant must reproduce."""
-    from visionops.monitoring.features import read_image
+    from visionops.data.features import read_image
 
     images = [read_image(path) for path in val_files]
     return Detector.from_model_dir(model_dir).detect(images, conf=CONF)
@@ -73,7 +73,7 @@ def assert_agrees(reference: list[Detections], found: list[Detections]) -> None:
 def test_each_engine_and_precision_agrees_with_fp32_onnxruntime_or_is_not_served(
     engine: str, precision: str, model_dir: Path, val_files: list[Path], reference
 ) -> None:
-    from visionops.monitoring.features import read_image
+    from visionops.data.features import read_image
 
     reason = variant_status(read_metadata(model_dir), precision, engine)
     if reason is not None:  # the accuracy guard rejected it: refused, with the guard's reason

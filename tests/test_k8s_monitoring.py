@@ -3,7 +3,7 @@
 `promtool` unit-tests every alert on sample series. Every PromQL expression of the rules and the
 dashboard must name metrics that exist: the predictor's, read from a live `/metrics` scrape of
 `python -m serving` on 127.0.0.1, or the drift check's, from the exposition text that
-`visionops.monitoring.drift.prometheus_metrics` produces. A real Prometheus on 127.0.0.1 then
+`visionops.monitoring.publish.prometheus_metrics` produces. A real Prometheus on 127.0.0.1 then
 scrapes both and must return data for every dashboard query. Only Grafana itself (not
 installable here) and the Prometheus operator (which turns the CRs into this config) are absent.
 """
@@ -230,7 +230,7 @@ def _drift_result():  # type: ignore[no-untyped-def]
 
 def _drift_exposition() -> str:
     """What the monitoring pipeline's drift check pushes to the Pushgateway, for a drift."""
-    from visionops.monitoring.drift import prometheus_metrics
+    from visionops.monitoring.publish import prometheus_metrics
 
     return prometheus_metrics(_drift_result(), MODEL_NAME)
 
@@ -256,7 +256,7 @@ def test_every_expression_names_a_metric_the_platform_exports(
 def drift_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Pushgateway holding what the drift check pushes for a drift (Prometheus scrapes it
     with honor_labels, as the ServiceMonitor says)."""
-    from visionops.monitoring.drift import push_drift_metrics
+    from visionops.monitoring.publish import push_drift_metrics
 
     with pushgateway_server(tmp_path_factory.mktemp("pushgateway")) as url:
         push_drift_metrics(_drift_result(), MODEL_NAME, url)

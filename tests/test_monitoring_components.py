@@ -17,7 +17,7 @@ from components.collect import collect
 from components.drift_check import drift_check
 from tests.drift_data import PRODUCTS, DriftTables, build_drift_tables
 from tests.servers import gauge
-from visionops.monitoring.features import read_image
+from visionops.data.features import read_image
 from visionops.monitoring.prediction_log import PredictionLogWriter
 from visionops.storage import LocalStore
 from visionops.tracking import connect

@@ -16,12 +16,9 @@ from tests.drift_data import DriftTables, build_drift_tables
 from tests.servers import free_port, gauge
 from visionops.cli.app import app
 from visionops.config import get_settings
-from visionops.monitoring.drift import (
-    DriftConfig,
-    check_drift,
-    load_feature_table,
-    prometheus_metrics,
-)
+from visionops.data.tables import load_feature_table
+from visionops.monitoring.drift import DriftConfig, check_drift
+from visionops.monitoring.publish import prometheus_metrics
 
 runner = CliRunner()
 

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
+from visionops.data import features as F  # noqa: N812 (F.COLUMN reads like a table)
 from visionops.detections import Detections
 from visionops.errors import InvalidImage
-from visionops.monitoring import features as F  # noqa: N812 (F.COLUMN reads like a table)
 from visionops.monitoring.simulate import drift_image
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from visionops.data.features import FEATURE_COLUMNS, feature_row
 from visionops.detections import Detections
 from visionops.errors import StorageError
-from visionops.monitoring.features import FEATURE_COLUMNS, feature_row
 from visionops.monitoring.prediction_log import Activity, PredictionLogWriter, read_window
 from visionops.storage import LocalStore, ObjectStore, default_store
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from pipelines import load_pipeline
 from visionops.cli.app import app
 from visionops.demo import (
     DemoConfig,
@@ -87,7 +88,7 @@ def traffic(training: LocalRun, data: DemoData) -> Iterator[Traffic]:
 def _monitor(traffic: Traffic, data: DemoData, window: tuple[datetime, datetime]) -> LocalRun:
     training_params = {"model_name": NAME, "batch": 8, "min_map50": 0, "deploy_target": "local",
                        "predictor_url": traffic.url}  # fmt: skip
-    return run_local("monitoring", {
+    return run_local("monitoring", load_pipeline("monitoring"), {
         "log_location": str(traffic.log_dir), "start": window[0].isoformat(),
         "end": window[1].isoformat(), "reference": f"models:/{NAME}@champion",
         "model_name": NAME, "min_rows": 10, "dataset": str(data.vision),
@@ -159,7 +160,9 @@ def test_drift_resubmits_exactly_one_training_run_with_the_new_data(
     assert submission.run_name == run.output("retrain", "run_name")
     assert list_decisions()[-1]["training_run"] == submission.run_name
 
-    retrained = follow_run("training", Path(submission.run_dir), submission.pid, lambda *_: None)
+    retrained = follow_run(
+        load_pipeline("training"), Path(submission.run_dir), submission.pid, lambda *_: None
+    )
 
     assert retrained.status == "succeeded"
     assert retrained.params["extra_data"] == str(data.drifted)

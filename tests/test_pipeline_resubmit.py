@@ -171,9 +171,13 @@ def test_a_refused_cluster_submission_can_be_retried(kfp_api: KfpApi) -> None:
 
 
 def test_remote_run_uploads_a_new_version_and_follows_the_run(kfp_api: KfpApi) -> None:
+    from pipelines import load_pipeline
     from visionops.orchestration.remote import run_remote
 
-    run = run_remote("monitoring", ["min_rows=20"], host="http://kfp.invalid:8888", wait_seconds=30)
+    monitoring = load_pipeline("monitoring")
+    run = run_remote(
+        "monitoring", monitoring, ["min_rows=20"], host="http://kfp.invalid:8888", wait_seconds=30
+    )
     assert run.state == "succeeded"
     first = [r.path for r in kfp_api.requests if r.method == "POST"]
     assert first == [f"{API}/pipelines/upload", f"{API}/runs"]  # a new pipeline
@@ -182,7 +186,7 @@ def test_remote_run_uploads_a_new_version_and_follows_the_run(kfp_api: KfpApi) -
 
     kfp_api.final_state = "FAILED"
     with pytest.raises(PipelineError, match="ended failed"):
-        run_remote("monitoring", [], host="http://kfp.invalid:8888", wait_seconds=30)
+        run_remote("monitoring", monitoring, [], host="http://kfp.invalid:8888", wait_seconds=30)
     (upload,) = [r for r in kfp_api.requests if r.path.endswith("/upload_version")]
     assert upload.query["pipelineid"] == kfp_api.pipelines["visionops-monitoring"]
     assert json.dumps(create.body)  # the request body is plain JSON

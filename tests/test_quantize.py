@@ -51,7 +51,7 @@ def model_copy(detecting, tmp_path: Path) -> Path:
 
 
 def val_images(data_yaml: Path) -> list[np.ndarray]:
-    from visionops.monitoring.features import read_image
+    from visionops.data.features import read_image
 
     return [read_image(path) for path in load_data_yaml(data_yaml).images("val")]
 

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 from tests.trained import ObservedTraining
 from visionops.cli.app import app
 from visionops.config import Settings
+from visionops.data.features import FEATURE_COLUMNS, read_image
 from visionops.errors import DataError, ModelNotFound
 from visionops.inference import Detector
-from visionops.monitoring.features import FEATURE_COLUMNS, read_image
 from visionops.tracking import connect
 from visionops.training.dataset import label_path, load_data_yaml
 from visionops.training.evaluate import evaluate

@@ -18,10 +18,10 @@ from tests.servers import MlflowServer
 from tests.trained import IMGSZ, ObservedTraining
 from visionops.cli.app import app
 from visionops.config import Settings
+from visionops.data.features import read_image
 from visionops.inference.letterbox import letterbox, to_input_tensor
 from visionops.models.artifact import MODEL_ONNX, MODEL_PT, read_metadata
 from visionops.models.sources import resolve_model
-from visionops.monitoring.features import read_image
 from visionops.tracking import connect
 from visionops.training.dataset import load_data_yaml
 from visionops.training.promotion import register

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -316,8 +316,15 @@ def drift_check(run: LocalRun) -> DriftCheck:
 class _Demo:
     """The demo's state as it goes: where it writes, what it timed, the reports it kept."""
 
-    def __init__(self, config: DemoConfig, events: DemoEvents, settings: Settings) -> None:
+    def __init__(
+        self,
+        config: DemoConfig,
+        pipelines: Mapping[str, Any],
+        events: DemoEvents,
+        settings: Settings,
+    ) -> None:
         self.config, self.events, self.settings = config, events, settings
+        self.pipelines = pipelines
         self.name = config.model_name or f"{settings.model_name}-demo"
         self.root = (config.out_dir or settings.data_dir / "demo").expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -368,7 +375,7 @@ class _Demo:
         }  # fmt: skip
         if config.min_map50 is not None:
             params["min_map50"] = config.min_map50
-        run = run_local("training", params, on_step=self.events.step)
+        run = run_local("training", self.pipelines["training"], params, on_step=self.events.step)
         version = str(run.output("register-model", "version"))
         self.keep_report("validation", run.artifact("validate-dataset", "summary"), "validation.md")
         self.keep_report(
@@ -390,7 +397,8 @@ class _Demo:
 
         with self.stage(f"monitor: {window} window"):
             run = run_local(
-                "monitoring", {**params, "start": start.isoformat(), "end": end.isoformat()},
+                "monitoring", self.pipelines["monitoring"],
+                {**params, "start": start.isoformat(), "end": end.isoformat()},
                 on_step=self.events.step,
             )  # fmt: skip
         check = drift_check(run)
@@ -407,7 +415,9 @@ class _Demo:
 
         submission = next(s for s in list_submissions(self.settings) if s.run_name == training_run)
         self.events.info(f"following {training_run} (process {submission.pid})")
-        run = follow_run("training", Path(submission.run_dir), submission.pid, self.events.step)
+        run = follow_run(
+            self.pipelines["training"], Path(submission.run_dir), submission.pid, self.events.step
+        )
         version = run.output("register-model", "version")
         self.keep_report(
             f"evaluation v{version}", run.artifact("evaluate-model", "report"),
@@ -417,10 +427,14 @@ class _Demo:
 
 
 def run_demo(
-    config: DemoConfig, events: DemoEvents | None = None, settings: Settings | None = None
+    config: DemoConfig,
+    pipelines: Mapping[str, Any],
+    events: DemoEvents | None = None,
+    settings: Settings | None = None,
 ) -> DemoResult:
-    """Run the whole demo (see the module docstring); returns what the summary shows."""
-    demo = _Demo(config, events or DemoEvents(), settings or get_settings())
+    """Run the whole demo (see the module docstring) with `pipelines` (`training` and
+    `monitoring`: KFP pipeline objects); returns what the summary shows."""
+    demo = _Demo(config, pipelines, events or DemoEvents(), settings or get_settings())
     name, root, log_dir = demo.name, demo.root, demo.root / "prediction-log"
     with demo.stage("data"):
         data = prepare_data(config, root, demo.events)

@@ -47,6 +47,7 @@ def demo(
     seed: SeedOption = 0,
 ) -> None:
     """The whole loop on generated data: train, serve, drift, retrain, promote if better."""
+    from pipelines import PIPELINES, load_pipeline
     from visionops.cli.pipeline import StepPrinter
     from visionops.demo import DemoConfig, DemoEvents, run_demo
 
@@ -60,7 +61,7 @@ def demo(
             step=printer,
             info=lambda text: err_console.print(f"  {text}", highlight=False),
         )
-        result = run_demo(config, events)
+        result = run_demo(config, {name: load_pipeline(name) for name in PIPELINES}, events)
     print_summary(result)
 
 

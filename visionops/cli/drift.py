@@ -64,7 +64,7 @@ def features(
     out: Annotated[Path, typer.Option("--out", help="Feature table: .parquet, .csv or .jsonl.")],
 ) -> None:
     """Compute the image feature table of a folder (a reference or a current window)."""
-    from visionops.monitoring.drift import write_feature_table
+    from visionops.data.tables import write_feature_table
     from visionops.monitoring.reference import folder_feature_table
 
     with progress("image features") as callback:
@@ -112,27 +112,28 @@ def check(
 ) -> None:
     """Decide drift / no drift / not enough data; the result is JSON on stdout (exit 0)."""
     from visionops.config import get_settings
-    from visionops.monitoring.drift import (
-        DriftConfig,
-        check_drift_files,
-        log_drift_to_mlflow,
-        push_drift_metrics,
-    )
+    from visionops.data.tables import load_feature_table
+    from visionops.monitoring.drift import DriftConfig
+    from visionops.monitoring.publish import check_and_publish
     from visionops.monitoring.reference import resolve_reference
 
     config = DriftConfig.from_settings(drift_share=drift_share, min_rows=min_rows)
     table = resolve_reference(reference)
-    result = check_drift_files(table, current, config=config, report_dir=report_dir)
+    check = check_and_publish(
+        load_feature_table(table), load_feature_table(current), config=config,
+        report_dir=report_dir, log_to_mlflow=mlflow,
+        pushgateway=pushgateway or get_settings().pushgateway_url,
+    )  # fmt: skip
+    result = check.result
     payload = result.to_dict()
-    if mlflow:
-        payload["mlflow_run_id"] = log_drift_to_mlflow(result)
+    if check.mlflow_run_id:
+        payload["mlflow_run_id"] = check.mlflow_run_id
     typer.echo(json.dumps(payload, indent=2))
     colour = {"drift": "red", "no_drift": "green"}.get(result.decision, "yellow")
     err_console.print(f"[bold {colour}]{result.decision}[/]: {result.reason}", highlight=False)
     if result.report_html:
         err_console.print(f"report: {result.report_html}", highlight=False)
-    settings = get_settings()
-    gateway = pushgateway or settings.pushgateway_url
-    if gateway:
-        group = push_drift_metrics(result, settings.model_name, gateway)
-        err_console.print(f"pushed to {group}", highlight=False)
+    if check.push_error is not None:
+        raise check.push_error
+    if check.pushed_to:
+        err_console.print(f"pushed to {check.pushed_to}", highlight=False)

@@ -121,20 +121,23 @@ def run_command(
         raise UsageError("choose where to run: --local or --host URL")
     if wait and host is None:
         raise UsageError("--wait follows a run on a KFP server: use it with --host")
+    from pipelines import load_pipeline  # kfp, and every component: only once a run is asked
+
     items = list(param or [])
+    pipeline = load_pipeline(name)
     if local:
         from visionops.orchestration.local import run_local
 
         console.rule(f"pipeline {name} (local)")
         with StepPrinter() as printer:
-            run = run_local(name, items, run_name=run_name, on_step=printer)
+            run = run_local(name, pipeline, items, run_name=run_name, on_step=printer)
         print_local_run(run)
         return
     from visionops.orchestration.remote import run_remote
 
     with err_console.status(f"submitting {name} to {host}"):
         remote = run_remote(
-            name, items, host=host, run_name=run_name,
+            name, pipeline, items, host=host, run_name=run_name,
             wait_seconds=timeout if wait else None,
         )  # fmt: skip
     console.print(f"run {remote.run_name} ({remote.run_id}): {remote.state}", highlight=False)
@@ -146,7 +149,8 @@ def compile_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for <pipeline>.yaml files.")],
 ) -> None:
     """Compile both pipelines to YAML for a Kubeflow Pipelines server."""
+    from pipelines import PIPELINES, load_pipeline
     from visionops.orchestration.compile import compile_all
 
-    for path in compile_all(out):
+    for path in compile_all({name: load_pipeline(name) for name in PIPELINES}, out):
         console.print(f"wrote {path}", highlight=False)

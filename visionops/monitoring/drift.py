@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from visionops.config import Settings
-from visionops.errors import DataError, DriftCheckError, UsageError
-from visionops.monitoring.features import CATEGORICAL_COLUMNS, FEATURE_COLUMNS
+from visionops.data.features import CATEGORICAL_COLUMNS, FEATURE_COLUMNS
+from visionops.errors import DriftCheckError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,7 +35,6 @@ NOT_ENOUGH_DATA: Decision = "not_enough_data"
 
 REPORT_HTML = "drift_report.html"
 REPORT_JSON = "drift.json"
-TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".json")
 
 
 _DEFAULTS = Settings.model_fields
@@ -158,52 +157,7 @@ class DriftResult:
         }
 
 
-# ---------------------------------------------------------------- tables
-
-
-def load_feature_table(path: Path, table_format: str | None = None) -> pd.DataFrame:
-    """A feature table from CSV, Parquet or JSON lines; DataError naming the file.
-
-    The format comes from the suffix, or from `table_format` ("csv", "parquet", "jsonl") for
-    files without one (KFP artifact paths).
-    """
-    import pandas as pd
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"feature table not found: {path}")
-    suffix = f".{table_format.lower().lstrip('.')}" if table_format else path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            return pd.read_csv(path)
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        if suffix in (".jsonl", ".json"):
-            if path.stat().st_size == 0:
-                return pd.DataFrame()
-            return pd.read_json(path, lines=suffix == ".jsonl")
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
-    except (ValueError, OSError, ImportError) as error:
-        raise DataError(f"cannot read feature table {path}: {error}") from error
-    raise DataError(f"unsupported feature table {path}: use one of {', '.join(TABLE_SUFFIXES)}")
-
-
-def write_feature_table(frame: pd.DataFrame, path: Path, table_format: str | None = None) -> Path:
-    """Write a feature table by suffix or `table_format` (CSV, Parquet, JSON lines), atomically."""
-    from visionops.data.files import atomic_write_bytes
-
-    path = Path(path)
-    suffix = f".{table_format.lower().lstrip('.')}" if table_format else path.suffix.lower()
-    if suffix == ".csv":
-        data = frame.to_csv(index=False).encode()
-    elif suffix in (".parquet", ".pq"):
-        data = frame.to_parquet(index=False)
-    elif suffix in (".jsonl", ".json"):
-        data = frame.to_json(orient="records", lines=True, date_format="iso").encode()
-    else:
-        raise UsageError(f"unsupported table format {path.name}: use .csv, .parquet or .jsonl")
-    return atomic_write_bytes(path, data)
+# ---------------------------------------------------------------- columns
 
 
 def compared_columns(
@@ -436,116 +390,3 @@ def _summary_html(result: DriftResult) -> str:
         f"<p>{html.escape(result.reason)}</p>"
         f"<p>Reference rows: {result.reference_rows}</p><ul>{notes}</ul></body></html>\n"
     )
-
-
-def check_drift_files(
-    reference: Path, current: Path, *, config: DriftConfig | None = None,
-    report_dir: Path | None = None,
-) -> DriftResult:  # fmt: skip
-    """`check_drift` on two feature table files (CSV, Parquet, JSON lines)."""
-    return check_drift(
-        load_feature_table(reference), load_feature_table(current), config=config,
-        report_dir=report_dir,
-    )  # fmt: skip
-
-
-# ---------------------------------------------------------------- alerting
-
-
-def prometheus_metrics(result: DriftResult, model_name: str) -> str:
-    """The drift result in Prometheus text format, for a Pushgateway or a textfile collector.
-
-    `visionops_drift_detected{model_name}` is 1 on drift and 0 otherwise ("not enough data" is 0
-    and leaves `visionops_drift_share` out, so an alert never fires on a guess).
-    """
-    label = model_name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    lines = [
-        "# HELP visionops_drift_detected 1 when the last drift check decided drift, else 0.",
-        "# TYPE visionops_drift_detected gauge",
-        f'visionops_drift_detected{{model_name="{label}"}} {int(result.drift_detected)}',
-        "# HELP visionops_drift_check_rows Current rows compared by the last drift check.",
-        "# TYPE visionops_drift_check_rows gauge",
-        f'visionops_drift_check_rows{{model_name="{label}"}} {result.current_rows}',
-    ]
-    if result.drifted_share is not None:
-        lines += [
-            "# HELP visionops_drift_share Share of feature columns that drifted in the last check.",
-            "# TYPE visionops_drift_share gauge",
-            f'visionops_drift_share{{model_name="{label}"}} {result.drifted_share:g}',
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def push_drift_metrics(
-    result: DriftResult, model_name: str, url: str, *, job: str = "visionops-drift"
-) -> str:
-    """PUT the drift gauges to a Prometheus Pushgateway, where the "drift detected" alert reads
-    them; returns the group URL. One group per model, so a check replaces only its own model's
-    values. Raises StorageError when the gateway cannot be reached or refuses the push.
-    """
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    from visionops.errors import StorageError
-
-    group = (
-        f"{url.rstrip('/')}/metrics/job/{urllib.parse.quote(job, safe='')}"
-        f"/model_name/{urllib.parse.quote(model_name, safe='')}"
-    )
-    request = urllib.request.Request(
-        group,
-        data=prometheus_metrics(result, model_name).encode(),
-        method="PUT",
-        headers={"Content-Type": "text/plain; version=0.0.4"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            response.read()
-    except urllib.error.HTTPError as error:
-        detail = error.read().decode(errors="replace").strip()
-        raise StorageError(f"Pushgateway {group} refused the drift metrics: {detail}") from error
-    except (urllib.error.URLError, OSError) as error:
-        raise StorageError(f"Pushgateway {url} unreachable: {error}") from error
-    log.info("pushed drift metrics of %s to %s", model_name, group)
-    return group
-
-
-def log_drift_to_mlflow(
-    result: DriftResult, *, model_name: str = "", settings: Settings | None = None
-) -> str:
-    """Record one check as an MLflow run: decision tags, per-column scores, the HTML and JSON.
-
-    The run lands in VisionOps' experiment, named `drift-<model>`, so the MLflow UI lists checks
-    beside the training runs. Returns the run id; RegistryError when MLflow is unreachable.
-    """
-    from visionops.config import get_settings
-    from visionops.tracking import TAG_PREFIX, connect, log_metrics, mlflow_errors
-
-    settings = settings or get_settings()
-    model_name = model_name or settings.model_name
-    tracking = connect(settings)
-    tags = {
-        "mlflow.runName": f"drift-{model_name}",
-        f"{TAG_PREFIX}kind": "drift-check",
-        f"{TAG_PREFIX}drift.decision": result.decision,
-        f"{TAG_PREFIX}drift.model_name": model_name,
-        f"{TAG_PREFIX}drift.drifted_columns": ",".join(result.drifted_columns),
-    }
-    with mlflow_errors("start a drift-check run", settings):
-        run_id = tracking.client.create_run(tracking.experiment_id, tags=tags).info.run_id
-    values: dict[str, float] = {
-        "drift.detected": float(result.drift_detected),
-        "drift.current_rows": float(result.current_rows),
-        "drift.reference_rows": float(result.reference_rows),
-        **{f"drift.score.{c.column}": c.score for c in result.columns},
-    }
-    if result.drifted_share is not None:
-        values["drift.share"] = result.drifted_share
-    log_metrics(tracking, run_id, values)
-    with mlflow_errors(f"log the drift report to run {run_id}", settings):
-        for path in (result.report_html, result.report_json):
-            if path is not None and Path(path).is_file():
-                tracking.client.log_artifact(run_id, str(path), "drift")
-        tracking.client.set_terminated(run_id, "FINISHED")
-    return run_id

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from visionops.data.features import feature_row
 from visionops.errors import StorageError, UsageError
-from visionops.monitoring.features import feature_row
 from visionops.storage import ObjectStore
 
 if TYPE_CHECKING:

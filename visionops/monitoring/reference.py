@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from visionops.config import Settings, get_settings
+from visionops.data.features import image_feature_rows
 from visionops.errors import DataError, ModelNotFound
 from visionops.models.sources import find_version, parse_model_uri, run_artifact_uri
-from visionops.monitoring.features import image_feature_rows
 from visionops.tracking import connect, download, mlflow_errors
 from visionops.training.evaluate import EVALUATION_ARTIFACT_DIR, REFERENCE_FEATURES
 

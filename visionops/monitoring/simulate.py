@@ -320,8 +320,8 @@ def simulate_split(
     it can be read; UsageError for a bad kind, severity or fraction, or `out` inside `src`.
     """
     from visionops.data.coco import ANNOTATIONS_FILE, load_coco, write_coco
+    from visionops.data.features import read_image
     from visionops.data.files import link_file, staging_dir
-    from visionops.monitoring.features import read_image
 
     kind = check_kind(kind, severity)
     if not 0.0 <= fraction <= 1.0:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from visionops.errors import UsageError
@@ -24,3 +25,12 @@ def resolve_mode(mode: str, allowed: tuple[str, ...], what: str) -> str:
     if mode == "auto":
         return "cluster" if in_cluster() else "local"
     return mode
+
+
+def safe_key(key: str) -> str:
+    """`key` (a monitoring run's id) usable as a file and run name: letters, digits, `-`, `_`,
+    `.` only."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", key).strip("-.")
+    if not cleaned:
+        raise UsageError(f"a submission needs a key (the monitoring run id), got {key!r}")
+    return cleaned[:100]

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from visionops.config import Settings
-from visionops.orchestration.resubmit import safe_key
+from visionops.orchestration import safe_key
 from visionops.storage import default_store
 
 DECISIONS_PREFIX = "monitoring/decisions"

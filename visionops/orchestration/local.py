@@ -31,6 +31,7 @@ from typing import Any, TextIO
 from visionops.config import Settings, get_settings
 from visionops.data.files import atomic_write_text
 from visionops.errors import PipelineError, UsageError
+from visionops.orchestration.params import typed_params
 
 log = logging.getLogger(__name__)
 
@@ -280,21 +281,21 @@ def _kfp_local(outputs_root: Path) -> Iterator[None]:
 
 def run_local(
     name: str,
+    pipeline: Any,
     params: dict[str, Any] | list[str] | None = None,
     *,
     run_name: str | None = None,
     on_step: StepCallback | None = None,
     settings: Settings | None = None,
 ) -> LocalRun:
-    """Run pipeline `name` (training, monitoring) with `params` here; returns the run.
+    """Run `pipeline` (a KFP pipeline object, called `name`: training, monitoring) with `params`
+    here; returns the run.
 
     Raises PipelineError when a step fails (the message names it and the log); the run's summary
-    is written in either case. UsageError for an unknown pipeline or parameter.
+    is written in either case. UsageError for an unknown parameter.
     """
-    from visionops.orchestration.params import load_with_params
-
     settings = settings or get_settings()
-    pipeline, params = load_with_params(name, params)
+    params = typed_params(pipeline, params)
     run_name = run_name or new_run_name(name)
     run_dir = runs_dir(settings) / run_name
     if (run_dir / "summary.json").exists():
@@ -347,19 +348,17 @@ def alive(pid: int) -> bool:
 
 
 def follow_run(
-    name: str,
+    pipeline: Any,
     run_dir: Path,
     pid: int | None,
     on_step: StepCallback,
     *,
     poll_seconds: float = 1.0,
 ) -> LocalRun:
-    """Follow a local run of pipeline `name` that another process runs (e.g. a re-submitted
+    """Follow a local run of `pipeline` that another process runs (e.g. a re-submitted
     training): its step events as its log grows, then its summary. PipelineError if it fails or
     its process `pid` exits without a summary."""
-    from pipelines import load_pipeline
-
-    stream = StepStream(io.StringIO(), pipeline_tasks(load_pipeline(name)), on_step)
+    stream = StepStream(io.StringIO(), pipeline_tasks(pipeline), on_step)
     log_path, offset = Path(run_dir) / "run.log", 0
     gone_since: float | None = None
     while True:

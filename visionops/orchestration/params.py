@@ -1,8 +1,9 @@
 """Pipeline parameters from the command line (`--param k=v`), typed by the pipeline's signature.
 
-The types come from a pipeline object, or from its compiled YAML: a pipeline step (which runs
-with KFP's runtime-only SDK and cannot build pipelines) re-submits training from the YAML
-installed beside `pipelines/training.py`.
+The types come from a pipeline object (the caller hands it over: orchestration never imports the
+`pipelines` package, whose components import orchestration), or from its compiled YAML: a
+pipeline step (which runs with KFP's runtime-only SDK and cannot build pipelines) re-submits
+training from the YAML installed beside `pipelines/training.py`, found without importing it.
 """
 
 from __future__ import annotations
@@ -26,17 +27,10 @@ _YAML_TYPES = {
 }
 
 
-def load_with_params(
-    name: str, params: dict[str, Any] | Iterable[str] | None
-) -> tuple[Any, dict[str, Any]]:
-    """Pipeline `name` (training, monitoring) and `params` typed for it; UsageError for an unknown
-    pipeline or parameter."""
-    from pipelines import PIPELINES, load_pipeline
-
-    if name not in PIPELINES:
-        raise UsageError(f"unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}")
-    pipeline = load_pipeline(name)
-    return pipeline, parse_params(pipeline.name, parameter_types(pipeline), params or {})
+def typed_params(pipeline: Any, params: dict[str, Any] | Iterable[str] | None) -> dict[str, Any]:
+    """`params` typed for `pipeline` (a KFP pipeline object); UsageError for an unknown parameter
+    or a value of the wrong type."""
+    return parse_params(pipeline.name, parameter_types(pipeline), params or {})
 
 
 def parameter_types(pipeline: Any) -> dict[str, str]:

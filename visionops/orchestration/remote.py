@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from visionops.config import Settings, get_settings
 from visionops.errors import PipelineError
+from visionops.orchestration.params import typed_params
 
 if TYPE_CHECKING:
     import kfp
@@ -133,6 +134,7 @@ def wait(client: kfp.Client, run: RemoteRun, timeout: float) -> RemoteRun:
 
 def run_remote(
     name: str,
+    pipeline: Any,
     params: dict[str, Any] | list[str] | None = None,
     *,
     host: str | None = None,
@@ -140,15 +142,16 @@ def run_remote(
     wait_seconds: float | None = None,
     settings: Settings | None = None,
 ) -> RemoteRun:
-    """Compile pipeline `name`, upload it as a new version, start a run; with `wait_seconds`,
-    follow it to the end. PipelineError when the server refuses or the run does not succeed."""
+    """Compile `pipeline` (called `name`), upload it as a new version, start a run; with
+    `wait_seconds`, follow it to the end. PipelineError when the server refuses or the run does
+    not succeed."""
     from kfp_server_api.exceptions import ApiException
 
-    from pipelines import compile_pipeline
-    from visionops.orchestration.params import load_with_params
+    # kfp's compiler: not in the runtime-only SDK a pipeline step runs with (see `connect`)
+    from visionops.orchestration.compile import compile_pipeline
 
     settings = settings or get_settings()
-    pipeline, params = load_with_params(name, params)
+    params = typed_params(pipeline, params)
     stamp = f"{datetime.now(UTC):%Y%m%d-%H%M%S}"
     client = connect(host, settings)
     try:

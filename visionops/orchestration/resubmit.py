@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -27,7 +26,8 @@ from typing import Any
 
 from visionops.config import Settings, get_settings
 from visionops.errors import PipelineError, UsageError
-from visionops.orchestration import resolve_mode
+from visionops.orchestration import resolve_mode, safe_key
+from visionops.orchestration.decisions import record_decision
 from visionops.storage import ObjectStore, default_store
 
 log = logging.getLogger(__name__)
@@ -60,14 +60,6 @@ class Submission:
         data = asdict(self)
         data.pop("already")
         return (json.dumps(data, indent=2) + "\n").encode()
-
-
-def safe_key(key: str) -> str:
-    """`key` usable as a file and run name: letters, digits, `-`, `_`, `.` only."""
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", key).strip("-.")
-    if not cleaned:
-        raise UsageError(f"a submission needs a key (the monitoring run id), got {key!r}")
-    return cleaned[:100]
 
 
 def submission_store(settings: Settings | None = None) -> ObjectStore:
@@ -174,6 +166,62 @@ def _submit_cluster(
     return Submission(
         **{**asdict(pending), "status": SUBMITTED, "run_id": run.run_id, "url": run.url}
     )
+
+
+def retrain_params(
+    training_params: str = "{}",
+    *,
+    dataset: str = "synthetic",
+    new_data: str = "",
+    products: str = "",
+    epochs: int = 0,
+    imgsz: int = 0,
+    weights: str = "",
+) -> dict[str, Any]:
+    """The training pipeline's parameters for a retraining: `training_params` (a JSON object, any
+    of its parameters) with the dataset and products set, `new_data` (labeled data of the drifted
+    window, comma-separated VISION roots) appended to its `extra_data`, and `epochs`, `imgsz`
+    and `weights` where given (0 or empty keep the pipeline's defaults). UsageError for bad JSON.
+    """
+    try:
+        params = dict(json.loads(training_params or "{}"))
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"training_params must be a JSON object: {error}") from error
+    params.update({"dataset": dataset, "products": products})
+    extra = [p for p in (params.get("extra_data", ""), new_data) if p]
+    params["extra_data"] = ",".join(extra)
+    params.update({k: v for k, v in {"epochs": epochs, "imgsz": imgsz}.items() if v})
+    if weights:
+        params["weights"] = weights
+    return params
+
+
+def retrain_after_drift(
+    monitoring_run_id: str,
+    drift_result: dict[str, Any],
+    *,
+    training_params: str = "{}",
+    dataset: str = "synthetic",
+    new_data: str = "",
+    products: str = "",
+    epochs: int = 0,
+    imgsz: int = 0,
+    weights: str = "",
+    mode: str = "auto",
+    settings: Settings | None = None,
+) -> Submission:
+    """The `retrain` step: submit training with `retrain_params(...)` of the other arguments
+    (once per monitoring run, see `submit_training`) and record the monitoring run's decision
+    (`drift_result`, the drift check's JSON) with the training run it started."""
+    params = retrain_params(
+        training_params, dataset=dataset, new_data=new_data, products=products, epochs=epochs,
+        imgsz=imgsz, weights=weights,
+    )  # fmt: skip
+    submission = submit_training(monitoring_run_id, params, mode=mode, settings=settings)
+    record_decision(
+        monitoring_run_id, drift_result, training_run=submission.run_name, settings=settings
+    )
+    return submission
 
 
 def local_command(run_name: str, params: dict[str, Any]) -> list[str]:

@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from visionops.config import Settings, get_settings
+from visionops.data.features import feature_row, read_image
+from visionops.data.files import atomic_write_text
+from visionops.data.tables import write_feature_table
 from visionops.detections import Detections
 from visionops.errors import DataError
 from visionops.inference import Detector
@@ -238,8 +241,6 @@ def _run_images(
     progress: ProgressCallback,
 ) -> tuple[list[GroundTruth], list[Detections], list[dict[str, object]], list[tuple[int, int]]]:
     """Detections, ground truth in pixels, feature rows and (width, height) per image."""
-    from visionops.monitoring.features import feature_row, read_image
-
     truths: list[GroundTruth] = []
     detections: list[Detections] = []
     rows: list[dict[str, object]] = []
@@ -328,10 +329,7 @@ def _write_outputs(
     sizes: list[tuple[int, int]],
     rows: list[dict[str, object]],
 ) -> dict[str, Path]:
-    import pandas as pd
-
-    from visionops.data.files import atomic_write_text
-    from visionops.monitoring.drift import write_feature_table
+    import pandas as pd  # heavy (about a second to import): only where the table is built
 
     out = result.out_dir
     files = {

@@ -173,9 +173,9 @@ def quantize_int8(
         quantize_static,
     )
 
+    from visionops.data.features import read_image
     from visionops.inference import Detector
     from visionops.inference.letterbox import to_input_tensor
-    from visionops.monitoring.features import read_image
 
     if not images:
         raise TrainingError("INT8 calibration needs at least one training image")

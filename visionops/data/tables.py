@@ -1,0 +1,60 @@
+"""Feature tables on disk: CSV, Parquet or JSON lines, chosen by suffix (or told, for KFP artifact
+paths without one). The evaluation's reference, `visionops drift features`, the collected window
+and the drift check all read and write them here; writes are atomic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from visionops.data.files import atomic_write_bytes
+from visionops.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".json")
+
+
+def load_feature_table(path: Path, table_format: str | None = None) -> pd.DataFrame:
+    """A feature table from CSV, Parquet or JSON lines; DataError naming the file.
+
+    The format comes from the suffix, or from `table_format` ("csv", "parquet", "jsonl") for
+    files without one (KFP artifact paths).
+    """
+    import pandas as pd  # heavy (about a second to import): only where a table is read
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"feature table not found: {path}")
+    suffix = f".{table_format.lower().lstrip('.')}" if table_format else path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        if suffix in (".jsonl", ".json"):
+            if path.stat().st_size == 0:
+                return pd.DataFrame()
+            return pd.read_json(path, lines=suffix == ".jsonl")
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except (ValueError, OSError, ImportError) as error:
+        raise DataError(f"cannot read feature table {path}: {error}") from error
+    raise DataError(f"unsupported feature table {path}: use one of {', '.join(TABLE_SUFFIXES)}")
+
+
+def write_feature_table(frame: pd.DataFrame, path: Path, table_format: str | None = None) -> Path:
+    """Write a feature table by suffix or `table_format` (CSV, Parquet, JSON lines), atomically."""
+    path = Path(path)
+    suffix = f".{table_format.lower().lstrip('.')}" if table_format else path.suffix.lower()
+    if suffix == ".csv":
+        data = frame.to_csv(index=False).encode()
+    elif suffix in (".parquet", ".pq"):
+        data = frame.to_parquet(index=False)
+    elif suffix in (".jsonl", ".json"):
+        data = frame.to_json(orient="records", lines=True, date_format="iso").encode()
+    else:
+        raise UsageError(f"unsupported table format {path.name}: use .csv, .parquet or .jsonl")
+    return atomic_write_bytes(path, data)

@@ -1,0 +1,165 @@
+"""Where a drift decision goes: an MLflow run, the Prometheus Pushgateway (the "drift detected"
+alert), and the text both the alert and the Kubeflow step show.
+
+`check_and_publish` is the whole monitoring step in one call, for `visionops drift check` and the
+`drift_check` component alike: decide (`visionops.monitoring.drift`), then record the check in
+MLflow if asked, then push the gauges if a Pushgateway is given. A failed push never hides the
+decision: it is returned in `push_error` and the caller decides whether it is fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from visionops.config import Settings, get_settings
+from visionops.errors import StorageError
+from visionops.monitoring.drift import DriftConfig, DriftResult, check_drift
+from visionops.tracking import TAG_PREFIX, connect, log_metrics, mlflow_errors
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PublishedCheck:
+    """A drift check and where it went."""
+
+    result: DriftResult
+    model_name: str
+    prometheus: str  # the gauges in Prometheus text format
+    mlflow_run_id: str | None = None
+    pushed_to: str | None = None  # the Pushgateway group URL
+    push_error: StorageError | None = None  # why the push failed, if it did
+
+
+def check_and_publish(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    *,
+    config: DriftConfig | None = None,
+    report_dir: Path | None = None,
+    model_name: str = "",
+    log_to_mlflow: bool = False,
+    pushgateway: str | None = None,
+    settings: Settings | None = None,
+) -> PublishedCheck:
+    """Decide drift for `current` against `reference`, then publish the result.
+
+    `report_dir`: write Evidently's HTML and the JSON result there. `log_to_mlflow`: record the
+    check as an MLflow run. `pushgateway`: a URL to push the drift gauges to (None: no push).
+    `model_name` empty means the configured model. RegistryError when MLflow is unreachable; a
+    failed push is returned, not raised.
+    """
+    settings = settings or get_settings()
+    model_name = model_name or settings.model_name
+    result = check_drift(reference, current, config=config, report_dir=report_dir)
+    run_id = None
+    if log_to_mlflow:
+        run_id = log_drift_to_mlflow(result, model_name=model_name, settings=settings)
+    pushed_to, push_error = None, None
+    if pushgateway:
+        try:
+            pushed_to = push_drift_metrics(result, model_name, pushgateway)
+        except StorageError as error:
+            push_error = error
+    return PublishedCheck(
+        result, model_name, prometheus_metrics(result, model_name), run_id, pushed_to, push_error
+    )
+
+
+def prometheus_metrics(result: DriftResult, model_name: str) -> str:
+    """The drift result in Prometheus text format, for a Pushgateway or a textfile collector.
+
+    `visionops_drift_detected{model_name}` is 1 on drift and 0 otherwise ("not enough data" is 0
+    and leaves `visionops_drift_share` out, so an alert never fires on a guess).
+    """
+    label = model_name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    lines = [
+        "# HELP visionops_drift_detected 1 when the last drift check decided drift, else 0.",
+        "# TYPE visionops_drift_detected gauge",
+        f'visionops_drift_detected{{model_name="{label}"}} {int(result.drift_detected)}',
+        "# HELP visionops_drift_check_rows Current rows compared by the last drift check.",
+        "# TYPE visionops_drift_check_rows gauge",
+        f'visionops_drift_check_rows{{model_name="{label}"}} {result.current_rows}',
+    ]
+    if result.drifted_share is not None:
+        lines += [
+            "# HELP visionops_drift_share Share of feature columns that drifted in the last check.",
+            "# TYPE visionops_drift_share gauge",
+            f'visionops_drift_share{{model_name="{label}"}} {result.drifted_share:g}',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def push_drift_metrics(
+    result: DriftResult, model_name: str, url: str, *, job: str = "visionops-drift"
+) -> str:
+    """PUT the drift gauges to a Prometheus Pushgateway, where the "drift detected" alert reads
+    them; returns the group URL. One group per model, so a check replaces only its own model's
+    values. Raises StorageError when the gateway cannot be reached or refuses the push.
+    """
+    group = (
+        f"{url.rstrip('/')}/metrics/job/{urllib.parse.quote(job, safe='')}"
+        f"/model_name/{urllib.parse.quote(model_name, safe='')}"
+    )
+    request = urllib.request.Request(
+        group,
+        data=prometheus_metrics(result, model_name).encode(),
+        method="PUT",
+        headers={"Content-Type": "text/plain; version=0.0.4"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+    except urllib.error.HTTPError as error:
+        detail = error.read().decode(errors="replace").strip()
+        raise StorageError(f"Pushgateway {group} refused the drift metrics: {detail}") from error
+    except (urllib.error.URLError, OSError) as error:
+        raise StorageError(f"Pushgateway {url} unreachable: {error}") from error
+    log.info("pushed drift metrics of %s to %s", model_name, group)
+    return group
+
+
+def log_drift_to_mlflow(
+    result: DriftResult, *, model_name: str = "", settings: Settings | None = None
+) -> str:
+    """Record one check as an MLflow run: decision tags, per-column scores, the HTML and JSON.
+
+    The run lands in VisionOps' experiment, named `drift-<model>`, so the MLflow UI lists checks
+    beside the training runs. Returns the run id; RegistryError when MLflow is unreachable.
+    """
+    settings = settings or get_settings()
+    model_name = model_name or settings.model_name
+    tracking = connect(settings)
+    tags = {
+        "mlflow.runName": f"drift-{model_name}",
+        f"{TAG_PREFIX}kind": "drift-check",
+        f"{TAG_PREFIX}drift.decision": result.decision,
+        f"{TAG_PREFIX}drift.model_name": model_name,
+        f"{TAG_PREFIX}drift.drifted_columns": ",".join(result.drifted_columns),
+    }
+    with mlflow_errors("start a drift-check run", settings):
+        run_id = tracking.client.create_run(tracking.experiment_id, tags=tags).info.run_id
+    values: dict[str, float] = {
+        "drift.detected": float(result.drift_detected),
+        "drift.current_rows": float(result.current_rows),
+        "drift.reference_rows": float(result.reference_rows),
+        **{f"drift.score.{c.column}": c.score for c in result.columns},
+    }
+    if result.drifted_share is not None:
+        values["drift.share"] = result.drifted_share
+    log_metrics(tracking, run_id, values)
+    with mlflow_errors(f"log the drift report to run {run_id}", settings):
+        for path in (result.report_html, result.report_json):
+            if path is not None and Path(path).is_file():
+                tracking.client.log_artifact(run_id, str(path), "drift")
+        tracking.client.set_terminated(run_id, "FINISHED")
+    return run_id
