@@ -29,7 +29,7 @@ def collect(
 
     bootstrap()
     from visionops.data.tables import write_feature_table
-    from visionops.monitoring.prediction_log import collect_window
+    from visionops.monitoring.collect import collect_window
 
     frame = collect_window(log_location, start=start or None, end=end or None, hours=hours)
     write_feature_table(frame, features.path, table_format="parquet")

@@ -13,7 +13,8 @@ import pytest
 from visionops.data.features import FEATURE_COLUMNS, feature_row
 from visionops.detections import Detections
 from visionops.errors import StorageError
-from visionops.monitoring.prediction_log import Activity, PredictionLogWriter, read_window
+from visionops.monitoring.collect import read_window
+from visionops.monitoring.prediction_log import Activity, PredictionLogWriter
 from visionops.storage import LocalStore, ObjectStore, default_store
 
 NAMES = ("Cable/break", "Cable/thunderbolt", "Screw/defect")

@@ -495,7 +495,7 @@ def test_shutdown_writes_every_prediction_to_the_log(
     server: Predictor, client: httpx.Client, log_dir: Path
 ) -> None:
     """Runs last: stops the server (SIGTERM) and reads the prediction log it flushed."""
-    from visionops.monitoring.prediction_log import read_window
+    from visionops.monitoring.collect import read_window
     from visionops.storage import LocalStore
 
     snapshot = metrics(client)

@@ -275,7 +275,7 @@ def send_images(url: str, name: str, images: list[Path], per_request: int = 8) -
 
 def wait_for_log(log_dir: Path, start: datetime, end: datetime, count: int) -> None:
     """Wait until the prediction log holds `count` records of [start, end) (it flushes often)."""
-    from visionops.monitoring.prediction_log import read_window
+    from visionops.monitoring.collect import read_window
     from visionops.storage import LocalStore
 
     deadline = time.monotonic() + 60
