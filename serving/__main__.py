@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from serving.model import ServeOptions, YoloModel
     from serving.protocol import Defaults
-    from serving.server import PredictorServer
+    from serving.server import predictor_server
     from visionops.inference.backends import require_runtime
 
     require_runtime(args.engine)  # a missing engine stops the predictor here, not at each load
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     model = YoloModel(args.model_name, options, settings)
     model.load()
     grpc_receive = args.grpc_max_receive_message_length or args.max_body_bytes
-    server = PredictorServer(
+    server = predictor_server(
         host=args.host,
         max_body_bytes=args.max_body_bytes,
         grpc_options={

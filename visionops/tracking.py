@@ -15,7 +15,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from visionops._compat.mlflow import forget_s3_clients, is_missing_alias, is_unreachable
 from visionops.bootstrap import bootstrap
 from visionops.config import Settings, get_settings
 from visionops.errors import ConfigError, ModelNotFound, RegistryError, StorageError
@@ -82,12 +82,7 @@ def _refresh_s3_clients(settings: Settings) -> None:
     if identity == _s3_identity:
         return
     _s3_identity = identity
-    boto3 = sys.modules.get("boto3")
-    if boto3 is not None:
-        boto3.DEFAULT_SESSION = None
-    repo = sys.modules.get("mlflow.store.artifact.s3_artifact_repo")
-    if repo is not None:
-        repo._cached_get_s3_client.cache_clear()
+    forget_s3_clients()
 
 
 def artifact_root(settings: Settings) -> str:
@@ -114,10 +109,9 @@ def mlflow_errors(action: str, settings: Settings | None = None) -> Iterator[Non
                 f"S3 artifact store {settings.s3_endpoint or ''} failed while trying to "
                 f"{action}: {storage}"
             ) from error
-        missing_alias = "alias" in message and "not found" in message  # INVALID_PARAMETER_VALUE
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or missing_alias:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or is_missing_alias(message):
             raise ModelNotFound(f"{action}: {message}") from error
-        if "API request to" in message and "failed with exception" in message:
+        if is_unreachable(message):
             raise RegistryError(
                 f"MLflow at {where} unreachable while trying to {action} "
                 f"(gave up after {settings.mlflow_retries} retries): {_last_line(message)}"

@@ -18,7 +18,6 @@ import io
 import json
 import logging
 import os
-import re
 import secrets
 import time
 import warnings
@@ -28,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from visionops._compat.kfp import STARTED, allow_named_output_conditions, step_event, strip_colors
 from visionops.config import Settings, get_settings
 from visionops.data.files import atomic_write_text
 from visionops.errors import PipelineError, UsageError
@@ -35,11 +35,8 @@ from visionops.orchestration.params import typed_params
 
 log = logging.getLogger(__name__)
 
-SUCCEEDED, FAILED, SKIPPED = "succeeded", "failed", "skipped"
+SUCCEEDED, FAILED, SKIPPED = "succeeded", "failed", "skipped"  # as `step_event` reports them
 REPORT_TYPES = {"system.HTML": "html", "system.Markdown": "markdown"}
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_STARTED = re.compile(r"Executing task '(?P<task>[^']+)'")
-_FINISHED = re.compile(r"Task '(?P<task>[^']+)' finished with status (?P<status>[A-Z]+)")
 
 StepCallback = Callable[[str, str, str], None]
 """Called as `callback(task, display name, event)`; event: started, succeeded, failed or a log
@@ -173,7 +170,7 @@ class StepStream(io.TextIOBase):
         self.log_file.write(text)
         *lines, self._buffer = (self._buffer + text).split("\n")
         for line in lines:
-            self._line(_ANSI.sub("", line))
+            self._line(strip_colors(line))
         return len(text)
 
     def flush(self) -> None:
@@ -184,15 +181,14 @@ class StepStream(io.TextIOBase):
         return info.display_name if info else task
 
     def _line(self, line: str) -> None:
-        if started := _STARTED.search(line):
-            self.running = started["task"]
+        task, event = step_event(line) or ("", "")
+        if event == STARTED:
+            self.running = task
             self._started[self.running] = time.monotonic()
             if self.running not in self.order:
                 self.order.append(self.running)
-            self.callback(self.running, self._display(self.running), "started")
-        elif finished := _FINISHED.search(line):
-            task = finished["task"]
-            event = SUCCEEDED if finished["status"] == "SUCCESS" else FAILED
+            self.callback(self.running, self._display(self.running), STARTED)
+        elif event:  # succeeded or failed
             self.states[task] = event
             spent = time.monotonic() - self._started.get(task, time.monotonic())
             self.seconds[task] = round(self.seconds.get(task, 0.0) + spent, 2)
@@ -233,39 +229,10 @@ def _collect_steps(
     return steps
 
 
-def allow_named_output_conditions() -> None:
-    """Let a `dsl.If` test a named output (`task.outputs["promoted"]`) under KFP's local runner.
-
-    kfp 2.17.3's local condition evaluator resolves `pipelinechannel--<task>-<output>` as a task
-    output only for outputs called `Output`, else as an input of the enclosing DAG: that works
-    inside an If/Else group (whose DAG receives the value) but not for a lone `dsl.If` in the
-    pipeline's own DAG, which is then silently skipped (a cluster evaluates it correctly). On a
-    miss, try each split of the reference into an upstream task and one of its outputs.
-    Idempotent.
-    """
-    from kfp.local.orchestrator.enhanced_dag_orchestrator import ConditionEvaluator
-
-    original = ConditionEvaluator.__dict__["_resolve_pipeline_channel"].__func__
-    if getattr(original, "visionops_named_outputs", False):
-        return
-
-    def resolve(channel_ref: str, io_store: Any) -> Any:
-        ref = channel_ref.removeprefix("pipelinechannel--")
-        for cut in (i for i, c in enumerate(ref) if c == "-"):
-            try:
-                return io_store.get_task_output(ref[:cut], ref[cut + 1 :])
-            except (ValueError, KeyError):
-                continue
-        return original(channel_ref, io_store)
-
-    resolve.visionops_named_outputs = True  # type: ignore[attr-defined]
-    ConditionEvaluator._resolve_pipeline_channel = staticmethod(resolve)  # type: ignore[method-assign]
-
-
 @contextlib.contextmanager
 def _kfp_local(outputs_root: Path) -> Iterator[None]:
     """KFP's local runner for one run: subprocess steps in this venv, outputs under the run."""
-    from kfp import local
+    from kfp import local  # kfp: heavy, and only this module runs it
 
     allow_named_output_conditions()
     with warnings.catch_warnings():
@@ -314,7 +281,7 @@ def run_local(
             with _kfp_local(outputs_root), contextlib.redirect_stdout(stream):
                 pipeline(**params)
         except RuntimeError as failure:  # KFP's way of saying a task failed
-            error = _ANSI.sub("", str(failure))
+            error = strip_colors(str(failure))
         except Exception as failure:  # KFP's own machinery (e.g. outputs it cannot read back)
             log.debug("local runner failed", exc_info=True)
             error = f"KFP's local runner failed: {type(failure).__name__}: {failure}"

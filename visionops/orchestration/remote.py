@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from visionops._compat.kfp import kfp_client_class
 from visionops.config import Settings, get_settings
 from visionops.errors import PipelineError
 from visionops.orchestration.params import typed_params
@@ -48,11 +49,7 @@ class RemoteRun:
 
 def connect(host: str | None = None, settings: Settings | None = None) -> kfp.Client:
     """A client for `host` (default: the `kfp_host` setting), with the in-cluster token if any."""
-    # Inside a pipeline step KFP's SDK is loaded runtime-only (_KFP_RUNTIME=true), and importing
-    # its client first runs into a circular import; the component factory first avoids it.
-    import kfp.dsl.component_factory  # noqa: F401
-    from kfp.client import Client
-
+    Client = kfp_client_class()  # noqa: N806 (a class)
     settings = settings or get_settings()
     token = KFP_TOKEN.read_text().strip() if KFP_TOKEN.is_file() else None
     warnings.filterwarnings("ignore", "This client only works with Kubeflow", FutureWarning)
