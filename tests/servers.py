@@ -180,6 +180,9 @@ def mlflow_server(workdir: Path, s3: S3Server, *, bucket: str = "mlflow") -> Ite
         "AWS_DEFAULT_REGION": "us-east-1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "1",
+        # MLflow 3's job runner (about 14 huey consumer processes, ~2.5 GB) serves GenAI jobs
+        # that VisionOps never submits.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     log = (workdir / "mlflow.log").open("wb")
     proc = subprocess.Popen(
