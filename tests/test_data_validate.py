@@ -16,7 +16,8 @@ import pytest
 
 from tests.data_builders import copy_dataset, small_dataset
 from visionops.data.coco import write_coco
-from visionops.data.validate import CHECKS, validate
+from visionops.data.validate import validate
+from visionops.data.validation_report import CHECKS
 
 ANN = "_annotations.coco.json"
 

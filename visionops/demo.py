@@ -41,8 +41,18 @@ from pathlib import Path
 from typing import Any
 
 from visionops.config import Settings, get_settings
-from visionops.errors import PipelineError, VisionOpsError
-from visionops.orchestration.local import LocalRun, StepCallback, alive
+from visionops.data.convert import convert
+from visionops.data.synth import synthesize
+from visionops.errors import ModelNotFound, PipelineError, VisionOpsError
+from visionops.monitoring.collect import read_window
+from visionops.monitoring.reference import image_files
+from visionops.monitoring.simulate import simulate_split
+from visionops.orchestration.local import LocalRun, StepCallback, alive, follow_run, run_local
+from visionops.orchestration.resubmit import list_submissions
+from visionops.storage import LocalStore
+from visionops.tracking import mlflow_errors
+from visionops.training.evaluate import evaluate
+from visionops.training.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +144,6 @@ class DemoData:
 
 def prepare_data(config: DemoConfig, root: Path, events: DemoEvents) -> DemoData:
     """Synthesize the clean data, drift a labeled copy of every split, convert both val sets."""
-    from visionops.data.convert import convert
-    from visionops.data.synth import synthesize
-    from visionops.monitoring.simulate import simulate_split
-
     synth = synthesize(
         root / "vision", products=config.products, n_train=config.train, n_val=config.val,
         n_inference=config.inference, imgsz=config.imgsz, seed=config.seed,
@@ -159,10 +165,6 @@ def prepare_data(config: DemoConfig, root: Path, events: DemoEvents) -> DemoData
 def reset_model(name: str, settings: Settings) -> None:
     """Delete the demo's registered model, so its first training becomes the champion, and the
     local copies of its versions (the registry caches them by version number, which restart)."""
-    from visionops.errors import ModelNotFound
-    from visionops.tracking import mlflow_errors
-    from visionops.training.registry import Registry
-
     for cached in (settings.data_dir / "cache" / "registry").glob(f"*/models/{name}"):
         shutil.rmtree(cached)
     registry = Registry(name, settings)
@@ -176,8 +178,6 @@ def reset_model(name: str, settings: Settings) -> None:
 
 def scores(name: str, version: str, data: DemoData, settings: Settings) -> Scores:
     """mAP of `name` version `version` on the clean and on the drifted val split."""
-    from visionops.training.evaluate import evaluate
-
     result = {}
     for label, data_yaml in (("clean", data.clean_yaml), ("drifted", data.drifted_yaml)):
         evaluation = evaluate(
@@ -275,9 +275,6 @@ def send_images(url: str, name: str, images: list[Path], per_request: int = 8) -
 
 def wait_for_log(log_dir: Path, start: datetime, end: datetime, count: int) -> None:
     """Wait until the prediction log holds `count` records of [start, end) (it flushes often)."""
-    from visionops.monitoring.collect import read_window
-    from visionops.storage import LocalStore
-
     deadline = time.monotonic() + 60
     while len(read_window(LocalStore(log_dir), start, end)) < count:
         if time.monotonic() > deadline:
@@ -286,8 +283,6 @@ def wait_for_log(log_dir: Path, start: datetime, end: datetime, count: int) -> N
 
 
 def inference_images(root: Path) -> list[Path]:
-    from visionops.monitoring.reference import image_files
-
     return [p for product in sorted(root.iterdir()) if (product / "inference").is_dir()
             for p in image_files(product / "inference")]  # fmt: skip
 
@@ -357,16 +352,12 @@ class _Demo:
     def stop_spawned(self) -> None:
         """Stop training runs that monitoring started during this demo and that still run (after
         a failure or Ctrl-C; a finished run is gone already)."""
-        from visionops.orchestration.resubmit import list_submissions
-
         for submission in list_submissions(self.settings):
             if submission.submitted_at >= self.started and submission.pid and alive(submission.pid):
                 stop_process(submission.pid)
 
     def train_first(self, data: DemoData) -> str:
         """The training pipeline on the clean data; returns the champion version it made."""
-        from visionops.orchestration.local import run_local
-
         config = self.config
         params: dict[str, Any] = {
             "dataset": str(data.vision), "epochs": config.epochs, "imgsz": config.imgsz,
@@ -393,8 +384,6 @@ class _Demo:
         self, window: str, params: dict[str, Any], start: datetime, end: datetime
     ) -> tuple[LocalRun, DriftCheck]:
         """The monitoring pipeline on [start, end) of the prediction log."""
-        from visionops.orchestration.local import run_local
-
         with self.stage(f"monitor: {window} window"):
             run = run_local(
                 "monitoring", self.pipelines["monitoring"],
@@ -410,9 +399,6 @@ class _Demo:
 
     def retrain(self, training_run: str) -> LocalRun:
         """Follow the training run the monitoring pipeline re-submitted, until it ends."""
-        from visionops.orchestration.local import follow_run
-        from visionops.orchestration.resubmit import list_submissions
-
         submission = next(s for s in list_submissions(self.settings) if s.run_name == training_run)
         self.events.info(f"following {training_run} (process {submission.pid})")
         run = follow_run(

@@ -22,10 +22,10 @@ import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from visionops.cluster import in_cluster, resolve_mode
 from visionops.config import Settings, get_settings
 from visionops.errors import PipelineError, UsageError
 from visionops.models.sources import resolve_model
-from visionops.orchestration import in_cluster, resolve_mode
 from visionops.storage import default_store
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def publish_model(version: str, name: str, settings: Settings) -> str:
 
 
 def _custom_objects_api() -> CustomObjectsApi:
-    from kubernetes import client, config
+    from kubernetes import client, config  # optional (pipeline extra): only the cluster path
 
     if in_cluster():
         config.load_incluster_config()
@@ -195,7 +195,7 @@ def patch_inference_service(
     `resourceVersion` makes the API server refuse the write (409) if someone changed the object
     in between, and then it is read again. Returns the patched object.
     """
-    from kubernetes.client.exceptions import ApiException
+    from kubernetes.client.exceptions import ApiException  # optional: only the cluster path
 
     where = {"group": ISVC_GROUP, "version": ISVC_VERSION, "namespace": namespace,
              "plural": ISVC_PLURAL}  # fmt: skip

@@ -184,7 +184,7 @@ class S3Store(ObjectStore):
     @contextmanager
     def _errors(self, action: str, key: str = "") -> Iterator[None]:
         """Turn MinIO/urllib3 failures into one StorageError that says what and where."""
-        from minio.error import S3Error
+        from minio.error import S3Error  # heavy (over a second with minio): only S3 stores need it
         from urllib3.exceptions import HTTPError
 
         target = self.uri(key)
@@ -220,7 +220,7 @@ class S3Store(ObjectStore):
                 response.release_conn()
 
     def exists(self, key: str) -> bool:
-        from minio.error import S3Error
+        from minio.error import S3Error  # heavy (over a second with minio): only S3 stores need it
 
         try:
             with self._errors("stat", key):
@@ -267,7 +267,7 @@ def s3_client(settings: Settings | None = None, *, retries: int = 3) -> Minio:
     settings = settings or get_settings()
     if not settings.s3_endpoint:
         raise StorageError("an s3:// location needs VISIONOPS_S3_ENDPOINT to be set")
-    import urllib3
+    import urllib3  # with minio: heavy (over a second), only S3 stores need it
     from minio import Minio
 
     http = urllib3.PoolManager(

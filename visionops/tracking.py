@@ -29,7 +29,7 @@ from visionops.config import Settings, get_settings
 from visionops.errors import ConfigError, ModelNotFound, RegistryError, StorageError
 
 if TYPE_CHECKING:
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # heavy (seconds): imported once MLflow is used
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def artifact_root(settings: Settings) -> str:
 @contextmanager
 def mlflow_errors(action: str, settings: Settings | None = None) -> Iterator[None]:
     """Turn MLflow, HTTP and S3 failures into the VisionOps error that says what to fix."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # heavy (seconds): imported once MLflow is used
 
     settings = settings or get_settings()
     where = settings.tracking_uri
@@ -155,7 +155,7 @@ def connect(settings: Settings | None = None) -> Tracking:
     settings = bootstrap(settings)
     _configure_http(settings)
     _refresh_s3_clients(settings)
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # heavy (seconds): imported once MLflow is used
 
     uri = settings.tracking_uri
     remote = _is_remote(uri)
@@ -183,7 +183,7 @@ def connect(settings: Settings | None = None) -> Tracking:
 
 def download(tracking: Tracking, artifact_uri: str, destination: Path) -> Path:
     """Download an artifact directory to `destination`; returns the local path."""
-    import mlflow.artifacts
+    import mlflow.artifacts  # heavy (seconds): imported once MLflow is used
 
     destination.mkdir(parents=True, exist_ok=True)
     with mlflow_errors(f"download {artifact_uri}"):
@@ -204,7 +204,7 @@ def log_metrics(
     tracking: Tracking, run_id: str, values: dict[str, float], *, step: int = 0
 ) -> None:
     """Log finite `values` to a run in one call (NaN/inf are left out: MLflow cannot chart them)."""
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric  # heavy (seconds): imported once MLflow is used
 
     now = int(time.time() * 1000)
     metrics = [

@@ -17,7 +17,7 @@ from visionops.cli._common import ProductsOption, SeedOption, console, progress,
 if TYPE_CHECKING:
     from visionops.data.convert import ConversionResult
     from visionops.data.synth import SynthResult
-    from visionops.data.validate import ValidationReport
+    from visionops.data.validation_report import ValidationReport
 
 data_app = typer.Typer(
     help="VISION data: generate a synthetic dataset, validate one, convert it to YOLO.",
@@ -58,7 +58,7 @@ def synth(
     seed: SeedOption = 0,
 ) -> None:
     """Write a synthetic dataset in the VISION layout (deterministic per seed)."""
-    from visionops.data.synth import synthesize
+    from visionops.data.synth import synthesize  # cv2, numpy: loaded by this command only
 
     with progress("synthesizing images") as callback:
         result = synthesize(
@@ -86,7 +86,7 @@ def validate_command(
     ] = None,
 ) -> None:
     """Check a dataset (schema, ids, boxes, polygons, image files, leakage); exit 1 on errors."""
-    from visionops.data.validate import validate
+    from visionops.data.validate import validate  # cv2, numpy: loaded by this command only
 
     with progress("reading images") as callback:
         result = validate(dataset, products=split_products(products), progress=callback)
@@ -114,7 +114,7 @@ def convert_command(
     ] = None,
 ) -> None:
     """Convert COCO annotations to a YOLO dataset (images linked, data.yaml, class map, hash)."""
-    from visionops.data.convert import convert
+    from visionops.data.convert import convert  # numpy: loaded by this command only
 
     with progress("converting") as callback:
         result = convert(

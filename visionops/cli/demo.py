@@ -13,6 +13,8 @@ import typer
 from rich.table import Table
 
 from visionops.cli._common import SeedOption, console, err_console
+from visionops.cli.pipeline import StepPrinter, mlflow_ui_command
+from visionops.config import get_settings
 
 if TYPE_CHECKING:
     from visionops.demo import DemoResult, Scores
@@ -47,9 +49,8 @@ def demo(
     seed: SeedOption = 0,
 ) -> None:
     """The whole loop on generated data: train, serve, drift, retrain, promote if better."""
-    from pipelines import PIPELINES, load_pipeline
-    from visionops.cli.pipeline import StepPrinter
-    from visionops.demo import DemoConfig, DemoEvents, run_demo
+    from pipelines import PIPELINES, load_pipeline  # kfp: loaded by this command only
+    from visionops.demo import DemoConfig, DemoEvents, run_demo  # every library module
 
     sizes = {"train": train, "imgsz": imgsz, "epochs": epochs, "retrain_epochs": retrain_epochs}
     if quick:
@@ -73,8 +74,6 @@ def _row(label: str, scores: Scores | None, key: str) -> list[str]:
 
 def print_summary(result: DemoResult) -> None:
     """The table the demo ends with (see README "Quick start")."""
-    from visionops.cli.pipeline import mlflow_ui_command
-    from visionops.config import get_settings
 
     first, retrained = result.first, result.retrained
     table = Table("model", "clean val", "drifted val", title="mAP50-95 (mAP50)", box=None)

@@ -14,6 +14,8 @@ from typing import Annotated
 import typer
 
 from visionops.cli._common import SeedOption, console, err_console, progress
+from visionops.config import get_settings
+from visionops.data.tables import load_feature_table, write_feature_table
 
 drift_app = typer.Typer(
     help="Drift monitoring: simulate drift, build feature tables, check a window.",
@@ -40,6 +42,7 @@ def simulate(
     seed: SeedOption = 0,
 ) -> None:
     """Write a drifted copy of a split, its COCO annotations carried over (and transformed)."""
+    # cv2, numpy: loaded by this command only
     from visionops.monitoring.simulate import simulate_split
 
     with progress(f"drift {kind} {severity:g}") as callback:
@@ -64,7 +67,7 @@ def features(
     out: Annotated[Path, typer.Option("--out", help="Feature table: .parquet, .csv or .jsonl.")],
 ) -> None:
     """Compute the image feature table of a folder (a reference or a current window)."""
-    from visionops.data.tables import write_feature_table
+    # cv2, numpy: loaded by this command only
     from visionops.monitoring.reference import folder_feature_table
 
     with progress("image features") as callback:
@@ -111,8 +114,7 @@ def check(
     ] = None,
 ) -> None:
     """Decide drift / no drift / not enough data; the result is JSON on stdout (exit 0)."""
-    from visionops.config import get_settings
-    from visionops.data.tables import load_feature_table
+    # cv2, numpy, and MLflow or Evidently when used: loaded by this command only
     from visionops.monitoring.drift import DriftConfig
     from visionops.monitoring.publish import check_and_publish
     from visionops.monitoring.reference import resolve_reference

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from visionops.cli._common import console
 
@@ -30,6 +31,7 @@ def register_command(
     name: NameOption = None,
 ) -> None:
     """Create a version from the run; it becomes champion only if it beats the champion."""
+    # cv2, numpy, MLflow: loaded by this command only
     from visionops.training.promotion import register
 
     result = register(run_id, data_yaml=data, split=split, name=name)
@@ -41,8 +43,7 @@ def register_command(
 @model_app.command("list")
 def list_command(name: NameOption = None) -> None:
     """Every version, newest first, with aliases, metrics and the gate's reason."""
-    from rich.table import Table
-
+    # cv2, numpy, MLflow: loaded by this command only
     from visionops.training.registry import list_versions
 
     versions = list_versions(name)
@@ -75,6 +76,7 @@ def promote_command(
     name: NameOption = None,
 ) -> None:
     """Make VERSION the champion if it passes the gate against the current champion."""
+    # cv2, numpy, MLflow: loaded by this command only
     from visionops.training.promotion import promote
 
     move = promote(version, force=force, name=name)
@@ -87,6 +89,7 @@ def promote_command(
 @model_app.command("rollback")
 def rollback_command(name: NameOption = None) -> None:
     """Move champion back to the previous champion."""
+    # cv2, numpy, MLflow: loaded by this command only
     from visionops.training.registry import rollback
 
     move = rollback(name)

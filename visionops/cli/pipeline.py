@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from visionops.cli._common import console, err_console
+from visionops.config import get_settings
 from visionops.errors import UsageError
 
 if TYPE_CHECKING:
@@ -77,7 +78,6 @@ def _short(value: object) -> str:
 
 def print_local_run(run: LocalRun) -> None:
     """The readable summary: steps, reports, where the run lives, the MLflow UI command."""
-    from visionops.config import get_settings
 
     console.print(run_table(run))
     for step, path in run.reports():
@@ -126,14 +126,14 @@ def run_command(
     items = list(param or [])
     pipeline = load_pipeline(name)
     if local:
-        from visionops.orchestration.local import run_local
+        from visionops.orchestration.local import run_local  # KFP's local runner: this command only
 
         console.rule(f"pipeline {name} (local)")
         with StepPrinter() as printer:
             run = run_local(name, pipeline, items, run_name=run_name, on_step=printer)
         print_local_run(run)
         return
-    from visionops.orchestration.remote import run_remote
+    from visionops.orchestration.remote import run_remote  # the KFP client: this command only
 
     with err_console.status(f"submitting {name} to {host}"):
         remote = run_remote(
@@ -149,7 +149,7 @@ def compile_command(
     out: Annotated[Path, typer.Option("--out", help="Folder for <pipeline>.yaml files.")],
 ) -> None:
     """Compile both pipelines to YAML for a Kubeflow Pipelines server."""
-    from pipelines import PIPELINES, load_pipeline
+    from pipelines import PIPELINES, load_pipeline  # kfp: loaded by this command only
     from visionops.orchestration.compile import compile_all
 
     for path in compile_all({name: load_pipeline(name) for name in PIPELINES}, out):

@@ -38,6 +38,7 @@ def train_command(
     seed: SeedOption = 0,
 ) -> None:
     """Train YOLOv8n offline; logs the run (params, per-epoch metrics, model) to MLflow."""
+    # torch, Ultralytics, MLflow: loaded by this command only
     from visionops.training.train import train
 
     with progress("training (epochs)") as callback:
@@ -67,7 +68,7 @@ def evaluate_command(
     ] = None,
 ) -> None:
     """Score the served ONNX model: mAP, precision, recall, per-class AP, confusion matrix."""
-    from visionops.training.evaluate import evaluate
+    from visionops.training.evaluate import evaluate  # cv2, MLflow: this command only
 
     with progress(f"evaluating on {split}") as callback:
         result = evaluate(model, data, split=split, out_dir=out, run_id=run_id, progress=callback)

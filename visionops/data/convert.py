@@ -35,7 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+import yaml
+
 from visionops import __version__
+from visionops.bootstrap import bootstrap
 from visionops.data.classmap import CLASS_MAP_FILE, ClassMap, build_class_map
 from visionops.data.files import (
     atomic_write_text,
@@ -239,8 +243,6 @@ def _finish(staging: Path, result: ConversionResult, modes: set[str]) -> None:
 
 def data_yaml_text(root: Path, names: Sequence[str]) -> str:
     """An Ultralytics dataset YAML for a dataset at `root`."""
-    import yaml
-
     data = {
         "path": str(root),
         "train": "images/train",
@@ -337,8 +339,6 @@ def _label_rows(
     and zero-size boxes skipped, duplicate lines written once, annotation order kept. Vectorised:
     the per-annotation work is only the string formatting.
     """
-    import numpy as np
-
     images = coco["images"]
     index = {image["id"]: i for i, image in enumerate(images)}
     annotations = [a for a in coco["annotations"] if not a.get("iscrowd", False)]
@@ -400,11 +400,8 @@ def _polygon(segmentation: Any, width: float, height: float) -> list[float] | No
     if not parts:
         return None
     if len(parts) > 1:
-        import numpy as np
-
-        from visionops.bootstrap import bootstrap
-
         bootstrap()
+        # Ultralytics: heavy, with import-time side effects; only for multi-part polygons.
         from ultralytics.data.converter import merge_multi_segment
 
         merged = np.concatenate(merge_multi_segment(parts), axis=0).reshape(-1).tolist()

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cv2  # heavy; every image feature is computed with it
 import numpy as np
 
 from visionops.errors import InvalidImage
@@ -108,8 +109,6 @@ def as_bgr_uint8(image: np.ndarray) -> np.ndarray:
 
     Raises InvalidImage for anything that is not a non-empty 2-D image array.
     """
-    import cv2
-
     if not isinstance(image, np.ndarray):
         raise InvalidImage(f"expected an image array, got {type(image).__name__}")
     if image.ndim not in (2, 3) or image.shape[0] < 1 or image.shape[1] < 1:
@@ -131,8 +130,6 @@ def as_bgr_uint8(image: np.ndarray) -> np.ndarray:
 
 def _fit(image: np.ndarray, side: int) -> np.ndarray:
     """Downscale (area interpolation) so the longer side is at most `side`; never upscale."""
-    import cv2
-
     h, w = image.shape[:2]
     scale = side / max(h, w)
     if scale >= 1.0:
@@ -153,8 +150,6 @@ def _percentile_range(grey: np.ndarray, low: float, high: float) -> float:
 def _noise_sigma(grey: np.ndarray) -> float:
     """Immerkaer's fast noise estimate (1996): the image convolved with a Laplacian difference
     mask that cancels first- and second-order structure, so mostly noise remains."""
-    import cv2
-
     h, w = grey.shape
     if h < 3 or w < 3:
         return 0.0
@@ -191,8 +186,6 @@ def image_features(image_bgr: np.ndarray) -> dict[str, float]:
     cos(4*theta) (1: edges along the image axes, -1: along diagonals; rotation lowers it) and JPEG
     blockiness the border/inside step ratio of the 8x8 grid.
     """
-    import cv2
-
     image = as_bgr_uint8(image_bgr)
     height, width = image.shape[:2]
 
@@ -291,8 +284,6 @@ def feature_row(
 
 def read_image(path: Path) -> np.ndarray:
     """Decode an image file as BGR uint8; InvalidImage naming the file when it cannot."""
-    import cv2
-
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as error:

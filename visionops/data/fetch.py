@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from visionops.config import Settings, get_settings
 from visionops.data.files import link_file, staging_dir
+from visionops.data.synth import synthesize
 from visionops.errors import DataError, UsageError
 from visionops.storage import is_s3_uri, open_store
 
@@ -63,8 +64,6 @@ def synthetic_options(source: str) -> dict[str, int]:
 
 def _fetch_one(source: str, target: Path, products: list[str] | None, settings: Settings) -> int:
     if source == SYNTHETIC or source.startswith(f"{SYNTHETIC}?"):
-        from visionops.data.synth import synthesize
-
         o = synthetic_options(source)
         synthesize(
             target, products=products or o["products"], n_train=o["train"], n_val=o["val"],

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from visionops.config import get_settings
 from visionops.data.files import sha256_file
 from visionops.errors import DataError
 
@@ -21,8 +22,6 @@ log = logging.getLogger(__name__)
 
 
 def default_digest_cache() -> Path:
-    from visionops.config import get_settings
-
     return get_settings().data_dir / "cache" / "digests.sqlite3"
 
 

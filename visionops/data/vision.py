@@ -19,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from visionops.config import get_settings
 from visionops.data.coco import ANNOTATIONS_FILE, load_coco
 from visionops.data.files import sha256_file
 from visionops.errors import DataError, UsageError
@@ -195,8 +196,6 @@ def open_vision(
 
 
 def _default_cache_dir() -> Path:
-    from visionops.config import get_settings
-
     return get_settings().data_dir / "cache" / "vision"
 
 

@@ -1,5 +1,6 @@
 """The inference engine: image decoding with limits, letterbox, ONNX Runtime (or another backend),
-NMS. Plain numpy/OpenCV; serving and evaluation both use it. Heavy libraries load on first use."""
+NMS. Plain numpy/OpenCV; serving and evaluation both use it. The engines' runtimes (ONNX Runtime,
+OpenVINO) load with the first model."""
 
 from visionops.inference.detector import (
     DEFAULT_CONF,

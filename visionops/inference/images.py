@@ -14,7 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cv2  # heavy; decoding is what this module does
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from visionops.errors import InvalidImage, PayloadTooLarge
 
@@ -44,8 +46,6 @@ def open_pil(source: bytes | Path) -> Iterator[PILImage]:
     on unidentified files; that plugin is not installed (nor installable offline), so the same
     file then fails with ImportError. Every VisionOps reader of untrusted images goes through here.
     """
-    from PIL import Image, UnidentifiedImageError
-
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         image = Image.open(stream)
@@ -57,8 +57,6 @@ def open_pil(source: bytes | Path) -> Iterator[PILImage]:
 
 def image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int, int]:
     """(format, width, height) from the header alone; raises if it is not a supported image."""
-    from PIL import Image, UnidentifiedImageError
-
     if not data:
         raise InvalidImage("empty image (0 bytes)")
     try:
@@ -106,8 +104,6 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     Ultralytics' own `cv2.imread`. Raises `InvalidImage` naming the problem (empty, not an image,
     truncated, corrupt) or `PayloadTooLarge` when the header announces more than `max_pixels`.
     """
-    import cv2
-
     data = bytes(data) if not isinstance(data, bytes) else data
     fmt, width, height = image_size(data, max_pixels=max_pixels)
     _check_complete(fmt, data)

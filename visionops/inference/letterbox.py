@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2  # heavy; resizing is what this module does
 import numpy as np
 
 PAD_VALUE = 114
@@ -37,8 +38,6 @@ def letterbox(
     image: np.ndarray, new_shape: tuple[int, int], *, stride: int, auto: bool
 ) -> np.ndarray:
     """Resize `image` (BGR uint8) to fit `new_shape` (h, w) keeping its aspect, pad with grey."""
-    import cv2
-
     (new_w, new_h), (top, bottom, left, right) = letterbox_shape(
         image.shape[:2], new_shape, stride=stride, auto=auto
     )
@@ -57,8 +56,6 @@ def to_input_tensor(images: Sequence[np.ndarray]) -> np.ndarray:
     Channel by channel into one preallocated array (about 10x faster than `cv2.dnn.blobFromImages`
     here), divided by 255 as Ultralytics does.
     """
-    import cv2
-
     height, width = images[0].shape[:2]
     batch = np.empty((len(images), 3, height, width), np.float32)
     for index, image in enumerate(images):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from visionops.errors import ModelLoadError, UsageError
-from visionops.inference.backends import SoloSharedBackend, require_runtime
+from visionops.inference.backend_base import SoloSharedBackend, require_runtime
 
 DEVICE = "CPU"
 

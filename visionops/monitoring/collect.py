@@ -11,6 +11,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from visionops.config import get_settings
 from visionops.errors import StorageError, UsageError
 from visionops.monitoring.prediction_log import (
     DETECTIONS,
@@ -18,10 +19,10 @@ from visionops.monitoring.prediction_log import (
     TIMESTAMP,
     partition_key,
 )
-from visionops.storage import ObjectStore
+from visionops.storage import ObjectStore, default_store, open_store
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import pandas as pd  # heavy (about a second): only where a window is read
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def read_window(
     written file never hides the rest of the window). An empty window gives an empty DataFrame
     with the record columns; the caller decides whether that is enough data.
     """
-    import pandas as pd
+    import pandas as pd  # heavy (about a second): only where a window is read
 
     start, end = _as_utc(start), _as_utc(end)
     rows: list[dict[str, Any]] = []
@@ -130,8 +131,6 @@ def collect_window(
 ) -> pd.DataFrame:
     """The prediction log records of a window, from `location` (s3://bucket/prefix or a folder)
     or, when empty, from the configured log store (`VISIONOPS_LOG_PREFIX`, S3 if configured)."""
-    from visionops.config import get_settings
-    from visionops.storage import default_store, open_store
 
     settings = get_settings()
     store = open_store(location, settings) if location else default_store(settings.log_prefix)

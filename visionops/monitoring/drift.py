@@ -19,12 +19,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from visionops.config import Settings
+import numpy as np
+
+from visionops.config import Settings, get_settings
 from visionops.data.features import CATEGORICAL_COLUMNS, FEATURE_COLUMNS
+from visionops.data.files import atomic_write_text
 from visionops.errors import DriftCheckError, UsageError
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import pandas as pd  # heavy (about a second): only once tables are compared
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +76,6 @@ class DriftConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> DriftConfig:
-        from visionops.config import get_settings
-
         settings = settings or get_settings()
         values: dict[str, Any] = {
             "num_method": settings.drift_num_method,
@@ -191,8 +192,7 @@ def compared_columns(
 
 def _clean(frame: pd.DataFrame, columns: list[str], side: str) -> tuple[pd.DataFrame, int]:
     """The compared columns with finite values only, and how many rows were left out."""
-    import numpy as np
-    import pandas as pd
+    import pandas as pd  # heavy (about a second): only once tables are compared
 
     table = frame.loc[:, columns].copy()
     for column in columns:
@@ -276,6 +276,7 @@ def check_drift(
 
 
 def _stattest(method: str, kind: str) -> Any:
+    # Evidently takes seconds to import: only a check that compares anything loads it.
     from evidently.legacy.calculations.stattests.registry import get_registered_stattest
     from evidently.legacy.core import ColumnType
 
@@ -287,7 +288,7 @@ def _stattest(method: str, kind: str) -> Any:
 
 
 def _run_evidently(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], config: DriftConfig):  # type: ignore[no-untyped-def]
-    import numpy as np
+    # Evidently takes seconds to import: only a check that compares anything loads it.
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import DriftedColumnsCount, ValueDrift
 
@@ -363,8 +364,6 @@ def _read_snapshot(result: DriftResult, snapshot: Any, columns: list[str], confi
 
 
 def _write_reports(result: DriftResult, snapshot: Any, report_dir: Path | None) -> None:
-    from visionops.data.files import atomic_write_text
-
     if report_dir is None:
         return
     report_dir = Path(report_dir)

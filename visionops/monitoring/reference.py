@@ -18,7 +18,7 @@ from visionops.tracking import connect, download, mlflow_errors
 from visionops.training.evaluate import EVALUATION_ARTIFACT_DIR, REFERENCE_FEATURES
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import pandas as pd  # heavy (about a second): only where a table is built
 
     from visionops.progress import ProgressCallback
 
@@ -46,7 +46,7 @@ def folder_feature_table(
     Returns (table, failures); unreadable images are skipped and listed, never raised. DataError
     when the folder holds no image or none can be read.
     """
-    import pandas as pd
+    import pandas as pd  # heavy (about a second): only where a table is built
 
     folder = Path(folder).expanduser().resolve()
     paths = image_files(folder)

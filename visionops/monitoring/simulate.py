@@ -28,9 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cv2  # heavy; every drift kind is drawn with it
 import numpy as np
+from PIL import UnidentifiedImageError
 
+from visionops.data.coco import ANNOTATIONS_FILE, load_coco, write_coco
+from visionops.data.features import read_image
+from visionops.data.files import link_file, staging_dir
 from visionops.errors import DataError, InvalidImage, UsageError
+from visionops.inference.images import open_pil
 
 if TYPE_CHECKING:
     from visionops.progress import ProgressCallback
@@ -96,8 +102,6 @@ def drift_image(
     image_bgr: np.ndarray, kind: str, severity: float, rng: np.random.Generator
 ) -> Drifted:
     """`image_bgr` (uint8 BGR) with one kind of drift at `severity`; see the module table."""
-    import cv2
-
     kind = check_kind(kind, severity)
     if kind == "mixed":
         kind = SINGLE_KINDS[int(rng.integers(len(SINGLE_KINDS)))]
@@ -165,10 +169,6 @@ def jpeg_quality(path: Path) -> int | None:
     quality 95 over quality-92 sources alone shifted the noise estimate by 0.6 standard deviations,
     enough for the check to flag it).
     """
-    from PIL import UnidentifiedImageError
-
-    from visionops.inference.images import open_pil
-
     try:
         with open_pil(path) as image:
             tables = getattr(image, "quantization", None) or {}
@@ -186,8 +186,6 @@ def jpeg_quality(path: Path) -> int | None:
 def encode_image(image_bgr: np.ndarray, suffix: str, quality: int | None = None) -> bytes:
     """Encode like `simulate_split` writes: JPEG at `quality` (default `JPEG_WRITE_QUALITY`),
     other formats lossless."""
-    import cv2
-
     ext = suffix.lower() if suffix.startswith(".") else f".{suffix.lower()}"
     jpeg = [cv2.IMWRITE_JPEG_QUALITY, quality or JPEG_WRITE_QUALITY]
     params = jpeg if ext in (".jpg", ".jpeg") else []
@@ -319,10 +317,6 @@ def simulate_split(
     output appears whole or not at all. DataError when `src` is not a split folder or no image in
     it can be read; UsageError for a bad kind, severity or fraction, or `out` inside `src`.
     """
-    from visionops.data.coco import ANNOTATIONS_FILE, load_coco, write_coco
-    from visionops.data.features import read_image
-    from visionops.data.files import link_file, staging_dir
-
     kind = check_kind(kind, severity)
     if not 0.0 <= fraction <= 1.0:
         raise UsageError(f"fraction must be between 0 and 1, got {fraction}")

@@ -1,30 +1,16 @@
-"""Running the KFP pipelines of `pipelines/`: compile, run locally, submit to a KFP server.
+"""Running the KFP pipelines of `pipelines/`: compile, run locally, submit to a KFP server, and
+re-submit training from a monitoring run.
 
-`kfp` is imported inside the functions that need it, so `visionops` stays light to import.
+The functions here receive the pipeline objects they run (the CLI and the demo look them up with
+`pipelines.load_pipeline`): the `pipelines` package imports the components, which import this
+package. `kfp` is imported only by the modules that compile, run or submit, never by this one.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from visionops.errors import UsageError
-
-SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-
-
-def in_cluster() -> bool:
-    """True inside a Kubernetes pod (its service account token is mounted)."""
-    return SERVICE_ACCOUNT_TOKEN.is_file()
-
-
-def resolve_mode(mode: str, allowed: tuple[str, ...], what: str) -> str:
-    """`auto` becomes `cluster` in a pod and `local` elsewhere; UsageError for other values."""
-    if mode not in allowed:
-        raise UsageError(f"unknown {what} {mode!r}; use {', '.join(allowed)}")
-    if mode == "auto":
-        return "cluster" if in_cluster() else "local"
-    return mode
 
 
 def safe_key(key: str) -> str:

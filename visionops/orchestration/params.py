@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from visionops.errors import PipelineError, UsageError
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
@@ -51,8 +53,6 @@ def compiled_package(name: str) -> Path:
 
 def package_info(path: Path) -> tuple[str, dict[str, str]]:
     """(pipeline name, `{parameter: KFP type}`) of a compiled pipeline YAML."""
-    import yaml
-
     spec = next(yaml.safe_load_all(Path(path).read_text(encoding="utf-8")))
     inputs = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
     types = {k: _YAML_TYPES.get(v.get("parameterType", ""), "String") for k, v in inputs.items()}

@@ -142,7 +142,7 @@ def run_remote(
     """Compile `pipeline` (called `name`), upload it as a new version, start a run; with
     `wait_seconds`, follow it to the end. PipelineError when the server refuses or the run does
     not succeed."""
-    from kfp_server_api.exceptions import ApiException
+    from kfp_server_api.exceptions import ApiException  # kfp: heavy, only for a KFP server
 
     # kfp's compiler: not in the runtime-only SDK a pipeline step runs with (see `connect`)
     from visionops.orchestration.compile import compile_pipeline

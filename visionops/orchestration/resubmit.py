@@ -24,10 +24,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from visionops.cluster import resolve_mode
 from visionops.config import Settings, get_settings
 from visionops.errors import PipelineError, UsageError
-from visionops.orchestration import resolve_mode, safe_key
+from visionops.orchestration import remote, safe_key
 from visionops.orchestration.decisions import record_decision
+from visionops.orchestration.local import runs_dir
+from visionops.orchestration.params import compiled_package, package_info, parse_params
 from visionops.storage import ObjectStore, default_store
 
 log = logging.getLogger(__name__)
@@ -94,8 +97,6 @@ def submit_training(
     Returns the submission (`already` True when an earlier attempt made it). UsageError for a
     bad key, mode or parameter; PipelineError when the KFP server refuses.
     """
-    from visionops.orchestration.params import compiled_package, package_info, parse_params
-
     settings = settings or get_settings()
     safe = safe_key(key)
     mode = resolve_mode(mode, MODES, "submission mode")
@@ -135,10 +136,7 @@ def _submit_cluster(
 ) -> Submission:
     """Start the run on the KFP server (uploading `package` if the pipeline is not there yet),
     or find it when an earlier attempt may have started it."""
-    from kfp_server_api.exceptions import ApiException
-
-    from visionops.orchestration import remote
-    from visionops.orchestration.params import package_info
+    from kfp_server_api.exceptions import ApiException  # kfp: heavy, only for a KFP server
 
     client = remote.connect(settings=settings)
     name = package_info(package)[0]
@@ -236,8 +234,6 @@ def local_command(run_name: str, params: dict[str, Any]) -> list[str]:
 
 def _spawn_local(pending: Submission, settings: Settings) -> Submission:
     """Start the local run in its own session; it outlives the step that started it."""
-    from visionops.orchestration.local import runs_dir
-
     log_path = settings.data_dir / SUBMISSIONS_PREFIX / f"{safe_key(pending.key)}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # The step runs with KFP's runtime-only SDK switch; the new run needs the whole SDK.

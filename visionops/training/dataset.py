@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from visionops.errors import DataError, UsageError
 
@@ -183,8 +184,6 @@ def _listed_images(listing: Path, root: Path) -> list[Path]:
 
 def load_data_yaml(path: Path) -> YoloDataset:
     """Parse and check an Ultralytics data.yaml; DataError naming the file and the problem."""
-    import yaml
-
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise DataError(f"data.yaml not found: {path}")

@@ -36,7 +36,11 @@ from typing import Any
 import numpy as np
 
 from visionops.config import Settings, get_settings
-from visionops.errors import TrainingError
+from visionops.data.features import read_image
+from visionops.errors import EngineUnavailable, TrainingError
+from visionops.inference import Detector
+from visionops.inference.backends import ENGINES, create_backend, require_runtime
+from visionops.inference.letterbox import to_input_tensor
 from visionops.models.artifact import (
     MODEL_INT8_ONNX,
     MODEL_INT8_OPENVINO_ONNX,
@@ -46,6 +50,7 @@ from visionops.models.artifact import (
     write_metadata,
 )
 from visionops.training.dataset import YoloDataset
+from visionops.training.evaluate import score_detector
 
 log = logging.getLogger(__name__)
 
@@ -164,18 +169,14 @@ def quantize_int8(
     (default: `postprocess_nodes`); `op_types`: the operator types to quantise (default: every
     type the quantiser knows). Raises `TrainingError` when quantisation fails.
     """
-    import onnx
-    from onnxruntime.quantization import (
+    import onnx  # heavy, training only (not in the predictor image)
+    from onnxruntime.quantization import (  # heavy, training only
         CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
     )
-
-    from visionops.data.features import read_image
-    from visionops.inference import Detector
-    from visionops.inference.letterbox import to_input_tensor
 
     if not images:
         raise TrainingError("INT8 calibration needs at least one training image")
@@ -223,9 +224,6 @@ def quantize_int8(
 
 def installed_engines() -> list[str]:
     """The engines whose runtime is installed here, the reference (ONNX Runtime) first."""
-    from visionops.errors import EngineUnavailable
-    from visionops.inference.backends import ENGINES, require_runtime
-
     found = []
     for engine in sorted(ENGINES, key=lambda name: (name != REFERENCE_ENGINE, name)):
         try:
@@ -270,10 +268,6 @@ def guard_int8(
     own verdict; the predictor serves a variant only on engines where it passed. Scores,
     verdicts, files and reasons go to metadata.json.
     """
-    from visionops.inference import Detector
-    from visionops.inference.backends import create_backend
-    from visionops.training.evaluate import score_detector
-
     settings = settings or get_settings()
     model_dir = Path(model_dir)
     metadata = read_metadata(model_dir)

@@ -10,6 +10,7 @@ ever registered.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visionops.bootstrap import configure_ultralytics
 from visionops.config import Settings, get_settings
 from visionops.errors import (
     ModelNotFound,
@@ -44,6 +46,8 @@ from visionops.tracking import (
     mlflow_errors,
 )
 from visionops.training.dataset import YoloDataset, load_data_yaml
+from visionops.training.export import export_model_dir
+from visionops.training.quantize import add_int8_variant
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ def resolve_device(device: str) -> str:
     """`auto` becomes the first CUDA GPU when torch sees one, else `cpu`."""
     device = device.strip().lower()
     if device == "auto":
-        import torch
+        import torch  # heavy, training only (not in the predictor image)
 
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if device == "cpu" or device.isdigit() or device.startswith(("cuda", "mps")):
@@ -146,7 +150,7 @@ class _RunLogger:
 
     def on_pretrain_routine_end(self, trainer: Any) -> None:
         """Every resolved hyperparameter, as Ultralytics will use it."""
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # heavy (seconds): imported once MLflow is used
 
         params = [Param(k, str(v)[:6000]) for k, v in sorted(vars(trainer.args).items())]
         with mlflow_errors(f"log parameters of run {self.run_id}"):
@@ -199,7 +203,7 @@ class _RunLogger:
 @contextmanager
 def _quiet_ultralytics(verbose: bool) -> Iterator[None]:
     """Ultralytics logs at INFO with progress bars; the CLI shows its own progress instead."""
-    from ultralytics.utils import LOGGER
+    from ultralytics.utils import LOGGER  # heavy, import-time side effects: training only
 
     level = LOGGER.level
     if not verbose:
@@ -326,14 +330,10 @@ def _train_in_run(
     progress: ProgressCallback,
     settings: Settings,
 ) -> TrainResult:
-    from visionops.bootstrap import configure_ultralytics
-    from visionops.training.export import export_model_dir
-    from visionops.training.quantize import add_int8_variant
-
     logger = _RunLogger(tracking, run_id, progress)
     try:
         configure_ultralytics(settings)
-        from ultralytics import YOLO
+        from ultralytics import YOLO  # heavy, import-time side effects: training only
 
         model = YOLO(source)
         logger.attach(model)
@@ -410,8 +410,6 @@ def _log_outputs(
     metrics: dict[str, float],
 ) -> None:
     """The model directory, results.csv, args.yaml, label statistics and the final metrics."""
-    import json
-
     extras = save_dir.parent / "visionops-extras"
     extras.mkdir(parents=True, exist_ok=True)
     for name in ("results.csv", "args.yaml"):
