@@ -39,9 +39,10 @@ tools: ## System tools the tests use (shellcheck, promtool, prometheus, pushgate
 demo: $(STAMP) ## Generate data, train, serve and monitor on one machine
 	$(BIN)/visionops demo
 
-lint: $(STAMP) tools ## ruff check + format check, shellcheck, hadolint
+lint: $(STAMP) tools ## ruff check + format check, import contracts, shellcheck, hadolint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 	@shopt -s nullglob; scripts=(hack/*.sh); if ((${#scripts[@]})); then shellcheck "$${scripts[@]}"; fi
 	@shopt -s nullglob; files=(images/*Dockerfile*); if ((${#files[@]})); then $(BIN)/hadolint "$${files[@]}"; fi
 
