@@ -1,4 +1,5 @@
-"""Inference engines behind one small interface, chosen by name (`--engine`).
+"""The inference engines, chosen by name (`--engine`): ONNX Runtime here, OpenVINO in
+`openvino_backend`, both registered in `ENGINES`.
 
 A backend only runs the network: float32 NCHW in, the raw head output `[B, 4 + nc, anchors]` out.
 Decoding, letterboxing and NMS live once, in `Detector`, so every engine returns the same boxes.
