@@ -111,3 +111,28 @@ def test_confusion_matrix_and_served_precision_recall():
     # Per class at conf 0.25: break 1/1 and 1/1; crack 0/1 and 0/1; defect 0/1 (one wrong box)
     assert m.precision == pytest.approx((1 + 0 + 0) / 3)
     assert m.recall == pytest.approx((1 + 0 + 0) / 3)
+
+
+def _crowded_scene() -> tuple[list[GroundTruth], list[Detections]]:
+    """One image, one class: three objects and 120 detections, best score first. The objects are
+    found at ranks 1, 100 and 101; every other detection is far from any object."""
+    objects = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]], float)
+    far = np.array([[100 + 3 * i, 100, 110 + 3 * i, 110] for i in range(120)], float)
+    boxes = far.copy()
+    boxes[[0, 99, 100]] = objects
+    scores = np.linspace(0.99, 0.5, 120).round(5)
+    truth = GroundTruth(objects, np.zeros(3, np.int64))
+    return [truth], [Detections(boxes, scores, np.zeros(120, np.int64))]
+
+
+def test_only_the_best_100_detections_per_image_and_class_count():
+    """README: mAP as COCOeval computes it, 100 detections per image and class. With the cap the
+    objects found at ranks 1 and 100 count and the one at rank 101 does not: precision 1 up to
+    recall 1/3 (34 of the 101 recall points), 2/100 up to recall 2/3 (33 points), then nothing."""
+    truths, found = _crowded_scene()
+    by_hand = (34 * 1.0 + 33 * 2 / 100) / 101
+    ours = detection_metrics(truths, found, NAMES)
+    stats = _cocoeval(truths, found)
+    assert stats[0] == pytest.approx(by_hand, abs=1e-12)
+    assert ours.map50_95 == pytest.approx(by_hand, abs=1e-12)
+    assert ours.map50 == pytest.approx(stats[1], abs=1e-12)
