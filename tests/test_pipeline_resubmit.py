@@ -57,6 +57,38 @@ def test_a_local_submission_starts_one_run_in_its_own_process(bad_dataset: str) 
     assert "pipeline training (local)" in Path(first.log).read_text()
 
 
+class _StepKilled(BaseException):
+    """The step's process killed while it starts the run (SIGKILL, OOM, a node going away)."""
+
+
+def test_a_local_retry_after_an_interrupted_submission_starts_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """README: the record is written before submitting; a retry that finds it submits nothing.
+    Locally a `submitting` record may have a running process behind it (the step died after the
+    run started, before it could complete the record), so the retry must not start a second."""
+    import subprocess
+
+    started: list[list[str]] = []
+
+    def killed_while_starting(command: list[str], **_: object) -> None:
+        started.append(command)
+        raise _StepKilled
+
+    monkeypatch.setattr(subprocess, "Popen", killed_while_starting)
+    with pytest.raises(_StepKilled):
+        submit_training("monitor-6", {"epochs": 1}, mode="local")
+    assert len(started) == 1
+    assert read_submission("monitor-6").status == "submitting"
+
+    retried = submit_training("monitor-6", {"epochs": 1}, mode="local")
+
+    assert len(started) == 1  # no second process
+    assert (retried.already, retried.status) == (True, "submitting")
+    assert retried.run_name == "training-after-monitor-6"
+    assert read_submission("monitor-6").status == "submitting"
+
+
 @visionops_component
 def submit_then_fail_once(job_id: str, dataset: str, attempts: str) -> str:
     """Submits, then fails its first attempt as a lost connection would."""
