@@ -270,3 +270,66 @@ def test_digest_cache_sees_in_place_edits_and_is_optional(root: Path, tmp_path: 
     blocker.write_text("x")
     paths = [str(image)]
     assert file_digests(paths, cache=blocker / "digests.sqlite3") == file_digests(paths)
+
+
+def test_crowd_zero_size_and_duplicate_boxes_are_treated_as_convert_coco_treats_them(
+    root: Path, tmp_path: Path
+):
+    """README: rows are those of Ultralytics' convert_coco, crowd and zero-size boxes skipped,
+    duplicates dropped. The clean comparison above never meets such boxes; here every kind is
+    added to one image and the rows are held to convert_coco's on the same file."""
+    from visionops.bootstrap import bootstrap
+
+    bootstrap()
+    dirty = copy_dataset(root, tmp_path / "dirty")
+    coco_path = dirty / "Cable" / "train" / "_annotations.coco.json"
+    coco = json.loads(coco_path.read_text())
+    image = coco["images"][0]
+    kept = next(a for a in coco["annotations"] if a["image_id"] == image["id"])
+    category = kept["category_id"]
+    next_id = max(a["id"] for a in coco["annotations"]) + 1
+
+    def box(bbox: list[float], **extra: object) -> dict:
+        nonlocal next_id
+        next_id += 1
+        return {"id": next_id, "image_id": image["id"], "category_id": category, "bbox": bbox,
+                "area": bbox[2] * bbox[3], "iscrowd": 0, "segmentation": [], **extra}  # fmt: skip
+
+    coco["annotations"] += [
+        box([5.0, 6.0, 30.0, 20.0], iscrowd=1),  # a crowd region
+        box([40.0, 40.0, 0.0, 12.0]),  # zero width
+        box([10.0, 50.0, 14.0, 0.0]),  # zero height
+        {**kept, "id": next_id + 10},  # the same box twice
+        box([60.0, 61.0, 7.0, 9.0]),  # an ordinary box, kept
+    ]
+    write_coco(coco_path, coco)
+
+    convert(dirty, tmp_path / "yolo")
+    class_map = ClassMap.load(tmp_path / "yolo" / "class_map.json")
+    stem = Path(image["file_name"]).stem
+    ours = _rows(tmp_path / "yolo" / "labels" / "train" / "Cable" / f"{stem}.txt")
+    source = tmp_path / "json"
+    source.mkdir()
+    shutil.copyfile(coco_path, source / "a.json")
+    convert_coco_out = tmp_path / "u"
+    _convert_coco(source, convert_coco_out)
+    theirs = _rows(convert_coco_out / "labels" / "a" / f"{stem}.txt")
+    to_coco = {e.id: e.category_id for e in class_map.entries if e.product == "Cable"}
+    ours_in_coco_ids = sorted([to_coco[int(r[0])] - 1, *r[1:]] for r in ours)
+    assert len(ours_in_coco_ids) == len(theirs)
+    np.testing.assert_allclose(np.array(ours_in_coco_ids), np.array(theirs), atol=1e-6)
+    # By hand: the image's own boxes plus the ordinary one; nothing of the four others.
+    own = sum(1 for a in coco["annotations"] if a["image_id"] == image["id"]) - 5
+    assert len(ours) == own + 1
+    width, height = image["width"], image["height"]
+    ordinary = [(60 + 3.5) / width, (61 + 4.5) / height, 7 / width, 9 / height]
+    assert any(np.allclose(r[1:], ordinary, atol=1e-7) for r in ours)
+    crowd = [(5 + 15) / width, (6 + 10) / height, 30 / width, 20 / height]
+    assert not any(np.allclose(r[1:], crowd, atol=1e-7) for r in ours)
+    assert all(r[3] > 0 and r[4] > 0 for r in ours)
+
+
+def _convert_coco(source: Path, out: Path) -> None:
+    from ultralytics.data.converter import convert_coco
+
+    convert_coco(str(source), str(out), use_segments=False, cls91to80=False)
