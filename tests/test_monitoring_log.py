@@ -133,9 +133,16 @@ def test_busy_inference_delays_features_at_most_until_the_flush(tmp_path: Path):
     writer = PredictionLogWriter(LocalStore(tmp_path), activity=activity, flush_every_s=0.3)
     with activity.busy():  # never a pause: the records still go out by the flush deadline
         assert writer.submit(_image(0), None)
-        time.sleep(1.5)
-        assert writer.written == 1
+        _wait_for(lambda: writer.written == 1, "the record written while inference stays busy")
     writer.close()
+
+
+def _wait_for(condition, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait for `condition` (bounded): a slow machine takes longer, never fails sooner."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}"
+        time.sleep(0.02)
 
 
 def test_write_failure_is_counted_and_retried(tmp_path: Path):
@@ -161,6 +168,42 @@ def test_bad_submissions_never_raise(tmp_path: Path):
     assert not writer.submit(_image(0), None)  # closed: dropped, not raised
     frame = read_window(LocalStore(tmp_path), T0, T0 + timedelta(seconds=1))
     assert frame.loc[0, "camera"] == "line-3"
+
+
+class _Unsized:
+    """An image whose size cannot be read: the kinds of failure a bad argument brings."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    @property
+    def nbytes(self) -> int:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"image_bgr": _Unsized(RuntimeError("buffer released"))},
+        {"image_bgr": _Unsized(MemoryError())},
+        {"image_bgr": type("Sized", (), {"nbytes": "many"})()},  # int("many"): ValueError
+        {"image_bgr": type("Sized", (), {"nbytes": None})()},  # int(None): TypeError
+        {"image_bgr": np.zeros((4, 4, 3), np.uint8), "timestamp": np.array([1, 2])},
+    ],
+    ids=["runtime-error", "memory-error", "value-error", "type-error", "ambiguous-timestamp"],
+)
+def test_submit_drops_and_counts_what_it_cannot_queue_and_never_raises(tmp_path: Path, bad: dict):
+    """README: the log never fails a request. `submit` returns False for a record it cannot
+    queue, whatever the error, counts it as dropped, and the writer goes on logging."""
+    drops: list[int] = []
+    writer = PredictionLogWriter(LocalStore(tmp_path), on_drop=lambda: drops.append(1))
+    assert writer.submit(detections=None, **bad) is False
+    assert (writer.dropped, len(drops)) == (1, 1)
+    assert writer.submit(_image(0), None, timestamp=T0)
+    assert writer.flush(timeout=30)
+    writer.close()
+    assert (writer.written, writer.dropped) == (1, 1)
+    assert len(read_window(LocalStore(tmp_path), T0, T0 + timedelta(seconds=1))) == 1
 
 
 def test_unreadable_lines_are_skipped(tmp_path: Path):
