@@ -197,7 +197,10 @@ def mlflow_server(workdir: Path, s3: S3Server, *, bucket: str = "mlflow") -> Ite
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(
-            lambda: http_status(f"{url}/health") == 200, timeout=90, what="mlflow server", proc=proc
+            lambda: http_status(f"{url}/health") == 200,
+            timeout=300,
+            what="mlflow server",
+            proc=proc,
         )
         yield MlflowServer(url, artifacts, s3)
     finally:
@@ -253,7 +256,7 @@ def predictor_server(
         try:
             wait_until(
                 lambda: http_status(server.http + path) == 200,
-                timeout=90,
+                timeout=300,
                 what="predictor",
                 proc=proc,
             )
