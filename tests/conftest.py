@@ -41,6 +41,49 @@ def _guarded(real):  # type: ignore[no-untyped-def]
     return connect
 
 
+# No silent skips. A skipped test must say why (its reason is printed by `-ra`), and under CI
+# (CI=true, as `.ci/run` runs in CI) a skip fails the run unless its reason starts with one of
+# SKIPS_ALLOWED_IN_CI: there every tool and service the suite needs is installed and started,
+# so a skip there means a check that silently did not run. Empty: CI allows no skip at all.
+SKIPS_ALLOWED_IN_CI: dict[str, str] = {}  # reason prefix -> why CI may skip it
+_DEFAULT_REASONS = ("", "unconditional skip")
+_skips: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        _skips.append((report.nodeid, reason.removeprefix("Skipped: ").strip()))
+
+
+def _unexpected_skips() -> list[tuple[str, str]]:
+    in_ci = os.environ.get("CI", "").lower() in ("true", "1", "yes")
+    return [
+        (nodeid, reason)
+        for nodeid, reason in _skips
+        if reason in _DEFAULT_REASONS
+        or (in_ci and not reason.startswith(tuple(SKIPS_ALLOWED_IN_CI)))
+    ]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _unexpected_skips() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    unexpected = _unexpected_skips()
+    if unexpected:
+        terminalreporter.section("skips that fail this run", sep="=", red=True, bold=True)
+        terminalreporter.line(
+            "A skip needs a reason, and under CI=true only the reasons in "
+            "tests/conftest.py SKIPS_ALLOWED_IN_CI may skip:"
+        )
+        for nodeid, reason in unexpected:
+            terminalreporter.line(f"SKIPPED {nodeid}: {reason or '(no reason given)'}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def offline_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Point VISIONOPS_DATA_DIR at a temporary dir, bootstrap offline, guard the network."""
