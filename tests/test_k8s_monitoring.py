@@ -320,7 +320,13 @@ def test_prometheus_scraping_the_predictor_answers_every_dashboard_query(
         timeout=30, what="first scrape",
     )  # fmt: skip
     _send_traffic(predictor)
-    time.sleep(3)
+    sent = time.time()
+
+    def scraped_after_traffic() -> bool:  # two 1-s scrapes: new series get a rate() too
+        result = _query(prometheus, "timestamp(visionops_model_ready)")["data"]["result"]
+        return bool(result) and float(result[0]["value"][1]) >= sent + 1.5
+
+    wait_until(scraped_after_traffic, timeout=60, what="two scrapes after the traffic")
     for expr in dashboard_exprs():
         if expr.startswith("label_values("):
             metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", expr).groups()  # type: ignore[union-attr]

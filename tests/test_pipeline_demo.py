@@ -64,17 +64,23 @@ def test_the_summary_shows_scores_drift_gate_and_what_serves(
 def test_stop_process_ends_the_whole_process_group() -> None:
     script = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
     parent = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
-    time.sleep(0.5)
-    group = subprocess.run(
-        ["pgrep", "-g", str(parent.pid)], capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert len(group) == 2  # the parent and its child
+
+    def group() -> list[str]:
+        found = subprocess.run(["pgrep", "-g", str(parent.pid)], capture_output=True, text=True)
+        return found.stdout.split()
+
+    deadline = time.monotonic() + 60  # the parent and its child, once the child has started
+    while len(group()) < 2:
+        assert parent.poll() is None and time.monotonic() < deadline, group()
+        time.sleep(0.05)
+    started = group()
+    assert len(started) == 2 and str(parent.pid) in started
 
     stop_process(parent)
 
     assert parent.poll() is not None
     deadline = time.monotonic() + 10  # the child got SIGTERM too; it exits on its own schedule
-    while any(alive(int(pid)) for pid in group):
+    while any(alive(int(pid)) for pid in started):
         assert time.monotonic() < deadline, "a process of the group is still running"
         time.sleep(0.1)
     stop_process(parent.pid)  # already gone: quiet
