@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.images import encode, png_bomb, textured
 from tests.models import DEFAULT_NAMES
-from tests.servers import Predictor, predictor_server, stop
+from tests.servers import Predictor, predictor_server, stop, wait_until
 from visionops.config import DEFAULT_MODEL_NAME as MODEL
 from visionops.inference import Detector
 
@@ -227,7 +227,8 @@ def test_detection_parameters(client: httpx.Client) -> None:
         assert response.status_code == 200, response.text
         return next(o["data"] for o in response.json()["outputs"] if o["name"] == "num_detections")
 
-    assert counts(conf=CONF, max_det=1) == [1, 1]
+    assert counts(conf=CONF, max_det=1) == [1, 1]  # the range's ends are accepted
+    assert len(counts(conf=CONF, max_det=10_000)) == 2
     assert sum(counts(conf=CONF, iou=0.3)) < sum(counts(conf=CONF, iou=0.9))
     response = client.post(V2, json=v2_body(JPEG, conf=0.99))
     outputs = {o["name"]: o for o in response.json()["outputs"]}
@@ -263,6 +264,18 @@ def bad_http_requests() -> list[tuple[str, dict[str, Any], int, str]]:
          400, 'parameter "conf" must be between 0 and 1'),
         ("v1 conf not a number", {"url": V1, "json": v1_body(JPEG, conf="high")},
          400, 'parameter "conf" must be a number'),
+        ("v1 iou out of range", {"url": V1, "json": v1_body(JPEG, iou=-0.1)},
+         400, 'parameter "iou" must be between 0 and 1, got -0.1'),
+        ("v1 max_det zero", {"url": V1, "json": v1_body(JPEG, max_det=0)},
+         400, 'parameter "max_det" must be 1..10000, got 0'),
+        ("v1 max_det over the range", {"url": V1, "json": v1_body(JPEG, max_det=10_001)},
+         400, 'parameter "max_det" must be 1..10000, got 10001'),
+        ("v1 max_det not an integer", {"url": V1, "json": v1_body(JPEG, max_det=2.5)},
+         400, 'parameter "max_det" must be an integer'),
+        ("v1 no image", {"url": V1, "json": {"instances": []}},
+         400, "the request holds no image"),
+        ("v1 parameters not an object", {"url": V1, "json": {**v1_body(JPEG), "parameters": [1]}},
+         400, '"parameters" must be a JSON object'),
         ("v2 wrong datatype", {"url": V2, "json": {"inputs": [
             {"name": "image", "datatype": "FP32", "shape": [1], "data": [0.5]}]}},
          400, "datatype FP32 is not accepted"),
@@ -276,6 +289,11 @@ def bad_http_requests() -> list[tuple[str, dict[str, Any], int, str]]:
             {"name": "image", "datatype": "BYTES", "shape": [1], "data": [7]}]}},
          400, "expected an encoded image, got int"),
         ("v2 no inputs", {"url": V2, "json": {"inputs": []}}, 400, "no inputs"),
+        ("v2 no image", {"url": V2, "json": {"inputs": [
+            {"name": "image", "datatype": "BYTES", "shape": [0], "data": []}]}},
+         400, "the request holds no image"),
+        ("v2 max_det over the range", {"url": V2, "json": v2_body(PNG, max_det=10_001)},
+         400, 'parameter "max_det" must be 1..10000, got 10001'),
         ("v2 input without data", {"url": V2, "json": {"inputs": [{"name": "image"}]}},
          400, "invalid request body"),
         ("v2 too many images", {"url": V2, "json": v2_body(*[PNG] * 5)},
@@ -326,6 +344,8 @@ def test_bad_grpc_input_is_invalid_argument(server: Predictor) -> None:
         (grpc_infer(*[JPEG] * 5), "INVALID_ARGUMENT", "over the limit of 4"),
         (grpc_infer(png_bomb(3000, 3000)), "INVALID_ARGUMENT", "over the limit of 4000000"),
         (grpc_infer(JPEG, conf="much"), "INVALID_ARGUMENT", 'parameter "conf" must be a number'),
+        (grpc_infer(), "INVALID_ARGUMENT", "the request holds no image"),
+        (grpc_infer(JPEG, max_det=0), "INVALID_ARGUMENT", 'parameter "max_det" must be 1..10000'),
         (grpc_infer(b"\xff" * (MAX_BODY + 10)), "RESOURCE_EXHAUSTED", "larger than max"),
     ]  # fmt: skip
     results = grpc(server, [c for c, _, _ in cases] + [grpc_infer(JPEG), {"call": "live"}])
@@ -342,10 +362,8 @@ def test_200_requests_at_concurrency_16_while_health_answers(client: httpx.Clien
 
     def poll_live() -> None:
         with httpx.Client(base_url=str(client.base_url), timeout=10) as own:
-            while not done.is_set():
-                start = time.perf_counter()
-                status = own.get("/v2/health/live").status_code
-                live.append((status, time.perf_counter() - start))
+            while not done.is_set():  # each check must answer within the client's 10 s
+                live.append(own.get("/v2/health/live").status_code)
                 time.sleep(0.02)
 
     poller = threading.Thread(target=poll_live)
@@ -357,9 +375,7 @@ def test_200_requests_at_concurrency_16_while_health_answers(client: httpx.Clien
         done.set()
         poller.join()
     assert Counter(statuses) == {200: 200}
-    assert len(live) >= 10 and all(status == 200 for status, _ in live)
-    slowest = max(seconds for _, seconds in live)
-    print(f"/v2/health/live under load: {len(live)} checks, slowest {slowest * 1000:.0f} ms")
+    assert len(live) >= 10 and set(live) == {200}
     after = metrics(client)
     for protocol in ("v1", "v2"):
         key = {"protocol": protocol, "outcome": "success"}
@@ -456,10 +472,19 @@ def test_reload_swaps_the_model_without_dropping_requests(
                     names = next(o for o in body["outputs"] if o["name"] == "class_names")
                     versions.add((body["model_version"], tuple(names["data"])))
 
+    def served(count: int, version: str | None = None) -> None:
+        """Wait until `count` more answers (of `version`, if given) have come back."""
+        seen = len(statuses)
+        wait_until(
+            lambda: len(statuses) >= seen + count
+            and (version is None or any(v == version for v, _ in versions)),
+            timeout=120, what=f"{count} answers while reloading",
+        )  # fmt: skip
+
     streamer = threading.Thread(target=stream)
     streamer.start()
     try:
-        time.sleep(0.5)
+        served(3, old)
         # A new model in place: the same network with another version and other class names.
         graph = onnx.load(str(model_dir / "model.onnx"))
         graph.doc_string = "retrained"
@@ -470,13 +495,14 @@ def test_reload_swaps_the_model_without_dropping_requests(
         response = client.post(f"/v2/repository/models/{MODEL}/load")
         assert response.status_code == 200, response.text
         assert response.json() == {"name": MODEL, "load": True}
-        time.sleep(0.5)
+        new = client.get(f"/v2/models/{MODEL}").json()["parameters"]["model_version"]
+        served(3, new)
         # A broken model: the reload fails with the reason, the current model keeps serving.
         (model_dir / "model.onnx").rename(model_dir / "model.onnx.bak")
         response = client.post(f"/v2/repository/models/{MODEL}/load")
         (model_dir / "model.onnx.bak").rename(model_dir / "model.onnx")
         assert response.status_code == 503 and "no model.onnx" in response.json()["error"]
-        time.sleep(0.3)
+        served(3)
     finally:
         stop_event.set()
         streamer.join()
@@ -489,6 +515,35 @@ def test_reload_swaps_the_model_without_dropping_requests(
     snapshot = metrics(client)
     assert metric(snapshot, "visionops_model_loads_total", outcome="success") == 2
     assert metric(snapshot, "visionops_model_loads_total", outcome="failure") == 1
+
+
+def test_a_failing_prediction_log_store_fails_no_request(model_dir: Path, tmp_path: Path) -> None:
+    """README: the prediction log never slows or fails a request, and the server stays up. Its
+    store here refuses every write (the folder's parent is a file), with a queue of 4 records."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the log's parent folder should be\n")
+    args = ["--model-dir", str(model_dir), "--prediction-log", str(blocker / "log")]
+    env = {"VISIONOPS_LOG_FLUSH_EVERY_S": "0.2", "VISIONOPS_LOG_MAX_QUEUE": "4"}
+    with (
+        predictor_server(tmp_path / "failing-log", args, env=env) as broken,
+        httpx.Client(base_url=broken.http, timeout=60) as own,
+    ):
+        statuses = [own.post(V1, json=v1_body(JPEG, PNG)).status_code for _ in range(6)]
+        statuses += [own.post(V2, json=v2_body(PNG)).status_code for _ in range(6)]
+        results = grpc(broken, [grpc_infer(JPEG) for _ in range(3)])
+        deadline = time.monotonic() + 60
+        while str(blocker) not in broken.log_text():  # the writes were tried, and failed
+            assert time.monotonic() < deadline, broken.log_text()[-3000:]
+            time.sleep(0.1)
+        statuses += [own.post(V2, json=v2_body(JPEG)).status_code for _ in range(3)]
+        assert statuses == [200] * 15 and [r["ok"] for r in results] == [True] * 3
+        assert own.get("/v2/health/live").status_code == 200
+        assert own.get("/v2/health/ready").status_code == 200
+        snapshot = metrics(own)
+        for protocol, count in (("v1", 6), ("v2", 9), ("grpc", 3)):
+            labels = {"protocol": protocol, "outcome": "success"}
+            assert metric(snapshot, "visionops_requests_total", **labels) == count
+    assert not (blocker / "log").exists() and blocker.is_file()
 
 
 def test_shutdown_writes_every_prediction_to_the_log(
