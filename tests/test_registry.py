@@ -248,3 +248,49 @@ def test_embedded_store_needs_no_server(
     assert (mlflow_dir / "mlflow.db").is_file()
     assert list((mlflow_dir / "artifacts").rglob(f"model/{MODEL_ONNX}"))
     assert list(tmp_path.iterdir()) == []
+
+
+def _run_holding(settings: Settings, model_dir: Path) -> str:
+    """A FINISHED run whose `model/` is `model_dir`, not evaluated yet."""
+    tracking = connect(settings)
+    run_id = tracking.client.create_run(tracking.experiment_id).info.run_id
+    for name in (MODEL_ONNX, METADATA_JSON):
+        tracking.client.log_artifact(run_id, str(model_dir / name), "model")
+    tracking.client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def test_a_known_better_model_is_promoted_and_a_known_worse_one_is_not(
+    mlflow_settings: Settings, detecting, tmp_path: Path
+):
+    """Two real models on the same data: one trained until it detects (the session's
+    `detecting` model) and an untrained YOLOv8n with the same classes. pycocotools scores both
+    here, independently of the gate; the gate evaluates them itself and must promote the trained
+    one over the untrained champion, and keep the trained champion over the untrained one."""
+    from tests.detecting import IMGSZ, NAMES
+    from tests.models import untrained_model_dir
+    from tests.trained import cocoeval_map
+
+    result, shapes = detecting
+    untrained = untrained_model_dir(tmp_path / "untrained", names=NAMES, imgsz=IMGSZ)
+    good, bad = cocoeval_map(shapes, result.model_dir), cocoeval_map(shapes, untrained)
+    assert good > bad + 0.1, (good, bad)
+
+    first = register(_run_holding(mlflow_settings, untrained), data_yaml=shapes)
+    assert (first.version, first.promoted) == ("1", True)  # the first model needs the minimums
+    assert first.metrics["map50_95"] == pytest.approx(bad, abs=1e-9)
+
+    better = register(_run_holding(mlflow_settings, result.model_dir), data_yaml=shapes)
+    assert (better.version, better.promoted, better.alias) == ("2", True, CHAMPION)
+    assert better.reason == (
+        f"beats the champion: map50_95 {good:.4f} vs champion v1 {bad:.4f} "
+        "on the same evaluation data (margin 0.0050)"
+    )
+
+    worse = register(_run_holding(mlflow_settings, untrained), data_yaml=shapes)
+    assert (worse.version, worse.promoted, worse.alias) == ("3", False, CHALLENGER)
+    assert worse.reason == (
+        f"does not beat the champion: map50_95 {bad:.4f} vs champion v2 {good:.4f} "
+        "on the same evaluation data (margin 0.0050)"
+    )
+    assert _champion(mlflow_settings) == "2"

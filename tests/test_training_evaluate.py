@@ -121,8 +121,11 @@ def test_map_agrees_with_pycocotools_on_the_written_detections(
         coco.accumulate()
         coco.summarize()
     assert 0.05 < coco.stats[0] < coco.stats[1] < 0.95, coco.stats  # a real score, not 0 == 0
-    assert result.metrics.map50_95 == pytest.approx(coco.stats[0], abs=0.02)
-    assert result.metrics.map50 == pytest.approx(coco.stats[1], abs=0.02)
+    # README: "a test holds it to COCOeval (equal to 1e-9)", on the very detections.json.
+    assert result.metrics.map50_95 == pytest.approx(coco.stats[0], abs=1e-9)
+    assert result.metrics.map50 == pytest.approx(coco.stats[1], abs=1e-9)
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["map50_95"] == pytest.approx(coco.stats[0], abs=1e-9)
 
 
 def test_a_dataset_with_other_classes_is_refused(

@@ -82,6 +82,30 @@ def test_a_champion_beaten_by_a_candidate_below_the_minimums_stays():
     assert not decision.promote
     assert decision.reason == "below the minimums: map50_95 0.0450 < minimum 0.0500"
     assert decision.champion_version == "2"
+    assert decision.champion_metrics == {"map50": 0.5, "map50_95": 0.01}
+
+
+def test_a_difference_of_exactly_the_margin_is_not_enough():
+    """Values exact in binary, so "more than the margin" is tested without rounding noise."""
+    settings = Settings(gate_min_map50=0, gate_min_map50_95=0, gate_margin=0.0625)
+    champion = {"map50": 0.5, "map50_95": 0.25}
+    assert not gate({"map50": 0.5, "map50_95": 0.3125}, champion, settings).promote
+    assert gate({"map50": 0.5, "map50_95": 0.3125 + 2**-20}, champion, settings).promote
+
+
+def test_a_missing_map50_95_counts_as_zero_on_either_side():
+    settings = Settings(gate_min_map50=0, gate_min_map50_95=0, gate_margin=0.0625)
+    first = gate({"map50": 0.5}, None, settings)
+    assert (first.promote, first.reason) == (
+        True,
+        "first champion: map50_95 0.0000 meets the minimums",
+    )
+    against_unscored = gate({"map50": 0.5, "map50_95": 0.25}, {"map50": 0.5}, settings)
+    assert against_unscored.promote
+    assert "map50_95 0.2500 vs champion vNone 0.0000" in against_unscored.reason
+    unscored = gate({"map50": 0.5}, {"map50": 0.5, "map50_95": 0.0}, settings)
+    assert not unscored.promote
+    assert "map50_95 0.0000 vs champion vNone 0.0000" in unscored.reason
 
 
 def test_the_thresholds_come_from_the_gate_variables(settings_env: pytest.MonkeyPatch):

@@ -2,7 +2,8 @@
 
 Train (the session run), evaluate and register through the CLI, check the alias, download
 `models:/...@champion` and run its model.onnx in ONNX Runtime; then retrain from the champion, as
-the monitoring loop does, and let the gate compare the two on the same evaluation data.
+the monitoring loop does, and let the gate compare the two on evaluation data on which the
+champion is known to be unbeatable (so the registration has exactly one right outcome).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from minio import Minio
 from typer.testing import CliRunner
 
 from tests.servers import MlflowServer
-from tests.trained import IMGSZ, ObservedTraining
+from tests.trained import IMGSZ, ObservedTraining, cocoeval_map, labeled_by
 from visionops.cli.app import app
 from visionops.config import Settings
 from visionops.data.features import read_image
@@ -25,14 +26,18 @@ from visionops.models.sources import resolve_model
 from visionops.tracking import connect
 from visionops.training.dataset import load_data_yaml
 from visionops.training.promotion import register
-from visionops.training.registry import CHAMPION
+from visionops.training.registry import CHALLENGER, CHAMPION
 from visionops.training.train import train
 
 runner = CliRunner()
 
 
 def test_train_evaluate_register_serve_and_retrain(
-    mlflow: MlflowServer, mlflow_settings: Settings, trained: ObservedTraining, tiny_data_yaml: Path
+    mlflow: MlflowServer,
+    mlflow_settings: Settings,
+    trained: ObservedTraining,
+    tiny_data_yaml: Path,
+    tmp_path: Path,
 ):
     name, run_id = mlflow_settings.model_name, trained.result.run_id
     # The run's artifacts are objects in the S3 bucket behind the MLflow server.
@@ -73,8 +78,17 @@ def test_train_evaluate_register_serve_and_retrain(
     run = tracking.client.get_run(retrained.run_id)
     assert run.data.tags["visionops.weights"] == f"models:/{name}@{CHAMPION}"
     assert run.data.tags["visionops.weights_file"] == str(served / MODEL_PT)
-    second = register(retrained.run_id, data_yaml=tiny_data_yaml)
-    assert second.version == "2" and second.previous_champion == "1"
-    assert "on the same evaluation data" in second.reason
-    expected = "2" if second.promoted else "1"
-    assert tracking.client.get_model_version_by_alias(name, CHAMPION).version == expected
+    # On evaluation data labeled with the champion's own detections the champion is perfect
+    # (pycocotools: 1.0), so no candidate can beat it: the retrained model must stay challenger.
+    on_champion = labeled_by(trained.result.model_dir, tiny_data_yaml, tmp_path / "champion")
+    assert cocoeval_map(on_champion, trained.result.model_dir) == 1.0
+    retrained_score = cocoeval_map(on_champion, retrained.model_dir)
+    second = register(retrained.run_id, data_yaml=on_champion)
+    assert (second.version, second.promoted, second.alias, second.previous_champion) == (
+        "2", False, CHALLENGER, "1",
+    )  # fmt: skip
+    assert second.reason == (
+        f"does not beat the champion: map50_95 {retrained_score:.4f} vs champion v1 1.0000 "
+        "on the same evaluation data (margin 0.0050)"
+    )
+    assert tracking.client.get_model_version_by_alias(name, CHAMPION).version == "1"
