@@ -1,0 +1,295 @@
+"""The drift decision on hand-made feature tables, in process (a few seconds in all).
+
+`tests/test_monitoring_drift.py` checks the decision through the CLI on features of real images;
+this file holds `visionops.monitoring.drift` to each rule of the README's "Drift check" on tables
+whose answer is known by construction: a column shifted by many standard deviations (KS p-value
+next to 0), columns whose current values are the reference's own values reordered (KS statistic
+0, p-value exactly 1). `make mutation` runs the drift decision against this file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from visionops.config import Settings
+from visionops.errors import DriftCheckError, UsageError
+from visionops.monitoring.drift import DriftConfig, check_drift
+
+SHIFTED, CALM = "brightness_mean", ["contrast", "sharpness", "noise_sigma"]  # the table order
+COLUMNS = [SHIFTED, *CALM]
+
+
+def _tables(current_rows: int = 120) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """120 reference rows; the current window's calm columns hold the reference's own values
+    in another order (all of them when it has 120 rows), its shifted column is 10 sigma off."""
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame({c: rng.normal(100, 10, 120) for c in COLUMNS})
+    current = pd.DataFrame(
+        {c: rng.permutation(reference[c].to_numpy())[:current_rows] for c in CALM}
+    )
+    current.insert(0, SHIFTED, rng.normal(200, 10, current_rows))
+    return reference, current
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"drift_share": 0.0}, "drift share must be in (0, 1], got 0.0"),
+        ({"drift_share": 1.01}, "drift share must be in (0, 1], got 1.01"),
+        ({"min_rows": 1}, "the minimum window must be at least 2 rows, got 1"),
+        ({"num_threshold": 0.0}, "drift threshold num_threshold must be a positive number"),
+        ({"cat_threshold": -1.0}, "drift threshold cat_threshold must be a positive number"),
+        ({"num_threshold": math.inf}, "drift threshold num_threshold must be a positive number"),
+        ({"column_thresholds": {"sharpness": 0.0}},
+         "drift threshold sharpness must be a positive number, got 0.0"),
+        ({"column_thresholds": {"sharpness": math.nan}},
+         "drift threshold sharpness must be a positive number, got nan"),
+    ],
+)  # fmt: skip
+def test_bad_configuration_is_a_usage_error_naming_it(values: dict, message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        DriftConfig(**values)
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_edges_of_the_configuration_are_accepted() -> None:
+    config = DriftConfig(drift_share=1.0, min_rows=2, num_threshold=None, cat_threshold=1e-300)
+    assert (config.drift_share, config.min_rows, config.num_threshold) == (1.0, 2, None)
+
+
+def test_the_defaults_are_the_calibrated_ones() -> None:
+    """README: ks 0.001 and chisquare 0.001, share 0.04, 50 rows, every column."""
+    config = DriftConfig()
+    assert (config.num_method, config.num_threshold) == ("ks", 0.001)
+    assert (config.cat_method, config.cat_threshold) == ("chisquare", 0.001)
+    assert (config.drift_share, config.min_rows, config.columns) == (0.04, 50, None)
+    assert DriftConfig.from_settings(Settings()) == config
+
+
+def test_settings_and_overrides() -> None:
+    settings = Settings(
+        drift_num_method="wasserstein", drift_cat_method="psi", drift_num_threshold=0.2,
+        drift_cat_threshold=0.3, drift_share=0.5, drift_min_rows=7,
+        drift_columns=["sharpness", "top_class"], drift_column_methods={"sharpness": "psi"},
+        drift_column_thresholds={"sharpness": 0.4},
+    )  # fmt: skip
+    config = DriftConfig.from_settings(settings, drift_share=None, min_rows=9)
+    assert (config.num_method, config.cat_method) == ("wasserstein", "psi")
+    assert (config.num_threshold, config.cat_threshold) == (0.2, 0.3)
+    assert (config.drift_share, config.min_rows) == (0.5, 9)  # None keeps the setting
+    assert config.columns == ("sharpness", "top_class")
+    assert (config.method_for("sharpness"), config.threshold_for("sharpness")) == ("psi", 0.4)
+    assert (config.method_for("contrast"), config.threshold_for("contrast")) == ("wasserstein", 0.2)
+    assert (config.method_for("top_class"), config.threshold_for("top_class")) == ("psi", 0.3)
+
+
+# -- the decision ---------------------------------------------------------------------------------
+
+
+def test_one_shifted_column_of_four_is_drift_at_a_quarter_and_not_above() -> None:
+    reference, current = _tables()
+    result = check_drift(reference, current, config=DriftConfig(drift_share=0.25, min_rows=10))
+    assert result.decision == "drift" and result.drift_detected
+    assert result.drifted_columns == [SHIFTED] and result.drifted_share == 0.25
+    assert [c.column for c in result.columns] == COLUMNS
+    shifted = result.columns[0]
+    assert (shifted.kind, shifted.method, shifted.threshold) == ("numerical", "ks", 0.001)
+    assert shifted.score < 1e-20 and shifted.drifted
+    assert all(c.score == pytest.approx(1.0) and not c.drifted for c in result.columns[1:])
+    assert result.reason == (
+        f"drift: 1 of 4 columns drifted (share 0.25, drift at >= 0.25): {SHIFTED}"
+    )
+    assert result.scores() == {c.column: c.score for c in result.columns}
+    assert (result.reference_rows, result.current_rows, result.min_rows) == (120, 120, 10)
+
+    above = check_drift(reference, current, config=DriftConfig(drift_share=0.26, min_rows=10))
+    assert (above.decision, above.drift_detected, above.drifted_share) == ("no_drift", False, 0.25)
+    assert above.reason == (
+        f"no drift: 1 of 4 columns drifted (share 0.25, drift at >= 0.26): {SHIFTED}"
+    )
+
+
+def test_a_window_like_the_reference_is_no_drift() -> None:
+    reference, _ = _tables()
+    same = reference.sample(frac=1.0, random_state=2).reset_index(drop=True)
+    result = check_drift(reference, same, config=DriftConfig(min_rows=10))
+    assert (result.decision, result.drifted_columns, result.drifted_share) == ("no_drift", [], 0.0)
+    assert result.reason == "no drift: 0 of 4 columns drifted (share 0.00, drift at >= 0.04): none"
+
+
+def test_the_minimum_window_is_counted_in_usable_rows() -> None:
+    reference, current = _tables(current_rows=12)
+    config = DriftConfig(drift_share=0.25, min_rows=12)
+    assert check_drift(reference, current, config=config).decision == "drift"  # exactly 12
+    fewer = check_drift(reference, current.head(11), config=config)
+    assert (fewer.decision, fewer.drift_detected, fewer.columns) == ("not_enough_data", False, [])
+    assert fewer.reason == "not enough data: 11 usable current rows, at least 12 needed"
+    assert (fewer.current_rows, fewer.drifted_share) == (11, None)
+    holes = current.copy()
+    holes.loc[3, "sharpness"] = np.nan
+    left = check_drift(reference, holes, config=config)
+    assert (left.decision, left.current_rows) == ("not_enough_data", 11)
+    assert "1 current rows with missing or infinite values left out" in left.notes
+
+
+def test_an_empty_window_is_not_enough_data_even_without_columns() -> None:
+    reference, _ = _tables()
+    result = check_drift(reference, pd.DataFrame(), config=DriftConfig(min_rows=10))
+    assert (result.decision, result.current_rows) == ("not_enough_data", 0)
+
+
+def test_a_reference_below_the_minimum_is_an_error() -> None:
+    reference, current = _tables()
+    with pytest.raises(DriftCheckError, match="the reference has 9 usable rows; at least 10"):
+        check_drift(reference.head(9), current, config=DriftConfig(min_rows=10))
+    assert check_drift(reference.head(10), current, config=DriftConfig(min_rows=10)).decision
+
+
+def test_missing_and_infinite_values_are_left_out_and_counted() -> None:
+    reference, current = _tables()
+    reference.loc[0, "contrast"] = np.inf
+    reference.loc[1, "contrast"] = -np.inf
+    current.loc[5, "noise_sigma"] = np.nan
+    result = check_drift(reference, current, config=DriftConfig(drift_share=0.25, min_rows=10))
+    assert (result.reference_rows, result.current_rows) == (118, 119)
+    assert result.notes == [
+        "2 reference rows with missing or infinite values left out",
+        "1 current rows with missing or infinite values left out",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sharpness": "loud"}, "current column 'sharpness' is not numeric (e.g. 'loud')"),
+        ({"contrast": np.nan}, "current columns without any finite value: ['contrast']"),
+        ({"contrast": np.inf}, "current columns without any finite value: ['contrast']"),
+    ],
+)
+def test_columns_that_cannot_be_compared_are_named(change: dict, message: str) -> None:
+    reference, current = _tables()
+    current = current.astype(object)
+    for column, value in change.items():
+        current[column] = value
+    with pytest.raises(DriftCheckError) as caught:
+        check_drift(reference, current, config=DriftConfig(min_rows=10))
+    assert str(caught.value) == message
+
+
+def test_a_non_numeric_reference_is_named_as_the_reference() -> None:
+    reference, current = _tables()
+    reference = reference.astype(object)
+    reference.loc[4, "sharpness"] = "n/a"
+    with pytest.raises(DriftCheckError, match=r"reference column 'sharpness' is not numeric"):
+        check_drift(reference, current, config=DriftConfig(min_rows=10))
+
+
+# -- columns --------------------------------------------------------------------------------------
+
+
+def test_configured_columns_only() -> None:
+    reference, current = _tables()
+    config = DriftConfig(columns=("sharpness", "contrast"), min_rows=10)
+    result = check_drift(reference, current, config=config)
+    assert [c.column for c in result.columns] == ["sharpness", "contrast"]  # as configured
+    assert result.decision == "no_drift"
+    assert result.notes == [
+        f"not compared (absent from the reference or not configured): ['{SHIFTED}', 'noise_sigma']"
+    ]
+    with pytest.raises(DriftCheckError) as caught:
+        check_drift(reference, current, config=DriftConfig(columns=("sharpness", "nope")))
+    assert str(caught.value) == "configured drift columns missing from the reference: ['nope']"
+
+
+def test_columns_missing_on_either_side() -> None:
+    reference, current = _tables()
+    with pytest.raises(DriftCheckError) as caught:
+        check_drift(reference, current.drop(columns=["contrast"]), config=DriftConfig(min_rows=10))
+    assert str(caught.value) == (
+        "reference and current have different columns: current lacks ['contrast']"
+    )
+    unrelated = pd.DataFrame({"a": range(60), "b": range(60)})
+    with pytest.raises(DriftCheckError) as caught:
+        check_drift(unrelated, current, config=DriftConfig(min_rows=10))
+    assert str(caught.value).startswith(
+        "the reference has no feature columns (it has: a, b); build it with"
+    )
+    only_current = current.assign(edge_density=1.0)
+    result = check_drift(reference, only_current, config=DriftConfig(drift_share=0.25, min_rows=10))
+    assert [c.column for c in result.columns] == COLUMNS
+    assert result.notes == [
+        "not compared (absent from the reference or not configured): ['edge_density']"
+    ]
+
+
+def test_per_column_methods_and_thresholds() -> None:
+    """The shifted column with a threshold below its p-value does not drift; wasserstein on a
+    calm column scores 0 (the same values) under its threshold."""
+    reference, current = _tables()
+    config = DriftConfig(
+        drift_share=0.25, min_rows=10, column_thresholds={SHIFTED: 1e-300},
+        column_methods={"contrast": "wasserstein"},
+    )  # fmt: skip
+    result = check_drift(reference, current, config=config)
+    by_column = {c.column: c for c in result.columns}
+    assert (by_column[SHIFTED].threshold, by_column[SHIFTED].drifted) == (1e-300, False)
+    contrast = by_column["contrast"]
+    assert (contrast.method, contrast.threshold, contrast.drifted) == ("wasserstein", 0.001, False)
+    assert contrast.score == pytest.approx(0.0, abs=1e-12)
+    assert (result.decision, result.drifted_columns) == ("no_drift", [])
+
+
+def test_a_threshold_of_none_is_the_methods_own_default() -> None:
+    reference, current = _tables()
+    result = check_drift(
+        reference, current, config=DriftConfig(num_threshold=None, drift_share=0.25, min_rows=10)
+    )
+    assert {c.threshold for c in result.columns} == {0.05}  # Evidently's KS default
+
+
+def test_an_unknown_method_is_a_usage_error() -> None:
+    reference, current = _tables()
+    with pytest.raises(UsageError, match="drift method 'nope' cannot compare num columns"):
+        check_drift(reference, current, config=DriftConfig(num_method="nope", min_rows=10))
+
+
+def test_the_class_column_is_categorical_and_three_is_three_point_zero() -> None:
+    reference, current = _tables()
+    reference["top_class"] = np.resize([0, 1, 2, -1], len(reference))
+    current["top_class"] = np.resize([0.0, 1.0, 2.0, -1.0], len(current))
+    config = DriftConfig(drift_share=0.2, min_rows=10)
+    result = check_drift(reference, current, config=config)
+    top = result.columns[-1]
+    assert (top.column, top.kind, top.method, top.drifted) == (
+        "top_class", "categorical", "chisquare", False,
+    )  # fmt: skip
+    current["top_class"] = 7.0  # a class the reference never saw
+    assert check_drift(reference, current, config=config).drifted_columns == [SHIFTED, "top_class"]
+
+
+# -- reports --------------------------------------------------------------------------------------
+
+
+def test_reports_are_written_for_every_decision(tmp_path: Path) -> None:
+    reference, current = _tables()
+    config = DriftConfig(drift_share=0.25, min_rows=10)
+    result = check_drift(reference, current, config=config, report_dir=tmp_path / "a")
+    written = json.loads((tmp_path / "a" / "drift.json").read_text())
+    assert written["decision"] == "drift" and written["evidently"]["tests"]
+    assert result.to_dict() == {k: v for k, v in written.items() if k != "evidently"}
+    assert (tmp_path / "a" / "drift_report.html").stat().st_size > 100_000
+
+    few = check_drift(reference, current.head(3), config=config, report_dir=tmp_path / "b")
+    page = (tmp_path / "b" / "drift_report.html").read_text()
+    assert "Drift check: not enough data" in page and few.reason in page
+    assert json.loads((tmp_path / "b" / "drift.json").read_text())["evidently"] is None
+    assert few.to_dict()["report_html"] == str(tmp_path / "b" / "drift_report.html")
