@@ -1,0 +1,233 @@
+"""`make mutation`: the mutation score of the code that decides things, per module.
+
+Each target is one decision (a module, or the functions in it that decide) and the test files
+that hold it. For each, mutmut (pinned in the `dev` extra) runs in a scratch copy of the checkout
+under `.visionops/mutation/<target>/`: it changes the code one mutant at a time and runs the
+target's tests; a mutant no test fails on survived. Printed: killed / total per target, and
+every surviving mutant as a diff. Mutants listed in `EQUIVALENT` behave exactly like the original
+(the README lists them with the reason); they do not count against the score.
+
+    .venv/bin/python -m tests.mutation              # every target
+    .venv/bin/python -m tests.mutation gate drift   # some
+    .venv/bin/python -m tests.mutation --list
+
+Exit code 1 when a target is under `GOAL`. Not part of `make test`: see the README for how long
+it takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKDIR = ROOT / ".visionops" / "mutation"
+GOAL = 0.90
+
+
+@dataclass(frozen=True)
+class Target:
+    """A decision, the file it lives in, the functions mutated (all when empty) and its tests."""
+
+    name: str
+    module: str
+    tests: tuple[str, ...]
+    functions: tuple[str, ...] = ()
+    what: str = ""
+    pytest_args: tuple[str, ...] = field(default=())
+
+
+TARGETS: tuple[Target, ...] = (
+    Target(
+        "gate",
+        "visionops/training/gate.py",
+        ("tests/test_training_gate.py",),
+        what="the promotion rule",
+    ),
+    Target(
+        "request-validation",
+        "serving/protocol.py",
+        ("tests/test_serving_protocol.py",),
+        functions=(
+            "_number",
+            "_detection_parameters",
+            "_check_count",
+            "b64_image",
+            "parse_v1",
+            "_input_images",
+            "parse_v2",
+            "binary_request",
+            "xǁRequestRejectedǁ*",
+        ),
+        what="what the predictor accepts and how it refuses the rest",
+    ),
+    Target(
+        "drift-decision",
+        "visionops/monitoring/drift.py",
+        ("tests/test_drift_decision.py",),
+        functions=(
+            "xǁDriftConfigǁ*",
+            "compared_columns",
+            "_clean",
+            "_category",
+            "check_drift",
+            "_read_snapshot",
+        ),
+        what="drift / no_drift / not_enough_data, the compared columns and their thresholds",
+    ),
+    Target(
+        "conversion-filters",
+        "visionops/data/convert.py",
+        ("tests/test_data_convert.py",),
+        functions=("_label_rows", "_polygon"),
+        what="which COCO boxes become YOLO rows",
+        pytest_args=("-k", "convert_coco or crowd or labels_back or malformed"),
+    ),
+    Target(
+        "resubmission",
+        "visionops/orchestration/resubmit.py",
+        ("tests/test_pipeline_resubmit.py",),
+        functions=("submit_training", "read_submission"),
+        what="one training run per monitoring run",
+        pytest_args=("-k", "interrupted or cluster or refused"),
+    ),
+    Target(
+        "prediction-log-guard",
+        "visionops/monitoring/prediction_log.py",
+        ("tests/test_monitoring_log.py",),
+        functions=("xǁPredictionLogWriterǁsubmit", "xǁPredictionLogWriterǁ_drop"),
+        what="a request never fails because of the prediction log",
+        pytest_args=("-k", "not s3"),
+    ),
+)
+
+# Mutants that cannot change behaviour, by mutmut's name: why (also in the README).
+EQUIVALENT: dict[str, str] = {}
+
+STATUS = re.compile(r"^\s+(\S+): (.+)$")
+KILLED = {"killed", "timeout", "caught by type check"}
+
+
+def _copy_checkout(target: Target) -> Path:
+    """The checkout as git sees it (tracked and untracked, not ignored) in a fresh folder, with
+    mutmut configured for `target`."""
+    scratch = WORKDIR / target.name
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, check=True, capture_output=True,
+    ).stdout.decode()  # fmt: skip
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, scratch / name)
+    packages = sorted({target.module.split("/")[0], "visionops"})
+    settings = [
+        "",
+        "[tool.mutmut]",
+        f"source_paths = {_toml_list(packages)}",
+        f"only_mutate = {_toml_list([target.module])}",
+        f"pytest_add_cli_args_test_selection = {_toml_list([*target.tests, *target.pytest_args])}",
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]',
+        f"also_copy = {_toml_list(['tests', 'components', 'pipelines', 'serving'])}",
+    ]
+    with (scratch / "pyproject.toml").open("a") as pyproject:
+        pyproject.write("\n".join(settings) + "\n")
+    return scratch
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
+
+def _mutmut(scratch: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONWARNINGS"] = "ignore"
+    return subprocess.run(
+        [sys.executable, "-m", "mutmut", *args],
+        cwd=scratch, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def _patterns(target: Target) -> list[str]:
+    module = target.module.removesuffix(".py").replace("/", ".")
+    if not target.functions:
+        return []
+    return [
+        f"{module}.{name if name.startswith('xǁ') else 'x_' + name}__mutmut_*"
+        for name in target.functions
+    ]
+
+
+def run_target(target: Target) -> tuple[int, int, list[tuple[str, str]], float]:
+    """(killed, counted, survivors with their diff, seconds) of one target."""
+    started = time.monotonic()
+    scratch = _copy_checkout(target)
+    done = _mutmut(scratch, "run", "--max-children", str(os.cpu_count() or 2), *_patterns(target))
+    if done.returncode != 0:
+        raise RuntimeError(f"mutmut run failed for {target.name}:\n{done.stdout[-3000:]}")
+    listed = _mutmut(scratch, "results", "--all", "true").stdout
+    statuses = {m[1]: m[2].strip() for m in map(STATUS.match, listed.splitlines()) if m}
+    wanted = [re.compile(p.replace(".", r"\.").replace("*", ".*")) for p in _patterns(target)]
+    statuses = {
+        name: status
+        for name, status in statuses.items()
+        if not wanted or any(p.fullmatch(name) for p in wanted)
+    }
+    counted = [n for n in statuses if n not in EQUIVALENT]
+    killed = sum(1 for n in counted if statuses[n] in KILLED)
+    survivors = []
+    for name in counted:
+        if statuses[name] not in KILLED:
+            diff = _mutmut(scratch, "show", name).stdout
+            lines = [
+                line for line in diff.splitlines() if line.startswith(("-  ", "+  ", "- ", "+ "))
+            ]
+            survivors.append((f"{name} ({statuses[name]})", "\n".join(lines)))
+    return killed, len(counted), survivors, time.monotonic() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("targets", nargs="*", help="target names (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the targets and exit")
+    args = parser.parse_args(argv)
+    known = {t.name: t for t in TARGETS}
+    if args.list:
+        for t in TARGETS:
+            print(f"{t.name:22} {t.module:40} {' '.join(t.tests)}  ({t.what})")
+        return 0
+    unknown = [name for name in args.targets if name not in known]
+    if unknown:
+        parser.error(f"unknown target(s) {unknown}; known: {sorted(known)}")
+    chosen = [known[name] for name in args.targets] or list(TARGETS)
+    rows, failed = [], False
+    for target in chosen:
+        print(f">> {target.name}: mutating {target.module} against {' '.join(target.tests)}",
+              flush=True)  # fmt: skip
+        killed, counted, survivors, seconds = run_target(target)
+        score = killed / counted if counted else 1.0
+        failed |= score < GOAL
+        rows.append((target.name, killed, counted, score, seconds))
+        print(f"   {killed}/{counted} killed ({score:.1%}) in {seconds:.0f} s", flush=True)
+        for name, diff in survivors:
+            print(
+                f"   survived: {name}\n" + "\n".join(f"      {line}" for line in diff.splitlines())
+            )
+    print(f"\nmutation score (goal >= {GOAL:.0%}):")
+    for name, killed, counted, score, seconds in rows:
+        print(f"  {name:22} {killed:4}/{counted:<4} {score:7.1%}  {seconds:6.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
