@@ -17,22 +17,27 @@ def collect(
     end: str = "",
     hours: float = 24.0,
 ) -> NamedTuple("CollectOutputs", [("rows", int)]):  # type: ignore[valid-type]
-    """Read the prediction log records with start <= timestamp < end into a Parquet table.
+    """Stream the prediction log records with start <= timestamp < end into a Parquet table.
 
     `log_location`: s3://bucket/prefix or a folder; empty: the configured log store. Empty
     `end`: now; empty `start`: `hours` before the end. An empty window is written as an empty table
-    (the drift check then answers "not enough data").
+    (the drift check then answers "not enough data"). Skipped lines and files are counted and
+    named in the output's metadata (`problems`) and the step's log.
     """
     from collections import namedtuple
 
     from visionops.bootstrap import bootstrap
 
     bootstrap()
-    from visionops.data.tables import write_feature_table
     from visionops.monitoring.collect import collect_window
 
-    frame = collect_window(log_location, start=start or None, end=end or None, hours=hours)
-    write_feature_table(frame, features.path, table_format="parquet")
+    summary = collect_window(
+        log_location, features.path, start=start or None, end=end or None, hours=hours
+    )
     features.metadata["format"] = "parquet"
-    features.metadata["rows"] = len(frame)
-    return namedtuple("CollectOutputs", ["rows"])(len(frame))
+    features.metadata["rows"] = summary.rows
+    features.metadata["problems"] = summary.problems()
+    for line in summary.problems():
+        print(f"WARNING: {line}")
+    print(f"collected {summary.rows} rows in {summary.seconds:.1f}s")
+    return namedtuple("CollectOutputs", ["rows"])(summary.rows)

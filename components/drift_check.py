@@ -43,18 +43,18 @@ def drift_check(
     from visionops.bootstrap import bootstrap
 
     settings = bootstrap()
-    from visionops.data.tables import load_feature_table
+    from visionops.data.tables import FeatureTableReader
     from visionops.monitoring.drift import REPORT_HTML, REPORT_JSON, DriftConfig
     from visionops.monitoring.publish import check_and_publish
     from visionops.monitoring.reference import resolve_reference
 
     def table(artifact: Dataset):  # type: ignore[no-untyped-def]
-        return load_feature_table(artifact.path, artifact.metadata.get("format", "parquet"))
+        return FeatureTableReader(Path(artifact.path), artifact.metadata.get("format", "parquet"))
 
     if reference is not None:
         reference_table = table(reference)
     else:
-        reference_table = load_feature_table(resolve_reference(reference_uri, settings))
+        reference_table = FeatureTableReader(resolve_reference(reference_uri, settings))
 
     config = DriftConfig.from_settings(drift_share=drift_share or None, min_rows=min_rows or None)
     with tempfile.TemporaryDirectory() as tmp:

@@ -109,6 +109,15 @@ class Settings(BaseSettings):
     drift_columns: list[str] | None = Field(None, description="JSON list; default: all features")
     drift_column_methods: dict[str, str] = Field(default_factory=dict, description="JSON object")
     drift_column_thresholds: dict[str, float] = Field(default_factory=dict, description="JSON")
+    # A column drifts only when the test above finds a change AND this effect size (an Evidently
+    # distance method) says it is large enough to matter: big windows make tiny changes significant.
+    drift_num_effect: str = "wasserstein"
+    drift_num_effect_threshold: float = Field(0.1, gt=0, description="normed Wasserstein")
+    drift_cat_effect: str = "psi"
+    drift_cat_effect_threshold: float = Field(0.1, gt=0, description="population stability")
+    # The decision compares a seeded uniform sample of at most this many rows of each side.
+    drift_sample_rows: int = Field(20_000, ge=100, description="rows compared, at most")
+    drift_sample_seed: int = Field(0, description="seed of the row sample")
     # Where drift results are pushed for the "drift detected" alert (unset: not pushed).
     pushgateway_url: str | None = Field(None, description="e.g. http://pushgateway:9091")
     # Prediction log (monitoring/prediction_log.py), written by the predictor off the request path.

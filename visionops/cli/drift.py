@@ -1,4 +1,5 @@
-"""`visionops drift ...`: simulate drift, build feature tables, check a window for drift.
+"""`visionops drift ...`: simulate drift, build feature tables, collect and compact the prediction
+log, check a window for drift.
 
 `check` prints its result as JSON on stdout (the decision is machine-readable there, and in
 `drift.json` with --report-dir) and exits 0 whatever the decision; 1 means the inputs could not be
@@ -14,8 +15,6 @@ from typing import Annotated
 import typer
 
 from visionops.cli._common import SeedOption, console, err_console, progress
-from visionops.config import get_settings
-from visionops.data.tables import load_feature_table, write_feature_table
 
 drift_app = typer.Typer(
     help="Drift monitoring: simulate drift, build feature tables, check a window.",
@@ -42,7 +41,6 @@ def simulate(
     seed: SeedOption = 0,
 ) -> None:
     """Write a drifted copy of a split, its COCO annotations carried over (and transformed)."""
-    # cv2, numpy: loaded by this command only
     from visionops.monitoring.simulate import simulate_split
 
     with progress(f"drift {kind} {severity:g}") as callback:
@@ -67,7 +65,7 @@ def features(
     out: Annotated[Path, typer.Option("--out", help="Feature table: .parquet, .csv or .jsonl.")],
 ) -> None:
     """Compute the image feature table of a folder (a reference or a current window)."""
-    # cv2, numpy: loaded by this command only
+    from visionops.data.tables import write_feature_table
     from visionops.monitoring.reference import folder_feature_table
 
     with progress("image features") as callback:
@@ -76,6 +74,45 @@ def features(
     console.print(f"wrote {len(table)} rows to {out}", highlight=False)
     for path, reason in failures:
         err_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+
+
+LogOption = Annotated[
+    str,
+    typer.Option(
+        "--log",
+        help="The prediction log: a folder or s3://bucket/prefix "
+        "(default: the configured log, VISIONOPS_LOG_PREFIX).",
+    ),
+]
+StartOption = Annotated[
+    str | None, typer.Option("--start", help="Window start, ISO 8601 (UTC if no offset).")
+]
+EndOption = Annotated[str | None, typer.Option("--end", help="Window end (default: now).")]
+HoursOption = Annotated[
+    float, typer.Option("--hours", min=0.0, help="Window length when --start is not given.")
+]
+
+
+@drift_app.command("collect")
+def collect(
+    out: Annotated[Path, typer.Option("--out", help="The window's table (.parquet).")],
+    log: LogOption = "",
+    start: StartOption = None,
+    end: EndOption = None,
+    hours: HoursOption = 24.0,
+) -> None:
+    """Stream a time window [start, end) of the prediction log into a Parquet feature table."""
+    from visionops.errors import UsageError
+    from visionops.monitoring.collect import collect_window
+
+    if out.suffix.lower() not in (".parquet", ".pq"):
+        raise UsageError(f"--out must be a .parquet file, got {out.name}")
+    with progress("collect") as callback:
+        summary = collect_window(log, out, start=start, end=end, hours=hours, progress=callback)
+    typer.echo(json.dumps(summary.to_dict(), indent=2))
+    for line in summary.problems():
+        err_console.print(f"[yellow]warning[/]: {line}", highlight=False)
+    err_console.print(f"collected {summary.rows} rows to {out}", highlight=False)
 
 
 @drift_app.command("check")
@@ -114,7 +151,8 @@ def check(
     ] = None,
 ) -> None:
     """Decide drift / no drift / not enough data; the result is JSON on stdout (exit 0)."""
-    # cv2, numpy, and MLflow or Evidently when used: loaded by this command only
+    from visionops.config import get_settings
+    from visionops.data.tables import FeatureTableReader
     from visionops.monitoring.drift import DriftConfig
     from visionops.monitoring.publish import check_and_publish
     from visionops.monitoring.reference import resolve_reference
@@ -122,7 +160,7 @@ def check(
     config = DriftConfig.from_settings(drift_share=drift_share, min_rows=min_rows)
     table = resolve_reference(reference)
     check = check_and_publish(
-        load_feature_table(table), load_feature_table(current), config=config,
+        FeatureTableReader(table), FeatureTableReader(current), config=config,
         report_dir=report_dir, log_to_mlflow=mlflow,
         pushgateway=pushgateway or get_settings().pushgateway_url,
     )  # fmt: skip

@@ -5,6 +5,7 @@ and the drift check all read and write them here; writes are atomic.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,3 +59,60 @@ def write_feature_table(frame: pd.DataFrame, path: Path, table_format: str | Non
     else:
         raise UsageError(f"unsupported table format {path.name}: use .csv, .parquet or .jsonl")
     return atomic_write_bytes(path, data)
+
+
+class FeatureTableReader:
+    """A feature table read in batches of rows, so a window of millions of rows never has to be
+    in memory at once: Parquet streams its row groups; a DataFrame is sliced; CSV and JSON lines
+    (small, hand-made tables) are loaded whole and sliced."""
+
+    def __init__(self, source: pd.DataFrame | Path, table_format: str | None = None) -> None:
+        import pandas as pd
+
+        self._frame: pd.DataFrame | None = None
+        self._parquet = None
+        if isinstance(source, pd.DataFrame):
+            self._frame = source
+        else:
+            path = Path(source).expanduser()
+            suffix = f".{table_format.lower().lstrip('.')}" if table_format else path.suffix
+            if suffix.lower() in (".parquet", ".pq") and path.is_file():
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                try:
+                    self._parquet = pq.ParquetFile(path)
+                except (OSError, pa.ArrowException) as error:
+                    raise DataError(f"cannot read feature table {path}: {error}") from error
+                self.path = path
+            else:
+                self._frame = load_feature_table(path, table_format)
+
+    @property
+    def columns(self) -> list[str]:
+        if self._parquet is not None:
+            return list(self._parquet.schema_arrow.names)
+        assert self._frame is not None
+        return [str(c) for c in self._frame.columns]
+
+    @property
+    def num_rows(self) -> int:
+        if self._parquet is not None:
+            return int(self._parquet.metadata.num_rows)
+        assert self._frame is not None
+        return len(self._frame)
+
+    def batches(self, columns: list[str], rows: int = 131_072) -> Iterator[pd.DataFrame]:
+        """The table's `columns`, `rows` rows at a time, in order."""
+        if self._parquet is not None:
+            import pyarrow as pa
+
+            try:
+                for batch in self._parquet.iter_batches(rows, columns=columns):
+                    yield batch.to_pandas()
+            except (OSError, pa.ArrowException) as error:
+                raise DataError(f"cannot read feature table {self.path}: {error}") from error
+            return
+        assert self._frame is not None
+        for begin in range(0, len(self._frame), rows):
+            yield self._frame.iloc[begin : begin + rows].loc[:, columns]

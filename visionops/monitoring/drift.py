@@ -1,11 +1,19 @@
-"""The drift decision: Evidently compares a current feature window with the reference table.
+"""The drift decision: a current feature window against the reference table, at any size.
 
-Every compared column gets its own Evidently `ValueDrift` (method and threshold from the settings,
-per column if configured) and the decision is Evidently's `DriftedColumnsCount` test: drift when
-the share of drifted columns reaches `drift_share`. Below `drift_min_rows` current rows the answer
-is "not enough data" instead of a guess. Input problems (no feature columns, columns missing on one
-side, non-numeric or non-finite values) are a `DriftCheckError` that names them; rows with missing
-or infinite values are left out and counted, never silently compared.
+Each side is read once, in batches (`FeatureTableReader`), keeping two things that do not grow
+with the window: per-column streaming statistics of every row (count, missing, mean, spread,
+range) and a seeded uniform sample of at most `sample_rows` rows (indices drawn before reading, so
+the same table and seed give the same sample, whether it comes from a file or a DataFrame). The
+columns are compared on the samples with two Evidently statistics each: a test (KS p-value by
+default) that says whether the change is real, and an effect size (normed Wasserstein by default)
+that says whether it is large enough to matter; a column drifted only when both say so. With
+windows of millions of rows a test alone flags changes of a few thousandths of a standard
+deviation; the effect size alone is noisy on small windows. Drift when the share of drifted
+columns reaches `drift_share`. Below `min_rows` usable current rows the answer is "not enough
+data" instead of a guess. Evidently's report, when asked for, is computed on the same samples and
+says so. Input problems (no feature columns, columns missing on one side, non-numeric or
+non-finite values) are a `DriftCheckError` that names them; rows with missing or infinite values
+are left out and counted, never silently compared.
 """
 
 from __future__ import annotations
@@ -19,15 +27,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
-from visionops.config import Settings, get_settings
+from visionops.config import Settings
 from visionops.data.features import CATEGORICAL_COLUMNS, FEATURE_COLUMNS
-from visionops.data.files import atomic_write_text
+from visionops.data.tables import FeatureTableReader
 from visionops.errors import DriftCheckError, UsageError
 
 if TYPE_CHECKING:
-    import pandas as pd  # heavy (about a second): only once tables are compared
+    import pandas as pd
+
+    Table = pd.DataFrame | Path | FeatureTableReader
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +68,23 @@ class DriftConfig:
     columns: tuple[str, ...] | None = None
     column_methods: dict[str, str] = field(default_factory=dict)
     column_thresholds: dict[str, float] = field(default_factory=dict)
+    num_effect: str = _DEFAULTS["drift_num_effect"].default
+    num_effect_threshold: float = _DEFAULTS["drift_num_effect_threshold"].default
+    cat_effect: str = _DEFAULTS["drift_cat_effect"].default
+    cat_effect_threshold: float = _DEFAULTS["drift_cat_effect_threshold"].default
+    sample_rows: int = _DEFAULTS["drift_sample_rows"].default
+    sample_seed: int = _DEFAULTS["drift_sample_seed"].default
 
     def __post_init__(self) -> None:
+        if self.sample_rows < self.min_rows:
+            raise UsageError(
+                f"the sample ({self.sample_rows} rows) must hold at least the minimum window "
+                f"({self.min_rows} rows)"
+            )
+        for name, value in [("num_effect_threshold", self.num_effect_threshold),
+                            ("cat_effect_threshold", self.cat_effect_threshold)]:  # fmt: skip
+            if not (value > 0 and math.isfinite(value)):
+                raise UsageError(f"drift {name} must be a positive number, got {value}")
         if not 0.0 < self.drift_share <= 1.0:
             raise UsageError(f"drift share must be in (0, 1], got {self.drift_share}")
         if self.min_rows < 2:
@@ -76,6 +99,8 @@ class DriftConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> DriftConfig:
+        from visionops.config import get_settings
+
         settings = settings or get_settings()
         values: dict[str, Any] = {
             "num_method": settings.drift_num_method,
@@ -87,6 +112,12 @@ class DriftConfig:
             "columns": tuple(settings.drift_columns) if settings.drift_columns else None,
             "column_methods": dict(settings.drift_column_methods),
             "column_thresholds": dict(settings.drift_column_thresholds),
+            "num_effect": settings.drift_num_effect,
+            "num_effect_threshold": settings.drift_num_effect_threshold,
+            "cat_effect": settings.drift_cat_effect,
+            "cat_effect_threshold": settings.drift_cat_effect_threshold,
+            "sample_rows": settings.drift_sample_rows,
+            "sample_seed": settings.drift_sample_seed,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -99,10 +130,63 @@ class DriftConfig:
         default = self.cat_threshold if column in CATEGORICAL_COLUMNS else self.num_threshold
         return self.column_thresholds.get(column, default)
 
+    def effect_for(self, column: str) -> tuple[str, float]:
+        if column in CATEGORICAL_COLUMNS:
+            return self.cat_effect, self.cat_effect_threshold
+        return self.num_effect, self.num_effect_threshold
+
+
+@dataclass
+class ColumnStats:
+    """Streaming statistics of one column over every row of a side (not only the sample)."""
+
+    rows: int = 0  # finite values
+    missing: int = 0  # NaN, empty or infinite
+    mean: float = math.nan
+    std: float = math.nan
+    min: float = math.nan
+    max: float = math.nan
+    _m2: float = field(default=0.0, repr=False)
+
+    def add(self, values: Any) -> None:
+        """Fold a batch in (Chan et al.'s parallel update of mean and squared deviations)."""
+        import numpy as np
+
+        finite = values[np.isfinite(values)]
+        self.missing += len(values) - len(finite)
+        n = len(finite)
+        if not n:
+            return
+        mean, m2 = float(finite.mean()), float(((finite - finite.mean()) ** 2).sum())
+        if self.rows == 0:
+            self.mean, self._m2, self.min, self.max = (
+                mean,
+                m2,
+                float(finite.min()),
+                float(finite.max()),
+            )
+        else:
+            total = self.rows + n
+            delta = mean - self.mean
+            self.mean += delta * n / total
+            self._m2 += m2 + delta * delta * self.rows * n / total
+            self.min, self.max = (
+                min(self.min, float(finite.min())),
+                max(self.max, float(finite.max())),
+            )
+        self.rows += n
+        self.std = math.sqrt(self._m2 / self.rows)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"rows": self.rows, "missing": self.missing, "mean": self.mean, "std": self.std,
+                "min": self.min, "max": self.max}  # fmt: skip
+
 
 @dataclass
 class ColumnDrift:
-    """One column's comparison: Evidently's score (p-value or distance) against its threshold."""
+    """One column's comparison on the samples: the test's score (a p-value, or a distance for a
+    distance method) against its threshold, and the effect size against its own; `drifted` only
+    when both say so. The stats describe every row of each side."""
 
     column: str
     kind: Literal["numerical", "categorical"]
@@ -110,6 +194,13 @@ class ColumnDrift:
     threshold: float
     score: float
     drifted: bool
+    significant: bool = False
+    effect_method: str = ""
+    effect_threshold: float = math.nan
+    effect: float = math.nan
+    large: bool = False
+    reference: dict[str, float | int] = field(default_factory=dict)
+    current: dict[str, float | int] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,6 +216,9 @@ class DriftResult:
     drifted_share: float | None = None
     columns: list[ColumnDrift] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    reference_sample: int = 0  # rows of each side compared (a uniform sample of its usable rows)
+    current_sample: int = 0
+    sample_seed: int = 0
     report_html: Path | None = None
     report_json: Path | None = None
 
@@ -151,7 +245,12 @@ class DriftResult:
             "reference_rows": self.reference_rows,
             "current_rows": self.current_rows,
             "min_rows": self.min_rows,
-            "columns": [asdict(c) for c in self.columns],
+            "reference_sample": self.reference_sample,
+            "current_sample": self.current_sample,
+            "sample_seed": self.sample_seed,
+            "columns": [
+                {k: v for k, v in asdict(c).items() if not k.startswith("_")} for c in self.columns
+            ],
             "notes": list(self.notes),
             "report_html": str(self.report_html) if self.report_html else None,
             "report_json": str(self.report_json) if self.report_json else None,
@@ -162,37 +261,47 @@ class DriftResult:
 
 
 def compared_columns(
-    reference: pd.DataFrame, current: pd.DataFrame, config: DriftConfig
+    reference: pd.DataFrame | list[str],
+    current: pd.DataFrame | list[str],
+    config: DriftConfig,
+    current_rows: int | None = None,
 ) -> tuple[list[str], list[str]]:
-    """(columns to compare, notes). DriftCheckError when the two tables cannot be compared."""
+    """(columns to compare, notes) from the two tables' columns (or the tables).
+    DriftCheckError when they cannot be compared."""
+    reference_columns = [str(c) for c in getattr(reference, "columns", reference)]
+    current_columns = [str(c) for c in getattr(current, "columns", current)]
+    if current_rows is None:
+        current_rows = len(current)
     notes: list[str] = []
     if config.columns is not None:
         columns = list(config.columns)
-        absent = [c for c in columns if c not in reference.columns]
+        absent = [c for c in columns if c not in reference_columns]
         if absent:
             raise DriftCheckError(f"configured drift columns missing from the reference: {absent}")
     else:
-        columns = [c for c in FEATURE_COLUMNS if c in reference.columns]
+        columns = [c for c in FEATURE_COLUMNS if c in reference_columns]
         if not columns:
-            shown = ", ".join(map(str, list(reference.columns)[:12])) or "none"
+            shown = ", ".join(reference_columns[:12]) or "none"
             raise DriftCheckError(
                 f"the reference has no feature columns (it has: {shown}); build it with "
                 "`visionops drift features` or the evaluation step"
             )
-    missing = [c for c in columns if c not in current.columns]
-    if missing and len(current):
+    missing = [c for c in columns if c not in current_columns]
+    if missing and current_rows:
         raise DriftCheckError(
             f"reference and current have different columns: current lacks {missing}"
         )
-    extra = [c for c in FEATURE_COLUMNS if c in current.columns and c not in columns]
+    extra = [c for c in FEATURE_COLUMNS if c in current_columns and c not in columns]
     if extra:
         notes.append(f"not compared (absent from the reference or not configured): {extra}")
     return columns, notes
 
 
-def _clean(frame: pd.DataFrame, columns: list[str], side: str) -> tuple[pd.DataFrame, int]:
-    """The compared columns with finite values only, and how many rows were left out."""
-    import pandas as pd  # heavy (about a second): only once tables are compared
+def _clean(frame: pd.DataFrame, columns: list[str], side: str) -> tuple[pd.DataFrame, Any]:
+    """The compared columns as finite numbers (NaN where missing or infinite), and the mask of
+    rows to keep. Categorical columns stay labels."""
+    import numpy as np
+    import pandas as pd
 
     table = frame.loc[:, columns].copy()
     for column in columns:
@@ -203,16 +312,8 @@ def _clean(frame: pd.DataFrame, columns: list[str], side: str) -> tuple[pd.DataF
         if bad.any():
             example = table.loc[bad, column].iloc[0]
             raise DriftCheckError(f"{side} column {column!r} is not numeric (e.g. {example!r})")
-        table[column] = values.replace([np.inf, -np.inf], np.nan)
-    empty = [c for c in columns if len(table) and table[c].isna().all()]
-    if empty:
-        raise DriftCheckError(f"{side} columns without any finite value: {empty}")
-    keep = table.notna().all(axis=1)
-    table = table.loc[keep]
-    for column in columns:
-        if column in CATEGORICAL_COLUMNS:
-            table[column] = table[column].map(_category)
-    return table.reset_index(drop=True), int((~keep).sum())
+        table[column] = values.astype(np.float64).replace([np.inf, -np.inf], np.nan)
+    return table, table.notna().all(axis=1).to_numpy()
 
 
 def _category(value: object) -> str:
@@ -222,61 +323,129 @@ def _category(value: object) -> str:
     return str(value)
 
 
+@dataclass
+class _Side:
+    """What one pass over a table keeps: its sample of usable rows and every row's statistics."""
+
+    sample: pd.DataFrame
+    rows: int  # usable rows (every compared column finite)
+    dropped: int  # rows left out for missing or infinite values
+    stats: dict[str, ColumnStats]
+
+
+def _read_side(
+    table: FeatureTableReader, columns: list[str], config: DriftConfig, side: str
+) -> _Side:
+    """One pass in batches: streaming statistics of every row, and a seeded uniform sample of at
+    most `config.sample_rows` rows (chosen by index before reading), usable rows of it kept."""
+    import numpy as np
+    import pandas as pd
+
+    total = table.num_rows
+    if total > config.sample_rows:
+        rng = np.random.default_rng(config.sample_seed)
+        wanted = np.sort(rng.choice(total, config.sample_rows, replace=False))
+    else:
+        wanted = None
+    stats = {c: ColumnStats() for c in columns if c not in CATEGORICAL_COLUMNS}
+    seen: set[str] = set()
+    parts: list[pd.DataFrame] = []
+    usable = dropped = offset = 0
+    for batch in table.batches(columns):
+        frame, keep = _clean(batch, columns, side)
+        for column, column_stats in stats.items():
+            column_stats.add(frame[column].to_numpy())
+        seen.update(c for c in columns if frame[c].notna().any())
+        usable += int(keep.sum())
+        dropped += int(len(keep) - keep.sum())
+        if wanted is not None:
+            low, high = np.searchsorted(wanted, [offset, offset + len(frame)])
+            take = np.zeros(len(frame), bool)
+            take[wanted[low:high] - offset] = True
+            keep = keep & take
+        parts.append(frame.loc[keep])
+        offset += len(frame)
+    empty = [c for c in columns if usable + dropped and c not in seen]
+    if empty:
+        raise DriftCheckError(f"{side} columns without any finite value: {empty}")
+    sample = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+    for column in columns:
+        if column in CATEGORICAL_COLUMNS:
+            sample[column] = sample[column].map(_category)
+    return _Side(sample, usable, dropped, stats)
+
+
+def _reader(table: Table) -> FeatureTableReader:
+    return table if isinstance(table, FeatureTableReader) else FeatureTableReader(table)
+
+
 # ---------------------------------------------------------------- check
 
 
 def check_drift(
-    reference: pd.DataFrame,
-    current: pd.DataFrame,
+    reference: Table,
+    current: Table,
     *,
     config: DriftConfig | None = None,
     report_dir: Path | None = None,
 ) -> DriftResult:
     """Compare `current` with `reference` and decide drift / no drift / not enough data.
 
-    With `report_dir`, writes `drift_report.html` (Evidently, self-contained) and `drift.json`
-    (this result plus Evidently's metric and test values) there.
+    Either side is a DataFrame, a feature table's path (Parquet is streamed) or a
+    `FeatureTableReader`. With `report_dir`, writes `drift_report.html` (Evidently on the samples,
+    self-contained) and `drift.json` (this result plus Evidently's metric and test values) there.
     """
     config = config or DriftConfig.from_settings()
-    columns, notes = compared_columns(reference, current, config)
-    ref, ref_dropped = _clean(reference, columns, "reference")
-    if ref_dropped:
-        notes.append(f"{ref_dropped} reference rows with missing or infinite values left out")
-    if len(ref) < config.min_rows:
-        raise DriftCheckError(
-            f"the reference has {len(ref)} usable rows; at least {config.min_rows} are needed"
-        )
-    cur, cur_dropped = (
-        _clean(current, columns, "current") if len(current) else (current.iloc[0:0], 0)
+    ref_table, cur_table = _reader(reference), _reader(current)
+    columns, notes = compared_columns(
+        ref_table.columns, cur_table.columns, config, cur_table.num_rows
     )
-    if cur_dropped:
-        notes.append(f"{cur_dropped} current rows with missing or infinite values left out")
+    ref = _read_side(ref_table, columns, config, "reference")
+    if ref.dropped:
+        notes.append(f"{ref.dropped} reference rows with missing or infinite values left out")
+    if ref.rows < config.min_rows:
+        raise DriftCheckError(
+            f"the reference has {ref.rows} usable rows; at least {config.min_rows} are needed"
+        )
+    if cur_table.num_rows:
+        cur = _read_side(cur_table, columns, config, "current")
+    else:
+        cur = _Side(ref.sample.iloc[0:0], 0, 0, {})
+    if cur.dropped:
+        notes.append(f"{cur.dropped} current rows with missing or infinite values left out")
 
     result = DriftResult(
         decision=NOT_ENOUGH_DATA,
         reason="",
-        reference_rows=len(ref),
-        current_rows=len(cur),
+        reference_rows=ref.rows,
+        current_rows=cur.rows,
         min_rows=config.min_rows,
         drift_share_threshold=config.drift_share,
         notes=notes,
+        reference_sample=len(ref.sample),
+        current_sample=len(cur.sample),
+        sample_seed=config.sample_seed,
     )
-    if len(cur) < config.min_rows:
+    if cur.rows < config.min_rows:
         result.reason = (
-            f"not enough data: {len(cur)} usable current rows, at least {config.min_rows} needed"
+            f"not enough data: {cur.rows} usable current rows, at least {config.min_rows} needed"
         )
         _write_reports(result, None, report_dir)
         return result
-
-    snapshot = _run_evidently(ref, cur, columns, config)
-    _read_snapshot(result, snapshot, columns, config)
+    if len(cur.sample) < cur.rows or len(ref.sample) < ref.rows:
+        notes.append(
+            f"compared a seeded uniform sample (seed {config.sample_seed}): "
+            f"{len(cur.sample)} of {cur.rows} current and {len(ref.sample)} of {ref.rows} "
+            "reference rows"
+        )
+    _decide(result, ref, cur, columns, config)
+    snapshot = _run_evidently(ref.sample, cur.sample, columns, config) if report_dir else None
     _write_reports(result, snapshot, report_dir)
     log.info("drift check: %s", result.reason)
     return result
 
 
 def _stattest(method: str, kind: str) -> Any:
-    # Evidently takes seconds to import: only a check that compares anything loads it.
     from evidently.legacy.calculations.stattests.registry import get_registered_stattest
     from evidently.legacy.core import ColumnType
 
@@ -287,31 +456,78 @@ def _stattest(method: str, kind: str) -> Any:
         raise UsageError(message) from error
 
 
+def _statistic(method: str, threshold: float | None, kind: str):  # type: ignore[no-untyped-def]
+    """(Evidently's stattest, its threshold) for a method name; None: the method's default."""
+    stattest = _stattest(method, kind)
+    return stattest, stattest.default_threshold if threshold is None else threshold
+
+
+def _decide(
+    result: DriftResult, ref: _Side, cur: _Side, columns: list[str], config: DriftConfig
+) -> None:
+    """Each column: the test and the effect size on the samples; drifted when both say so."""
+    import numpy as np
+    from evidently.legacy.core import ColumnType
+
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant columns: zero spread
+        for column in columns:
+            categorical = column in CATEGORICAL_COLUMNS
+            kind = "cat" if categorical else "num"
+            test, threshold = _statistic(
+                config.method_for(column), config.threshold_for(column), kind
+            )
+            effect_method, effect_threshold = config.effect_for(column)
+            effect_test, _ = _statistic(effect_method, effect_threshold, kind)
+            a, b = ref.sample[column], cur.sample[column]
+            score, significant = test.func(a, b, ColumnType(kind), threshold)
+            effect, large = effect_test.func(a, b, ColumnType(kind), effect_threshold)
+            result.columns.append(
+                ColumnDrift(
+                    column=column,
+                    kind="categorical" if categorical else "numerical",
+                    method=test.name,
+                    threshold=float(threshold),
+                    score=float(score),
+                    drifted=bool(significant) and bool(large),
+                    significant=bool(significant),
+                    effect_method=effect_test.name,
+                    effect_threshold=float(effect_threshold),
+                    effect=float(effect),
+                    large=bool(large),
+                    reference=ref.stats[column].to_dict() if column in ref.stats else {},
+                    current=cur.stats[column].to_dict() if column in cur.stats else {},
+                )
+            )
+    drifted = result.drifted_columns
+    result.drifted_share = len(drifted) / len(columns)
+    result.decision = DRIFT if result.drifted_share >= config.drift_share - 1e-12 else NO_DRIFT
+    verdict = "drift" if result.decision == DRIFT else "no drift"
+    result.reason = (
+        f"{verdict}: {len(drifted)} of {len(columns)} columns drifted "
+        f"(share {result.drifted_share:.2f}, drift at >= {config.drift_share:.2f}): "
+        f"{', '.join(drifted) or 'none'}"
+    )
+
+
 def _run_evidently(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], config: DriftConfig):  # type: ignore[no-untyped-def]
-    # Evidently takes seconds to import: only a check that compares anything loads it.
+    """Evidently's report of the samples: per column, the test and the effect size."""
+    import numpy as np
     from evidently import DataDefinition, Dataset, Report
-    from evidently.metrics import DriftedColumnsCount, ValueDrift
+    from evidently.metrics import ValueDrift
 
     categorical = [c for c in columns if c in CATEGORICAL_COLUMNS]
     numerical = [c for c in columns if c not in CATEGORICAL_COLUMNS]
-    methods: dict[str, str] = {}
-    thresholds: dict[str, float] = {}
+    metrics = []
     for column in columns:
         kind = "cat" if column in CATEGORICAL_COLUMNS else "num"
-        methods[column] = config.method_for(column)
-        stattest = _stattest(methods[column], kind)
-        threshold = config.threshold_for(column)
-        thresholds[column] = stattest.default_threshold if threshold is None else threshold
+        test, threshold = _statistic(config.method_for(column), config.threshold_for(column), kind)
+        effect_method, effect_threshold = config.effect_for(column)
+        metrics.append(ValueDrift(column=column, method=test.name, threshold=threshold))
+        if effect_method != test.name:
+            metrics.append(ValueDrift(column=column, method=effect_method,
+                                      threshold=effect_threshold))  # fmt: skip
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
-    metrics = [
-        DriftedColumnsCount(
-            columns=columns,
-            drift_share=config.drift_share,
-            per_column_method=methods,
-            per_column_threshold=thresholds,
-        ),
-        *(ValueDrift(column=c, method=methods[c], threshold=thresholds[c]) for c in columns),
-    ]
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         # Evidently's correlation widgets divide by a zero spread on constant columns.
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -321,49 +537,9 @@ def _run_evidently(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], con
         )
 
 
-def _read_snapshot(result: DriftResult, snapshot: Any, columns: list[str], config: DriftConfig):  # type: ignore[no-untyped-def]
-    data = snapshot.dict()
-    drifted_by_test: dict[str, bool] = {}
-    share_status = None
-    for test in data["tests"]:
-        params = test["metric_config"]["params"]
-        if params["type"].endswith("ValueDrift"):
-            drifted_by_test[params["column"]] = test["status"] == "FAIL"
-        elif params["type"].endswith("DriftedColumnsCount"):
-            share_status = test["status"]
-    for metric in data["metrics"]:
-        cfg = metric["config"]
-        if cfg["type"].endswith("DriftedColumnsCount"):
-            result.drifted_share = float(metric["value"]["share"])
-        elif cfg["type"].endswith("ValueDrift"):
-            column = cfg["column"]
-            result.columns.append(
-                ColumnDrift(
-                    column=column,
-                    kind="categorical" if column in CATEGORICAL_COLUMNS else "numerical",
-                    method=str(cfg["method"]),
-                    threshold=float(cfg["threshold"]),
-                    score=float(metric["value"]),
-                    drifted=drifted_by_test[column],
-                )
-            )
-    result.columns.sort(key=lambda c: columns.index(c.column))
-    if share_status is None or result.drifted_share is None:
-        raise DriftCheckError("Evidently returned no drifted-columns test")  # pragma: no cover
-    counted = round(result.drifted_share * len(columns))
-    if counted != len(result.drifted_columns):
-        log.warning("Evidently counted %d drifted columns, per-column tests %d",
-                    counted, len(result.drifted_columns))  # fmt: skip
-    result.decision = DRIFT if share_status == "FAIL" else NO_DRIFT
-    drifted = ", ".join(result.drifted_columns) or "none"
-    verdict = "drift" if result.decision == DRIFT else "no drift"
-    result.reason = (
-        f"{verdict}: {len(result.drifted_columns)} of {len(columns)} columns drifted "
-        f"(share {result.drifted_share:.2f}, drift at >= {config.drift_share:.2f}): {drifted}"
-    )
-
-
 def _write_reports(result: DriftResult, snapshot: Any, report_dir: Path | None) -> None:
+    from visionops.data.files import atomic_write_text
+
     if report_dir is None:
         return
     report_dir = Path(report_dir)
@@ -372,12 +548,39 @@ def _write_reports(result: DriftResult, snapshot: Any, report_dir: Path | None) 
     result.report_json = report_dir / REPORT_JSON
     if snapshot is not None:
         snapshot.save_html(str(result.report_html))  # a Path silently writes nothing
+        page = result.report_html.read_text(encoding="utf-8")
+        atomic_write_text(result.report_html, page.replace("<body>", "<body>" + _banner(result), 1))
         evidently = snapshot.dict()
     else:
         atomic_write_text(result.report_html, _summary_html(result))
         evidently = None
     payload = {**result.to_dict(), "evidently": evidently}
     atomic_write_text(result.report_json, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _banner(result: DriftResult) -> str:
+    """What the decision was and what Evidently's report below was computed on."""
+    rows = "".join(
+        f"<tr><td>{html.escape(c.column)}</td><td>{html.escape(c.method)} {c.score:.3g} "
+        f"({'real' if c.significant else 'not real'} at {c.threshold:g})</td>"
+        f"<td>{html.escape(c.effect_method)} {c.effect:.3g} "
+        f"({'matters' if c.large else 'small'} at {c.effect_threshold:g})</td>"
+        f"<td>{'<b>drifted</b>' if c.drifted else ''}</td></tr>"
+        for c in result.columns
+    )
+    return (
+        "<div style='font-family:sans-serif;padding:12px;border-bottom:1px solid #ccc'>"
+        f"<h2>VisionOps drift decision: {html.escape(result.decision)}</h2>"
+        f"<p>{html.escape(result.reason)}</p>"
+        f"<p>Computed on a seeded uniform sample (seed {result.sample_seed}) of "
+        f"{result.current_sample:,} of {result.current_rows:,} usable current rows and "
+        f"{result.reference_sample:,} of {result.reference_rows:,} reference rows; Evidently's "
+        "report below shows the same samples. A column drifted when its test says the change is "
+        "real and its effect size says it matters; each of Evidently's verdicts below applies one "
+        "of the two alone.</p>"
+        "<table><tr><th>column</th><th>test</th><th>effect size</th><th></th></tr>"
+        f"{rows}</table></div>"
+    )
 
 
 def _summary_html(result: DriftResult) -> str:
