@@ -1,4 +1,4 @@
-"""The monitoring pipeline: collect -> drift check -> retrain on drift | record the decision.
+"""The monitoring pipeline: compact -> collect -> drift check -> retrain on drift | record it.
 
 python -m pipelines.monitoring                   # compile to pipelines/monitoring.yaml
 visionops pipeline run monitoring --local -p new_data=/path/to/labeled/drifted/data
@@ -9,12 +9,16 @@ from pathlib import Path
 from kfp import dsl
 
 from components.collect import collect
+from components.compact import compact
 from components.drift_check import drift_check
 from components.record import record_decision
 from components.retrain import retrain
 from pipelines import compile_pipeline, step
 
 PIPELINE_NAME = "visionops-monitoring"
+COMPACT_MEMORY = "1Gi"
+COLLECT_MEMORY = "1Gi"
+CHECK_MEMORY = "1536Mi"
 
 
 @dsl.pipeline(
@@ -45,12 +49,22 @@ def monitoring_pipeline(
     `dataset` plus `new_data` (labeled images of the drifted window) with `epochs`, `imgsz`,
     `weights` (0/empty: training defaults) and any other training parameter in
     `training_params` (JSON)."""
+    # Memory from benchmarks/monitoring_scale.py (peak RSS at 1M and 10M rows, README
+    # "Monitoring at scale"), with headroom; none of the three grows with the window.
+    compacted = step(
+        compact(log_location=log_location, start=start, end=end, hours=hours),
+        "Compact the prediction log",
+        cpu="1",
+        memory=COMPACT_MEMORY,
+        retries=2,
+    )
     window = step(
         collect(log_location=log_location, start=start, end=end, hours=hours),
         "Collect the prediction log",
-        memory="2Gi",
+        cpu="1",
+        memory=COLLECT_MEMORY,
         retries=2,
-    )
+    ).after(compacted)
     check = step(
         drift_check(
             current=window.outputs["features"],
@@ -61,7 +75,7 @@ def monitoring_pipeline(
         ),
         "Drift check (Evidently)",
         cpu="1",
-        memory="2Gi",
+        memory=CHECK_MEMORY,
         retries=2,
     )
     with dsl.If(check.outputs["decision"] == "drift", "drift"):

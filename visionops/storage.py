@@ -77,6 +77,10 @@ class ObjectStore(ABC):
         """Every key under `prefix`, recursively, sorted."""
 
     @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove one object; removing one that is already gone is not an error."""
+
+    @abstractmethod
     def upload_file(self, path: Path, key: str) -> None: ...
 
     @abstractmethod
@@ -161,8 +165,18 @@ class LocalStore(ObjectStore):
             if p.is_file() and not p.name.startswith(".")
         )
 
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     def upload_file(self, path: Path, key: str) -> None:
-        self.write_bytes(key, path.read_bytes())
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name(f".{target.name}.{os.getpid()}.upload")
+        try:
+            shutil.copyfile(path, staging)  # streamed: large files never sit in memory
+            staging.replace(target)
+        finally:
+            staging.unlink(missing_ok=True)
 
     def download_file(self, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,6 +265,10 @@ class S3Store(ObjectStore):
                 ]
         cut = len(self.prefix) + 1 if self.prefix else 0
         return sorted(name[cut:] for name in names)
+
+    def delete(self, key: str) -> None:
+        with self._errors("delete", key):
+            self.client.remove_object(self.bucket, _join(self.prefix, key))
 
     def upload_file(self, path: Path, key: str) -> None:
         with self._errors("upload", key):

@@ -115,6 +115,25 @@ def collect(
     err_console.print(f"collected {summary.rows} rows to {out}", highlight=False)
 
 
+@drift_app.command("compact")
+def compact(
+    log: LogOption = "",
+    start: StartOption = None,
+    end: EndOption = None,
+    hours: HoursOption = 24.0,
+) -> None:
+    """Compact the closed hours of a window of the prediction log into Parquet parts."""
+    from visionops.monitoring.compact import compact_window
+
+    with progress("compact") as callback:
+        summary = compact_window(log, start=start, end=end, hours=hours, progress=callback)
+    typer.echo(json.dumps(summary.to_dict(), indent=2))
+    for line in summary.problems():
+        err_console.print(f"[yellow]warning[/]: {line}", highlight=False)
+    parts = sum(1 for h in summary.hours if h.part)
+    err_console.print(f"compacted {summary.rows} rows into {parts} parts", highlight=False)
+
+
 @drift_app.command("check")
 def check(
     reference: Annotated[

@@ -217,7 +217,11 @@ def connect_duckdb(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(config={"autoinstall_known_extensions": False,
                                  "autoload_known_extensions": False})  # fmt: skip
     con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"SET threads = {int(threads or os.cpu_count() or 2)}")
+    if threads is None:
+        from visionops.config import get_settings
+
+        threads = get_settings().log_read_threads
+    con.execute(f"SET threads = {int(threads)}")
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
     con.execute("SET preserve_insertion_order = false")
     return con
@@ -241,11 +245,15 @@ def json_columns(columns: Sequence[str], extra: dict[str, str] | None = None) ->
     return "{" + ", ".join(f"{_sql_text(c)}: {_sql_text(t)}" for c, t in types.items()) + "}"
 
 
-def read_json_sql(paths: Sequence[Path], columns: str, *, strict: bool = False) -> str:
+def read_json_sql(
+    paths: Sequence[Path], columns: str, *, strict: bool = False, filename: bool = False
+) -> str:
+    """DuckDB's read_json of JSON-lines files. Not strict: a line that does not parse becomes a
+    row of NULLs and a value of the wrong type a NULL; strict: either is an error."""
     files = "[" + ", ".join(_sql_text(str(p)) for p in paths) + "]"
     errors = "false" if strict else "true"
     return (f"read_json({files}, format = 'newline_delimited', columns = {columns}, "
-            f"ignore_errors = {errors})")  # fmt: skip
+            f"ignore_errors = {errors}, filename = {str(filename).lower()})")  # fmt: skip
 
 
 # ---------------------------------------------------------------- reading
@@ -276,7 +284,7 @@ def _local_files(
 
         def fetch(item: tuple[int, str]) -> tuple[str, Path | None]:
             index, key = item
-            path = folder / f"{index}{Path(key).suffix}"
+            path = folder / str(index) / key.rsplit("/", 1)[-1]  # keeps the file's name
             try:
                 store.download_file(key, path)
             except (StorageError, OSError) as error:
@@ -393,10 +401,9 @@ def _name_bad_lines(
 ) -> None:
     """Which files of a chunk had the lines without a timestamp (a second, narrow read)."""
     by_path = {str(p): k for k, p in files}
-    spec = json_columns([TIMESTAMP])
+    source = read_json_sql([p for _, p in files], json_columns([TIMESTAMP]), filename=True)
     rows = con.sql(
-        f"SELECT filename, count(*) FROM {read_json_sql([p for _, p in files], spec)[:-1]}, "
-        f"filename = true) WHERE {TIMESTAMP} IS NULL GROUP BY filename"
+        f"SELECT filename, count(*) FROM {source} WHERE {TIMESTAMP} IS NULL GROUP BY filename"
     ).fetchall()
     for name, count in rows:
         summary.count_bad(by_path.get(name, name), int(count))
@@ -486,12 +493,14 @@ def iter_window(
     high = pa.scalar(end, pa.timestamp("us", tz="UTC"))
     partitions = window_keys(store, start, end)
     raw: list[str] = []
-    for keys in partitions.values():
+    for partition, keys in partitions.items():
+        hour = datetime.strptime(partition, "dt=%Y-%m-%d/hour=%H").replace(tzinfo=UTC)
+        whole = start <= hour and hour + timedelta(hours=1) <= end  # no row can fall outside
         covered: set[str] = set()
         for key in sorted(k for k in keys if _is_part(k.rsplit("/", 1)[1])):
             for batch in _read_part(store, key, columns, covered, summary):
-                yield from _in_window(_conform(batch, columns) if conform else batch, low, high,
-                                      summary)  # fmt: skip
+                batch = _conform(batch, columns) if conform else batch
+                yield from _in_window(batch, None if whole else (low, high), summary)
         files = [k for k in keys if k.endswith(RAW_SUFFIX)]
         fresh = [k for k in files if k.rsplit("/", 1)[1] not in covered]
         summary.covered_files += len(files) - len(fresh)
@@ -499,22 +508,26 @@ def iter_window(
     con = connect_duckdb()
     try:
         for batch in _read_raw(con, store, raw, columns, summary, extra, progress):
-            yield from _in_window(_conform(batch, columns) if conform else batch, low, high,
-                                  summary)  # fmt: skip
+            batch = _conform(batch, columns) if conform else batch
+            yield from _in_window(batch, (low, high), summary)
     finally:
         con.close()
 
 
 def _in_window(
-    batch: pa.RecordBatch, low: pa.Scalar, high: pa.Scalar, summary: CollectSummary
+    batch: pa.RecordBatch, bounds: tuple[pa.Scalar, pa.Scalar] | None, summary: CollectSummary
 ) -> Iterator[pa.RecordBatch]:
+    """The rows of `batch` with low <= timestamp < high (all of them without bounds)."""
     import pyarrow.compute as pc
 
     if not len(batch):
         return
-    stamps = batch.column(TIMESTAMP)
-    inside = pc.and_(pc.greater_equal(stamps, low), pc.less(stamps, high))
-    kept = batch.filter(inside)
+    kept = batch
+    if bounds is not None:
+        stamps = batch.column(TIMESTAMP)
+        kept = batch.filter(
+            pc.and_(pc.greater_equal(stamps, bounds[0]), pc.less(stamps, bounds[1]))
+        )
     if len(kept):
         summary.rows += len(kept)
         yield kept
