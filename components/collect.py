@@ -37,7 +37,10 @@ def collect(
     features.metadata["format"] = "parquet"
     features.metadata["rows"] = summary.rows
     features.metadata["problems"] = summary.problems()
+    features.metadata["other_columns"] = summary.other_columns
     for line in summary.problems():
         print(f"WARNING: {line}")
+    for line in summary.notes():
+        print(line)
     print(f"collected {summary.rows} rows in {summary.seconds:.1f}s")
     return namedtuple("CollectOutputs", ["rows"])(summary.rows)

@@ -112,6 +112,8 @@ def collect(
     typer.echo(json.dumps(summary.to_dict(), indent=2))
     for line in summary.problems():
         err_console.print(f"[yellow]warning[/]: {line}", highlight=False)
+    for line in summary.notes():
+        err_console.print(line, highlight=False)
     err_console.print(f"collected {summary.rows} rows to {out}", highlight=False)
 
 

@@ -181,12 +181,16 @@ class CollectSummary:
         if self.unreadable:
             named = "; ".join(f"{k}: {why}" for k, why in list(self.unreadable.items())[:MAX_NAMED])
             lines.append(f"{len(self.unreadable)} unreadable files skipped: {named}")
-        if self.other_columns:
-            named = ", ".join(f"{c} ({n} files)" for c, n in sorted(self.other_columns.items()))
-            lines.append(f"columns not collected: {named}")
         if self.duplicate_rows:
             lines.append(f"{self.duplicate_rows} rows held by two compacted parts read once")
         return lines
+
+    def notes(self) -> list[str]:
+        """Keys of the records this version does not collect (e.g. a newer predictor's column)."""
+        if not self.other_columns:
+            return []
+        named = ", ".join(f"{c} ({n} files)" for c, n in sorted(self.other_columns.items()))
+        return [f"columns not collected: {named}"]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -585,6 +589,8 @@ def collect_to_parquet(
     summary.seconds = time.perf_counter() - started
     for line in summary.problems():
         log.warning("prediction log %s: %s", store.uri(), line)
+    for line in summary.notes():
+        log.info("prediction log %s: %s", store.uri(), line)
     log.info("collected %d records from %s, %s .. %s in %.1fs", summary.rows, store.uri(),
              summary.start.isoformat(), summary.end.isoformat(), summary.seconds)  # fmt: skip
     return summary

@@ -511,7 +511,8 @@ def _decide(
 
 
 def _run_evidently(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], config: DriftConfig):  # type: ignore[no-untyped-def]
-    """Evidently's report of the samples: per column, the test and the effect size."""
+    """Evidently's report of the samples: per column, the effect size (its own choice above
+    1,000 rows); the banner above it gives both statistics and the decision."""
     import numpy as np
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
@@ -519,14 +520,9 @@ def _run_evidently(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], con
     categorical = [c for c in columns if c in CATEGORICAL_COLUMNS]
     numerical = [c for c in columns if c not in CATEGORICAL_COLUMNS]
     metrics = []
-    for column in columns:
-        kind = "cat" if column in CATEGORICAL_COLUMNS else "num"
-        test, threshold = _statistic(config.method_for(column), config.threshold_for(column), kind)
-        effect_method, effect_threshold = config.effect_for(column)
-        metrics.append(ValueDrift(column=column, method=test.name, threshold=threshold))
-        if effect_method != test.name:
-            metrics.append(ValueDrift(column=column, method=effect_method,
-                                      threshold=effect_threshold))  # fmt: skip
+    for column in columns:  # one widget per column: the effect size, the statistic that decides
+        effect_method, effect_threshold = config.effect_for(column)  # on windows of any size
+        metrics.append(ValueDrift(column=column, method=effect_method, threshold=effect_threshold))
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         # Evidently's correlation widgets divide by a zero spread on constant columns.
@@ -576,8 +572,8 @@ def _banner(result: DriftResult) -> str:
         f"{result.current_sample:,} of {result.current_rows:,} usable current rows and "
         f"{result.reference_sample:,} of {result.reference_rows:,} reference rows; Evidently's "
         "report below shows the same samples. A column drifted when its test says the change is "
-        "real and its effect size says it matters; each of Evidently's verdicts below applies one "
-        "of the two alone.</p>"
+        "real and its effect size says it matters; Evidently's verdicts below show the effect size "
+        "alone.</p>"
         "<table><tr><th>column</th><th>test</th><th>effect size</th><th></th></tr>"
         f"{rows}</table></div>"
     )
