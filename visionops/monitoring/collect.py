@@ -358,19 +358,21 @@ def _read_raw(
             for column, count in others.items():
                 summary.other_columns[column] = summary.other_columns.get(column, 0) + count
             summary.raw_files += len(files)
-            try:
+            batches: list[pa.RecordBatch] = []  # a chunk's rows (tens of MB) before any leaves:
+            try:  # a failure half way must not yield a file's rows twice
                 reader = con.sql(f"SELECT * FROM {read_json_sql([p for _, p in files], spec)}")
                 bad = 0
                 for batch in reader.to_arrow_reader(65_536):
                     valid = pc.is_valid(batch.column(TIMESTAMP))
                     dropped = len(batch) - pc.sum(valid).as_py() if len(batch) else 0
                     bad += dropped
-                    yield batch.filter(valid) if dropped else batch
+                    batches.append(batch.filter(valid) if dropped else batch)
             except Exception as error:  # duckdb.Error: a file vanished or is not text at all
                 yield from _read_one_by_one(con, files, spec, summary, error)
                 continue
             if bad:
                 _name_bad_lines(con, files, summary)
+            yield from batches
     if progress is not None:
         progress(done, len(keys))
 

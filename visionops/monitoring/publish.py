@@ -153,6 +153,7 @@ def log_drift_to_mlflow(
         "drift.current_rows": float(result.current_rows),
         "drift.reference_rows": float(result.reference_rows),
         **{f"drift.score.{c.column}": c.score for c in result.columns},
+        **{f"drift.effect.{c.column}": c.effect for c in result.columns},
     }
     if result.drifted_share is not None:
         values["drift.share"] = result.drifted_share
