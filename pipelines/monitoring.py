@@ -16,9 +16,13 @@ from components.retrain import retrain
 from pipelines import compile_pipeline, step
 
 PIPELINE_NAME = "visionops-monitoring"
-COMPACT_MEMORY = "1Gi"
-COLLECT_MEMORY = "1Gi"
-CHECK_MEMORY = "1536Mi"
+# Peak RSS at 1M rows (benchmarks/monitoring_scale.py, README "Monitoring at production scale"):
+# compact 168 MiB, collect 285 MiB, check 537 MiB. None grows with the window: DuckDB is capped at
+# 256 MB and reads a bounded chunk, the check keeps a bounded sample. Limits: the cap plus what
+# Python, pyarrow and Evidently hold, with headroom.
+COMPACT_MEMORY = "768Mi"
+COLLECT_MEMORY = "768Mi"
+CHECK_MEMORY = "1Gi"
 
 
 @dsl.pipeline(
@@ -49,8 +53,6 @@ def monitoring_pipeline(
     `dataset` plus `new_data` (labeled images of the drifted window) with `epochs`, `imgsz`,
     `weights` (0/empty: training defaults) and any other training parameter in
     `training_params` (JSON)."""
-    # Memory from benchmarks/monitoring_scale.py (peak RSS at 1M and 10M rows, README
-    # "Monitoring at scale"), with headroom; none of the three grows with the window.
     compacted = step(
         compact(log_location=log_location, start=start, end=end, hours=hours),
         "Compact the prediction log",

@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     # A column drifts only when the test above finds a change AND this effect size (an Evidently
     # distance method) says it is large enough to matter: big windows make tiny changes significant.
     drift_num_effect: str = "wasserstein"
-    drift_num_effect_threshold: float = Field(0.1, gt=0, description="normed Wasserstein")
+    drift_num_effect_threshold: float = Field(0.4, gt=0, description="normed Wasserstein")
     drift_cat_effect: str = "psi"
     drift_cat_effect_threshold: float = Field(0.1, gt=0, description="population stability")
     # The decision compares a seeded uniform sample of at most this many rows of each side.

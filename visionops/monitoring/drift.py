@@ -299,21 +299,33 @@ def compared_columns(
 
 def _clean(frame: pd.DataFrame, columns: list[str], side: str) -> tuple[pd.DataFrame, Any]:
     """The compared columns as finite numbers (NaN where missing or infinite), and the mask of
-    rows to keep. Categorical columns stay labels."""
+    rows to keep. Categorical columns stay labels. Float columns (a collected window's) pass as
+    numpy arrays; anything else is parsed, and a value that is not a number is an error."""
     import numpy as np
     import pandas as pd
 
-    table = frame.loc[:, columns].copy()
+    data: dict[str, Any] = {}
+    keep = np.ones(len(frame), bool)
     for column in columns:
+        series = frame[column]
         if column in CATEGORICAL_COLUMNS:
+            data[column] = series.to_numpy()
+            keep &= series.notna().to_numpy()
             continue
-        values = pd.to_numeric(table[column], errors="coerce")
-        bad = values.isna() & table[column].notna()
-        if bad.any():
-            example = table.loc[bad, column].iloc[0]
-            raise DriftCheckError(f"{side} column {column!r} is not numeric (e.g. {example!r})")
-        table[column] = values.astype(np.float64).replace([np.inf, -np.inf], np.nan)
-    return table, table.notna().all(axis=1).to_numpy()
+        if not pd.api.types.is_float_dtype(series.dtype):
+            coerced = pd.to_numeric(series, errors="coerce")
+            bad = coerced.isna() & series.notna()
+            if bad.any():
+                example = series[bad].iloc[0]
+                raise DriftCheckError(f"{side} column {column!r} is not numeric (e.g. {example!r})")
+            series = coerced
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        finite = np.isfinite(values)
+        if not finite.all():
+            values = np.where(finite, values, np.nan)
+        data[column] = values
+        keep &= finite
+    return pd.DataFrame(data, columns=columns), keep
 
 
 def _category(value: object) -> str:
