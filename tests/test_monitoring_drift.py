@@ -16,6 +16,7 @@ from tests.drift_data import DriftTables, build_drift_tables
 from tests.servers import free_port, gauge
 from visionops.cli.app import app
 from visionops.config import get_settings
+from visionops.data.features import FEATURE_COLUMNS
 from visionops.data.tables import load_feature_table
 from visionops.monitoring.drift import DriftConfig, check_drift
 from visionops.monitoring.publish import prometheus_metrics
@@ -287,6 +288,101 @@ def test_reference_from_the_registry_champion(
     assert code == 1 and "evaluate it first" in output
     code, _, output = _check("models:/drift-test@challenger", tables.clean)
     assert code == 1 and "no version with alias 'challenger'" in output
+
+
+def _feature_frame(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def test_a_window_of_exactly_the_minimum_is_decided(
+    tables: DriftTables, tmp_path: Path, settings_env: pytest.MonkeyPatch
+):
+    """README: `not_enough_data` when fewer than VISIONOPS_DRIFT_MIN_ROWS usable current rows
+    remain; a window of exactly that many is decided."""
+    settings_env.setenv("VISIONOPS_DRIFT_MIN_ROWS", "40")
+    drifted = _feature_frame(tables.drifted).sample(frac=1.0, random_state=0)  # every product
+    drifted.head(40).to_csv(tmp_path / "forty.csv", index=False)
+    code, payload, output = _check(tables.reference, tmp_path / "forty.csv")
+    assert code == 0, output
+    assert (payload["decision"], payload["current_rows"], payload["min_rows"]) == ("drift", 40, 40)
+
+    drifted.head(39).to_csv(tmp_path / "thirty-nine.csv", index=False)
+    code, payload, output = _check(tables.reference, tmp_path / "thirty-nine.csv")
+    assert (code, payload["decision"]) == (0, "not_enough_data"), output
+    assert payload["reason"] == "not enough data: 39 usable current rows, at least 40 needed"
+
+    # Usable rows count, not rows: 42 rows of which 3 have a missing value leave 39.
+    holes = drifted.head(42).reset_index(drop=True)
+    holes.loc[[0, 20, 41], "sharpness"] = np.nan
+    holes.to_csv(tmp_path / "holes.csv", index=False)
+    code, payload, output = _check(tables.reference, tmp_path / "holes.csv")
+    assert (code, payload["decision"], payload["current_rows"]) == (0, "not_enough_data", 39)
+    assert "3 current rows with missing or infinite values left out" in payload["notes"]
+
+
+def test_drift_columns_setting_chooses_what_is_compared(
+    tables: DriftTables, settings_env: pytest.MonkeyPatch
+):
+    """VISIONOPS_DRIFT_COLUMNS: exactly the listed columns are compared. Columns the darkening
+    leaves alone (scipy's KS p-value > 0.1 here, computed independently) decide no drift on the
+    darkened window; brightness_mean alone decides drift."""
+    from scipy.stats import ks_2samp
+
+    reference, drifted = _feature_frame(tables.reference), _feature_frame(tables.drifted)
+    numeric = [c for c in FEATURE_COLUMNS if c in reference.columns and c != "top_class"]
+    calm = [
+        c for c in numeric
+        if reference[c].nunique() > 1 and ks_2samp(reference[c], drifted[c]).pvalue > 0.1
+    ]  # fmt: skip
+    assert calm, "the darkening should leave some column alone"
+
+    settings_env.setenv("VISIONOPS_DRIFT_COLUMNS", json.dumps(calm))
+    code, payload, output = _check(tables.reference, tables.drifted)
+    assert code == 0, output
+    assert [c["column"] for c in payload["columns"]] == calm
+    assert (payload["decision"], payload["drifted_columns"]) == ("no_drift", [])
+    assert any("not compared" in note and "brightness_mean" in note for note in payload["notes"])
+
+    settings_env.setenv("VISIONOPS_DRIFT_COLUMNS", '["brightness_mean"]')
+    get_settings.cache_clear()
+    code, payload, output = _check(tables.reference, tables.drifted)
+    assert [c["column"] for c in payload["columns"]] == ["brightness_mean"]
+    assert (payload["decision"], payload["drifted_columns"]) == ("drift", ["brightness_mean"])
+
+    settings_env.setenv("VISIONOPS_DRIFT_COLUMNS", '["brightness_mean", "nope"]')
+    get_settings.cache_clear()
+    code, payload, output = _check(tables.reference, tables.drifted)
+    assert code == 1 and "configured drift columns missing from the reference: ['nope']" in output
+
+
+def test_column_thresholds_apply_to_their_column_only(
+    tables: DriftTables, settings_env: pytest.MonkeyPatch
+):
+    """VISIONOPS_DRIFT_COLUMN_THRESHOLDS: the KS p-value of brightness_mean (scipy, computed
+    here) is below the default 0.001, so the column drifts; with its threshold at a tenth of that
+    p-value it does not, and the other column keeps the default threshold."""
+    from scipy.stats import ks_2samp
+
+    reference, drifted = _feature_frame(tables.reference), _feature_frame(tables.drifted)
+    p_value = float(ks_2samp(reference["brightness_mean"], drifted["brightness_mean"]).pvalue)
+    assert 0 < p_value < 0.001
+    settings_env.setenv("VISIONOPS_DRIFT_COLUMNS", '["brightness_mean", "edge_density"]')
+    for threshold, drifts in ((p_value / 10, False), (min(p_value * 10, 0.5), True)):
+        settings_env.setenv(
+            "VISIONOPS_DRIFT_COLUMN_THRESHOLDS", json.dumps({"brightness_mean": threshold})
+        )
+        get_settings.cache_clear()
+        code, payload, output = _check(tables.reference, tables.drifted)
+        assert code == 0, output
+        columns = {c["column"]: c for c in payload["columns"]}
+        brightness, other = columns["brightness_mean"], columns["edge_density"]
+        assert (brightness["method"], brightness["threshold"]) == ("ks", threshold)
+        assert brightness["score"] == pytest.approx(p_value, rel=1e-9)
+        assert brightness["drifted"] is drifts
+        assert (other["method"], other["threshold"]) == ("ks", 0.001)
+        # One drifted column of two is a share of 0.5, over the default 0.04.
+        assert payload["decision"] == ("drift" if payload["drifted_columns"] else "no_drift")
+        assert ("brightness_mean" in payload["drifted_columns"]) is drifts
 
 
 def test_a_large_window_drifts_only_on_a_real_and_large_change(tmp_path: Path):

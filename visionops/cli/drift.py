@@ -15,6 +15,9 @@ from typing import Annotated
 import typer
 
 from visionops.cli._common import SeedOption, console, err_console, progress
+from visionops.config import get_settings
+from visionops.data.tables import FeatureTableReader, write_feature_table
+from visionops.errors import UsageError
 
 drift_app = typer.Typer(
     help="Drift monitoring: simulate drift, build feature tables, check a window.",
@@ -41,6 +44,7 @@ def simulate(
     seed: SeedOption = 0,
 ) -> None:
     """Write a drifted copy of a split, its COCO annotations carried over (and transformed)."""
+    # cv2, numpy: loaded by this command only
     from visionops.monitoring.simulate import simulate_split
 
     with progress(f"drift {kind} {severity:g}") as callback:
@@ -65,7 +69,7 @@ def features(
     out: Annotated[Path, typer.Option("--out", help="Feature table: .parquet, .csv or .jsonl.")],
 ) -> None:
     """Compute the image feature table of a folder (a reference or a current window)."""
-    from visionops.data.tables import write_feature_table
+    # cv2, numpy: loaded by this command only
     from visionops.monitoring.reference import folder_feature_table
 
     with progress("image features") as callback:
@@ -102,7 +106,7 @@ def collect(
     hours: HoursOption = 24.0,
 ) -> None:
     """Stream a time window [start, end) of the prediction log into a Parquet feature table."""
-    from visionops.errors import UsageError
+    # DuckDB and pyarrow: loaded by this command only
     from visionops.monitoring.collect import collect_window
 
     if out.suffix.lower() not in (".parquet", ".pq"):
@@ -125,6 +129,7 @@ def compact(
     hours: HoursOption = 24.0,
 ) -> None:
     """Compact the closed hours of a window of the prediction log into Parquet parts."""
+    # DuckDB and pyarrow: loaded by this command only
     from visionops.monitoring.compact import compact_window
 
     with progress("compact") as callback:
@@ -172,8 +177,7 @@ def check(
     ] = None,
 ) -> None:
     """Decide drift / no drift / not enough data; the result is JSON on stdout (exit 0)."""
-    from visionops.config import get_settings
-    from visionops.data.tables import FeatureTableReader
+    # cv2, numpy, and MLflow or Evidently when used: loaded by this command only
     from visionops.monitoring.drift import DriftConfig
     from visionops.monitoring.publish import check_and_publish
     from visionops.monitoring.reference import resolve_reference

@@ -13,7 +13,7 @@ from visionops.data.files import atomic_write_bytes
 from visionops.errors import DataError, UsageError
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import pandas as pd  # heavy (about a second): only where a table is read
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".jsonl", ".json")
 
@@ -67,7 +67,7 @@ class FeatureTableReader:
     (small, hand-made tables) are loaded whole and sliced."""
 
     def __init__(self, source: pd.DataFrame | Path, table_format: str | None = None) -> None:
-        import pandas as pd
+        import pandas as pd  # heavy (about a second): only where a table is read
 
         self._frame: pd.DataFrame | None = None
         self._parquet = None
@@ -77,8 +77,8 @@ class FeatureTableReader:
             path = Path(source).expanduser()
             suffix = f".{table_format.lower().lstrip('.')}" if table_format else path.suffix
             if suffix.lower() in (".parquet", ".pq") and path.is_file():
-                import pyarrow as pa
-                import pyarrow.parquet as pq
+                import pyarrow as pa  # pyarrow: loaded only where a table is streamed
+                import pyarrow.parquet as pq  # pyarrow: loaded only where a table is streamed
 
                 try:
                     self._parquet = pq.ParquetFile(path)
@@ -105,7 +105,7 @@ class FeatureTableReader:
     def batches(self, columns: list[str], rows: int = 131_072) -> Iterator[pd.DataFrame]:
         """The table's `columns`, `rows` rows at a time, in order."""
         if self._parquet is not None:
-            import pyarrow as pa
+            import pyarrow as pa  # pyarrow: loaded only where a table is streamed
 
             try:
                 for batch in self._parquet.iter_batches(rows, columns=columns):

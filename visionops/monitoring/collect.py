@@ -21,6 +21,7 @@ Only a window whose every file failed is an error, never a silently empty table.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from visionops.config import get_settings
 from visionops.data.features import FEATURE_COLUMNS
 from visionops.errors import StorageError, UsageError
 from visionops.monitoring.prediction_log import (
@@ -44,12 +46,12 @@ from visionops.monitoring.prediction_log import (
     TIMESTAMP,
     partition_key,
 )
-from visionops.storage import LocalStore, ObjectStore
+from visionops.storage import LocalStore, ObjectStore, default_store, open_store
 
 if TYPE_CHECKING:
-    import duckdb
-    import pandas as pd
-    import pyarrow as pa
+    import duckdb  # DuckDB: loaded only where the log is read
+    import pandas as pd  # heavy (about a second): only where a table is read
+    import pyarrow as pa  # pyarrow: loaded only where a table is streamed
 
     from visionops.progress import ProgressCallback
 
@@ -216,14 +218,12 @@ class CollectSummary:
 
 def connect_duckdb(threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that stays offline (no extension downloads) and reads times as UTC."""
-    import duckdb
+    import duckdb  # DuckDB: loaded only where the log is read
 
     con = duckdb.connect(config={"autoinstall_known_extensions": False,
                                  "autoload_known_extensions": False})  # fmt: skip
     con.execute("SET TimeZone = 'UTC'")
     if threads is None:
-        from visionops.config import get_settings
-
         threads = get_settings().log_read_threads
     con.execute(f"SET threads = {int(threads)}")
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
@@ -264,7 +264,7 @@ def read_json_sql(
 
 
 def output_schema(columns: Sequence[str] = COLLECTED_COLUMNS) -> pa.Schema:
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow: loaded only where a table is streamed
 
     def kind(column: str) -> pa.DataType:
         if column == TIMESTAMP:
@@ -340,7 +340,7 @@ def _read_raw(
     progress: ProgressCallback | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Record batches of JSON-lines files (lines without a valid timestamp dropped, counted)."""
-    import pyarrow.compute as pc
+    import pyarrow.compute as pc  # pyarrow: loaded only where a table is streamed
 
     spec = json_columns(columns, extra)
     known = {*columns, *(extra or {}), DETECTIONS}
@@ -385,7 +385,7 @@ def _read_one_by_one(
     error: Exception,
 ) -> Iterator[pa.RecordBatch]:
     """A chunk DuckDB refused as a whole, file by file, so one bad file names itself."""
-    import pyarrow.compute as pc
+    import pyarrow.compute as pc  # pyarrow: loaded only where a table is streamed
 
     log.warning("prediction log: reading %d files one by one after: %s", len(files), error)
     for key, path in files:
@@ -430,11 +430,9 @@ def _read_part(
     summary: CollectSummary,
 ) -> Iterator[pa.RecordBatch]:
     """Batches of a compacted part, without rows of files an earlier part already gave."""
-    import io
-
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # pyarrow: loaded only where a table is streamed
+    import pyarrow.compute as pc  # pyarrow: loaded only where a table is streamed
+    import pyarrow.parquet as pq  # pyarrow: loaded only where a table is streamed
 
     try:
         source: Any = (
@@ -463,7 +461,7 @@ def _read_part(
 
 def _conform(batch: pa.RecordBatch, columns: Sequence[str]) -> pa.RecordBatch:
     """The batch with exactly the collected columns (absent ones null), in their order."""
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow: loaded only where a table is streamed
 
     schema = output_schema(columns)
     arrays = []
@@ -491,7 +489,7 @@ def iter_window(
     `columns` are log columns (record, feature, `detections`); `extra` maps other keys to DuckDB
     types (read from JSON lines only). Problems are counted in `summary`.
     """
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow: loaded only where a table is streamed
 
     start, end = _as_utc(start), _as_utc(end)
     conform = not extra and DETECTIONS not in columns  # else the types read are kept
@@ -524,7 +522,7 @@ def _in_window(
     batch: pa.RecordBatch, bounds: tuple[pa.Scalar, pa.Scalar] | None, summary: CollectSummary
 ) -> Iterator[pa.RecordBatch]:
     """The rows of `batch` with low <= timestamp < high (all of them without bounds)."""
-    import pyarrow.compute as pc
+    import pyarrow.compute as pc  # pyarrow: loaded only where a table is streamed
 
     if not len(batch):
         return
@@ -545,9 +543,6 @@ def _in_window(
 def open_log(location: str = "") -> ObjectStore:
     """The prediction log at `location` (s3://bucket/prefix or a folder); empty: the configured
     one (`VISIONOPS_LOG_PREFIX` in the S3 bucket if configured, else in the data dir)."""
-    from visionops.config import get_settings
-    from visionops.storage import default_store, open_store
-
     settings = get_settings()
     return open_store(location, settings) if location else default_store(settings.log_prefix)
 
@@ -565,7 +560,7 @@ def collect_to_parquet(
     Written atomically (a temporary sibling renamed into place); an empty window is an empty table
     with the columns. StorageError when the window has files but none of them could be read.
     """
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # pyarrow: loaded only where a table is streamed
 
     started = time.perf_counter()
     summary = CollectSummary(store.uri(), _as_utc(start), _as_utc(end))
@@ -624,7 +619,7 @@ def read_window(
     """A (small) window in memory, sorted by time: the collected columns, the other keys of the
     records as text columns, and `detections` if asked. For tests, the demo and exploration; the
     pipeline streams with `collect_to_parquet`."""
-    import pandas as pd
+    import pandas as pd  # heavy (about a second): only where a table is read
 
     summary = summary or CollectSummary(store.uri(), _as_utc(start), _as_utc(end))
     extra = dict.fromkeys(_other_keys(store, start, end), "VARCHAR")

@@ -24,6 +24,7 @@ file has beyond its first record's are not kept (the writer writes one schema pe
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import re
@@ -35,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from visionops.config import get_settings
 from visionops.monitoring.collect import (
     COLLECTED_COLUMNS,
     PART_PREFIX,
@@ -50,6 +52,7 @@ from visionops.monitoring.collect import (
     _sql_text,
     connect_duckdb,
     json_columns,
+    open_log,
     read_json_sql,
     resolve_window,
     window_keys,
@@ -58,7 +61,7 @@ from visionops.monitoring.prediction_log import DETECTIONS, TIMESTAMP
 from visionops.storage import LocalStore, ObjectStore
 
 if TYPE_CHECKING:
-    import duckdb
+    import duckdb  # DuckDB: loaded only where the log is read
 
     from visionops.progress import ProgressCallback
 
@@ -122,10 +125,8 @@ def part_key(partition: str, names: Sequence[str]) -> str:
 
 def _existing_sources(store: ObjectStore, key: str) -> list[str] | None:
     """The files a part covers; None when the part cannot be read (it is then ignored)."""
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # pyarrow: loaded only where a table is streamed
+    import pyarrow.parquet as pq  # pyarrow: loaded only where a table is streamed
 
     try:
         if isinstance(store, LocalStore):
@@ -289,9 +290,6 @@ def compact_window(
 ) -> CompactSummary:
     """`visionops drift compact` and the `compact` component: the closed hours of a window of the
     log at `location` (empty: the configured log)."""
-    from visionops.config import get_settings
-    from visionops.monitoring.collect import open_log
-
     begin, stop = resolve_window(start, end, hours)
     settle = get_settings().log_compact_after_s
     return compact_log(open_log(location), begin, stop, settle_s=settle, progress=progress)

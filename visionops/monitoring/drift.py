@@ -27,13 +27,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from visionops.config import Settings
+import numpy as np
+
+from visionops.config import Settings, get_settings
 from visionops.data.features import CATEGORICAL_COLUMNS, FEATURE_COLUMNS
+from visionops.data.files import atomic_write_text
 from visionops.data.tables import FeatureTableReader
 from visionops.errors import DriftCheckError, UsageError
 
 if TYPE_CHECKING:
-    import pandas as pd
+    import pandas as pd  # heavy (about a second): only where a table is read
 
     Table = pd.DataFrame | Path | FeatureTableReader
 
@@ -99,8 +102,6 @@ class DriftConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> DriftConfig:
-        from visionops.config import get_settings
-
         settings = settings or get_settings()
         values: dict[str, Any] = {
             "num_method": settings.drift_num_method,
@@ -150,8 +151,6 @@ class ColumnStats:
 
     def add(self, values: Any) -> None:
         """Fold a batch in (Chan et al.'s parallel update of mean and squared deviations)."""
-        import numpy as np
-
         finite = values[np.isfinite(values)]
         self.missing += len(values) - len(finite)
         n = len(finite)
@@ -301,8 +300,7 @@ def _clean(frame: pd.DataFrame, columns: list[str], side: str) -> tuple[pd.DataF
     """The compared columns as finite numbers (NaN where missing or infinite), and the mask of
     rows to keep. Categorical columns stay labels. Float columns (a collected window's) pass as
     numpy arrays; anything else is parsed, and a value that is not a number is an error."""
-    import numpy as np
-    import pandas as pd
+    import pandas as pd  # heavy (about a second): only where a table is read
 
     data: dict[str, Any] = {}
     keep = np.ones(len(frame), bool)
@@ -350,8 +348,7 @@ def _read_side(
 ) -> _Side:
     """One pass in batches: streaming statistics of every row, and a seeded uniform sample of at
     most `config.sample_rows` rows (chosen by index before reading), usable rows of it kept."""
-    import numpy as np
-    import pandas as pd
+    import pandas as pd  # heavy (about a second): only where a table is read
 
     total = table.num_rows
     if total > config.sample_rows:
@@ -458,6 +455,7 @@ def check_drift(
 
 
 def _stattest(method: str, kind: str) -> Any:
+    # Evidently takes seconds to import: only a check that compares anything loads it.
     from evidently.legacy.calculations.stattests.registry import get_registered_stattest
     from evidently.legacy.core import ColumnType
 
@@ -478,7 +476,7 @@ def _decide(
     result: DriftResult, ref: _Side, cur: _Side, columns: list[str], config: DriftConfig
 ) -> None:
     """Each column: the test and the effect size on the samples; drifted when both say so."""
-    import numpy as np
+    # Evidently takes seconds to import: only a check that compares anything loads it.
     from evidently.legacy.core import ColumnType
 
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
@@ -525,7 +523,7 @@ def _decide(
 def _run_evidently(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], config: DriftConfig):  # type: ignore[no-untyped-def]
     """Evidently's report of the samples: per column, the effect size (its own choice above
     1,000 rows); the banner above it gives both statistics and the decision."""
-    import numpy as np
+    # Evidently takes seconds to import: only a check that compares anything loads it.
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
 
@@ -546,8 +544,6 @@ def _run_evidently(ref: pd.DataFrame, cur: pd.DataFrame, columns: list[str], con
 
 
 def _write_reports(result: DriftResult, snapshot: Any, report_dir: Path | None) -> None:
-    from visionops.data.files import atomic_write_text
-
     if report_dir is None:
         return
     report_dir = Path(report_dir)
