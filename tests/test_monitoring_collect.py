@@ -128,7 +128,7 @@ def test_broken_lines_files_and_a_newer_schema_are_counted_and_named(log_dir: Pa
     assert frame.loc[frame["request_id"] == "newer", "brightness_mean"].notna().all()
 
 
-def test_compaction_is_lossless_idempotent_and_fast_to_read(log_dir: Path, tmp_path: Path):
+def test_compaction_is_lossless_idempotent_and_read_with_json_lines(log_dir: Path, tmp_path: Path):
     store = LocalStore(log_dir)
     before = collect_to_parquet(store, T0, DAY_END, tmp_path / "before.parquet")
     later = datetime(2026, 3, 1, 10, 30, tzinfo=UTC)  # hour 10 is still being written
