@@ -248,7 +248,7 @@ def expand_log(source: Path, target: Path, factor: int) -> Path:
                    AS timestamp,
                request_id || '-' || k AS request_id, model_name, model_version, {jitter},
                {", ".join(PREDICTION_COLUMNS)}, detections,
-               strftime(timestamp + to_microseconds(k * {step_us}), 'dt=%Y-%m-%d') AS dt,
+               strftime(timestamp + to_microseconds(k * {step_us}), '%Y-%m-%d') AS dt,
                strftime(timestamp + to_microseconds(k * {step_us}), '%H') AS hour
         FROM read_json('{source}/*/*/*.jsonl', format = 'newline_delimited', columns = {spec}),
              range({factor}) AS r(k)
