@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import MlflowServer, S3Server, mlflow_server, s3_server
+from visionops.bootstrap import disable_telemetry
+
+# Before any test module imports onnxruntime or openvino: they read their opt-outs once, at import.
+disable_telemetry()
+
+from tests.servers import MlflowServer, S3Server, mlflow_server, s3_server  # noqa: E402
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

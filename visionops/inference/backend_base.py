@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from visionops.bootstrap import disable_telemetry
 from visionops.errors import EngineUnavailable, InferenceError, ModelLoadError, UsageError
 
 # The package each engine runs on, and the extra of this project that installs it.
@@ -108,17 +109,25 @@ class SoloSharedBackend(InferenceBackend):
 def require_runtime(engine: str) -> ModuleType:
     """Import the package `engine` runs on; `EngineUnavailable` names the extra to install.
 
-    The predictor calls it before loading anything, so a missing runtime stops it at start.
+    The predictor calls it before loading anything, so a missing runtime stops it at start. Every
+    session and compiled model of the project is created after it, and it switches the runtimes'
+    telemetry off before their first import (`visionops.bootstrap.disable_telemetry`), so no
+    caller can forget to.
     """
+    disable_telemetry()
     if engine not in RUNTIMES:
         known = ", ".join(sorted(RUNTIMES))
         raise UsageError(f"unknown engine {engine!r} (known: {known})")
     package, extra = RUNTIMES[engine]
     try:
-        return importlib.import_module(package)
+        runtime = importlib.import_module(package)
     except ImportError as error:
         raise EngineUnavailable(
             f"the {engine} engine needs the {package} package, which is not installed: "
             f"pip install 'visionops[{extra}]' (the predictor image: docker build "
             f"--build-arg EXTRAS={extra})"
         ) from error
+    if package == "onnxruntime":
+        # Session-level events; the environment variable above already stopped the uploader.
+        runtime.disable_telemetry_events()
+    return runtime

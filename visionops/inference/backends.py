@@ -69,7 +69,7 @@ class OnnxRuntimeBackend(SoloSharedBackend):
         self._input_size = (height, width) if fixed else None
 
     def _session(self, threads: int):  # type: ignore[no-untyped-def]
-        import onnxruntime as ort  # the engine's runtime: loaded with a model
+        ort = require_runtime(self.name)  # the engine's runtime, its telemetry off first
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
