@@ -11,6 +11,7 @@ attempt (`visionops/offline/`).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -65,7 +66,12 @@ def disable_telemetry() -> None:
     if "openvino_telemetry" not in sys.modules:
         sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
     elif sys.modules["openvino_telemetry"] is not None:
-        log.warning("openvino was imported before visionops.bootstrap: it sent its import event")
+        _warn_once("openvino was imported before visionops.bootstrap: it sent its import event")
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 def offline_environment(settings: Settings) -> dict[str, str]:
