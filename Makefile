@@ -11,10 +11,10 @@ STAMP := $(VENV)/.installed
 EXTRAS := pipeline,serve,openvino,dev
 PYTEST_ARGS ?=
 
-.PHONY: help install tools demo test lint format lock clean
+.PHONY: help install tools demo offline-check test lint format lock clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@echo ">> creating $(VENV) and installing visionops[$(EXTRAS)] (pinned by $(CONSTRAINTS))"
@@ -28,16 +28,20 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP) ## Create .venv and install the project with every extra
 
-tools: ## System tools the tests use (shellcheck, promtool, prometheus, pushgateway), via apt if missing
-	@missing=""; for t in shellcheck promtool prometheus prometheus-pushgateway; do command -v $$t >/dev/null || missing=1; done; \
+tools: ## System tools the tests use (shellcheck, promtool, prometheus, pushgateway, strace), via apt if missing
+	@missing=""; for t in shellcheck promtool prometheus prometheus-pushgateway strace; do command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
-	  echo ">> installing shellcheck, prometheus (promtool) and prometheus-pushgateway with apt"; \
+	  echo ">> installing shellcheck, prometheus (promtool), prometheus-pushgateway and strace with apt"; \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends shellcheck prometheus prometheus-pushgateway >/dev/null; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends shellcheck prometheus prometheus-pushgateway strace >/dev/null; \
 	fi
 
 demo: $(STAMP) ## Generate data, train, serve and monitor on one machine
 	$(BIN)/visionops demo
+	@echo ">> offline by construction; to see it checked below Python (as root): make offline-check"
+
+offline-check: $(STAMP) tools ## As root: the quick demo, both engines, no network route; lists any DNS query or connection out
+	$(BIN)/visionops doctor offline
 
 lint: $(STAMP) tools ## ruff check + format check, import contracts, shellcheck, hadolint
 	$(BIN)/ruff check .

@@ -223,7 +223,7 @@ def stop_process(process: subprocess.Popen[bytes] | int, timeout: float = 20) ->
 
 
 @contextmanager
-def predictor(name: str, log_dir: Path, work: Path) -> Iterator[str]:
+def predictor(name: str, log_dir: Path, work: Path, engine: str = "onnxruntime") -> Iterator[str]:
     """The KServe predictor on `models:/<name>@champion`, on 127.0.0.1; yields its URL."""
     port, grpc = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
@@ -234,7 +234,7 @@ def predictor(name: str, log_dir: Path, work: Path) -> Iterator[str]:
             [
                 sys.executable, "-m", "serving", "--model-uri", f"models:/{name}@champion",
                 f"--model_name={name}", "--host", "127.0.0.1", f"--http_port={port}",
-                f"--grpc_port={grpc}", "--prediction-log", str(log_dir),
+                f"--grpc_port={grpc}", "--prediction-log", str(log_dir), "--engine", engine,
             ],
             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,

@@ -84,3 +84,10 @@ class DriftCheckError(VisionOpsError, ValueError):
 
 class PipelineError(VisionOpsError, RuntimeError):
     """A pipeline could not be compiled, submitted or did not succeed."""
+
+
+class SandboxUnavailable(VisionOpsError, RuntimeError):
+    """The offline check cannot isolate a command here: no root, `unshare` or `strace` (CLI exit
+    2, so a script tells "could not check" from "something reached for the network")."""
+
+    exit_code = 2

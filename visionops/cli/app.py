@@ -17,6 +17,7 @@ from visionops.bootstrap import bootstrap
 from visionops.cli._common import console, err_console
 from visionops.cli.data import data_app
 from visionops.cli.demo import demo
+from visionops.cli.doctor import doctor_app
 from visionops.cli.drift import drift_app
 from visionops.cli.model import model_app
 from visionops.cli.pipeline import pipeline_app
@@ -88,6 +89,7 @@ def show_config() -> None:
 
 app.command("demo")(demo)
 app.add_typer(data_app, name="data")
+app.add_typer(doctor_app, name="doctor")
 app.add_typer(drift_app, name="drift")
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)

@@ -1,0 +1,1 @@
+"""Proof below Python that nothing reaches the network: `visionops doctor offline`."""
