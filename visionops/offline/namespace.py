@@ -255,26 +255,28 @@ def _running(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+class _Stopped(Exception):
+    """SIGTERM from `run_offline` (its timeout, or Ctrl-C), or `run_offline`'s process died."""
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
 def _wait_for_command(tracer: subprocess.Popen[bytes]) -> None:
     """Until the command strace started has ended (strace itself waits for all its tracees,
-    including servers the command left behind)."""
+    including servers the command left behind), or `run_offline`'s process is gone."""
     children = Path(f"/proc/{tracer.pid}/task/{tracer.pid}/children")
-    command = None
+    command, parent = None, os.getppid()
     while tracer.poll() is None:
+        if os.getppid() != parent:
+            raise _Stopped  # whoever asked for the check is gone: stop, leave nothing behind
         if command is None:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 command = int(children.read_text().split()[0])
         elif not _running(command):
             return
         time.sleep(0.2)
-
-
-class _Stopped(Exception):
-    """SIGTERM from `run_offline` (its timeout, or Ctrl-C)."""
-
-
-def _stopped(signum: int, frame: object) -> None:
-    raise _Stopped
 
 
 def _inside(arguments: argparse.Namespace) -> int:
