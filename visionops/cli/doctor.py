@@ -7,6 +7,7 @@ and the host (`visionops/offline/`). Needs root. What it runs by default is the 
 training pipeline with training, the INT8 accuracy guard on both engines, evaluation and
 registration, the predictor on ONNX Runtime under traffic, the monitoring pipeline with its drift
 checks, the re-submitted training run), then the predictor on OpenVINO under the same traffic.
+`--small` runs `visionops.demo.run_small_loop` instead (what `make test` checks).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Annotated
 import typer
 
 from visionops.cli._common import console, err_console
+from visionops.cli.pipeline import StepPrinter
 
 doctor_app = typer.Typer(
     help="Check that this machine runs VisionOps as designed.", no_args_is_help=True
@@ -39,15 +41,23 @@ def offline(
     timeout: Annotated[
         float | None, typer.Option("--timeout", min=1, help="Stop the command after N seconds.")
     ] = None,
+    small: Annotated[
+        bool,
+        typer.Option(
+            "--small",
+            help="Instead of the quick demo: one tiny training pipeline run, both engines under "
+            "traffic, a drift check (what make test checks).",
+        ),
+    ] = False,
 ) -> None:
     """Run the quick demo on both engines (or `-- CMD`) with no network route; needs root."""
     from visionops.config import get_settings
-    from visionops.offline.namespace import DEFAULT_SCENARIO, check_offline
+    from visionops.offline.namespace import check_offline, scenario
 
     work = (work_dir or get_settings().data_dir / "offline").resolve()
-    shown = " ".join(ctx.args or DEFAULT_SCENARIO)
+    shown = " ".join(ctx.args or scenario(small=small))
     err_console.print(f"offline check: {shown} (trace in {work})", highlight=False)
-    report = check_offline(work, ctx.args, timeout=timeout)
+    report = check_offline(work, ctx.args, small=small, timeout=timeout)
     if report.clean:
         console.print(
             f"offline check: clean: no DNS query and no connection outside loopback from "
@@ -66,10 +76,14 @@ def offline(
 
 
 @doctor_app.command("offline-scenario", hidden=True)
-def offline_scenario() -> None:
+def offline_scenario(small: Annotated[bool, typer.Option("--small")] = False) -> None:
     """What `visionops doctor offline` runs by default (inside its namespaces)."""
     from visionops.config import get_settings
     from visionops.demo import inference_images, predictor, send_images
+
+    if small:
+        _small_loop()
+        return
 
     demo = subprocess.run([sys.executable, "-m", "visionops", "demo", "--quick"], check=False)
     if demo.returncode != 0:
@@ -84,4 +98,25 @@ def offline_scenario() -> None:
         answered = send_images(url, name, images)
     console.print(f"the predictor on OpenVINO answered {answered} of {len(images)} images")
     if answered != len(images):
+        raise typer.Exit(1)
+
+
+def _small_loop() -> None:
+    from pipelines import PIPELINES, load_pipeline  # kfp: loaded by this command only
+    from visionops.demo import DemoEvents, run_small_loop
+
+    with StepPrinter(indent="    ") as printer:
+        events = DemoEvents(
+            stage=lambda title: console.rule(title),
+            step=printer,
+            info=lambda text: err_console.print(f"  {text}", highlight=False),
+        )
+        result = run_small_loop({name: load_pipeline(name) for name in PIPELINES}, events)
+    for engine, answered in result.answered.items():
+        console.print(f"the predictor on {engine} answered {answered} of {result.sent} images")
+    console.print(
+        f"trained v{result.version}; drift check: {result.drift_decision} "
+        f"(MLflow run {result.drift_mlflow_run})"
+    )
+    if any(answered != result.sent for answered in result.answered.values()):
         raise typer.Exit(1)

@@ -38,8 +38,8 @@ from visionops.offline.syscall_log import TRACED_CALLS, Connection, read_trace
 RECORDER = ("127.0.0.53", 53)
 TIMED_OUT = 124  # the exit code of a command stopped at its timeout, as timeout(1) reports it
 BOOTSTRAP_DIRS = ("YOLO_CONFIG_DIR", "MPLCONFIGDIR", "TORCH_HOME")
-# What the check runs when it is given no command: the quick demo, then OpenVINO under traffic
-# (`visionops doctor offline-scenario`, in visionops/cli/doctor.py).
+# What the check runs when it is given no command: the quick demo, then OpenVINO under traffic,
+# or with `small` the small loop (`visionops doctor offline-scenario`, in visionops/cli/doctor.py).
 DEFAULT_SCENARIO = (sys.executable, "-m", "visionops", "doctor", "offline-scenario")
 RESOLV_CONF = Path("/etc/resolv.conf")
 
@@ -182,18 +182,26 @@ def run_offline(
     )
 
 
+def scenario(*, small: bool = False) -> tuple[str, ...]:
+    """The command the check runs when it is given none: the quick demo and OpenVINO under
+    traffic, or (`small`) the small loop."""
+    return (*DEFAULT_SCENARIO, "--small") if small else DEFAULT_SCENARIO
+
+
 def check_offline(
     work_dir: Path,
     command: Sequence[str] = (),
     *,
+    small: bool = False,
     output: IO[bytes] | None = None,
     timeout: float | None = None,
 ) -> OfflineReport:
-    """`visionops doctor offline`: `command`, or the default scenario from an empty data dir
-    (`<work_dir>/data`, as on a fresh clone), run offline in this process's clean environment."""
+    """`visionops doctor offline`: `command`, or the default scenario (`small`: the small loop)
+    from an empty data dir (`<work_dir>/data`, as on a fresh clone), run offline in this
+    process's clean environment."""
     env = clean_environment(os.environ)
     if not command:
-        command = DEFAULT_SCENARIO
+        command = scenario(small=small)
         shutil.rmtree(work_dir / "data", ignore_errors=True)
         env["VISIONOPS_DATA_DIR"] = str(work_dir / "data")
     return run_offline(command, work_dir, env=env, output=output, timeout=timeout)
