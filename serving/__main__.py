@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         access_log_format=args.access_log_format,
         event_loop=args.event_loop,
         timeout_keep_alive=args.timeout_keep_alive,
+        grace_period=settings.serve_shutdown_grace_s,
     )
     server.start([model])
 

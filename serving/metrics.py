@@ -6,9 +6,19 @@ rules and dashboards refer to them by these names.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from visionops.monitoring.prediction_log import LOSS_REASONS
+
+if TYPE_CHECKING:
+    from visionops.monitoring.prediction_log import PredictionLogWriter
 
 PROTOCOLS = ("v1", "v2", "grpc")
 OUTCOMES = ("success", "invalid_input", "too_large", "not_found", "unavailable", "error")
@@ -56,15 +66,80 @@ MODEL_READY = Gauge("visionops_model_ready", "1 when a model is loaded and servi
 MODEL_LOADS = Counter(
     "visionops_model_loads", "Model loads and reloads, by outcome (success, failure).", ["outcome"]
 )
-PREDICTION_LOG_QUEUED = Gauge(
-    "visionops_prediction_log_queued",
-    "Prediction log records waiting for their feature row (the log defers them while inference "
-    "runs, until the queue is half full).",
-)
-PREDICTION_LOG_DROPPED = Counter(
-    "visionops_prediction_log_dropped",
-    "Prediction log records dropped because the log queue was full (never slows a request).",
-)
+
+
+class PredictionLogMetrics(Collector):
+    """The prediction log's counters and gauges, read from the writer at each scrape.
+
+    The writer keeps its own counts (it lives below the predictor and knows nothing of
+    Prometheus); this collector exports them. Losses include those an earlier process could only
+    note in the spool on its way out (see `visionops.monitoring.log_spool`).
+    """
+
+    def __init__(self) -> None:
+        self.writer: PredictionLogWriter | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        writer = self.writer
+        queued = GaugeMetricFamily(
+            "visionops_prediction_log_queued",
+            "Prediction log records waiting for their feature row (the log defers them while "
+            "inference runs, until the queue is half full).",
+        )
+        pending = GaugeMetricFamily(
+            "visionops_prediction_log_pending",
+            "Prediction log records cut into batches that the store has not taken yet (memory).",
+        )
+        written = CounterMetricFamily(
+            "visionops_prediction_log_written", "Prediction log records the store took."
+        )
+        errors = CounterMetricFamily(
+            "visionops_prediction_log_write_errors",
+            "Writes of prediction log objects the store refused (every try counts).",
+        )
+        dropped = CounterMetricFamily(
+            "visionops_prediction_log_dropped",
+            "Prediction log records lost, by reason: queue_full (never slows a request), "
+            "no_features, spool_full (store down and no room in the spool), shutdown_timeout.",
+            labels=["reason"],
+        )
+        spool_bytes = GaugeMetricFamily(
+            "visionops_prediction_log_spool_bytes",
+            "Bytes of prediction log objects in the local spool, waiting for the store.",
+        )
+        spool_records = GaugeMetricFamily(
+            "visionops_prediction_log_spool_records",
+            "Prediction log records in the local spool, waiting for the store.",
+        )
+        age = GaugeMetricFamily(
+            "visionops_prediction_log_oldest_unwritten_age_seconds",
+            "Age of the oldest prediction log record not in the store yet (0: none waiting).",
+        )
+        lost = dict.fromkeys(LOSS_REASONS, 0)
+        if writer is not None:
+            queued.add_metric([], writer.queued)
+            pending.add_metric([], writer.pending)
+            written.add_metric([], writer.written + writer.shipped)
+            errors.add_metric([], writer.write_errors)
+            lost.update(writer.lost)
+            spool = writer.spool
+            spool_bytes.add_metric([], spool.size if spool is not None else 0)
+            spool_records.add_metric([], spool.records if spool is not None else 0)
+            oldest = writer.oldest_unwritten()
+            waited = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
+            age.add_metric([], max(0.0, waited))
+        else:
+            for family in (queued, pending, spool_bytes, spool_records, age):
+                family.add_metric([], 0)
+            written.add_metric([], 0)
+            errors.add_metric([], 0)
+        for reason, count in sorted(lost.items()):
+            dropped.add_metric([reason], count)
+        yield from (queued, pending, written, errors, dropped, spool_bytes, spool_records, age)
+
+
+PREDICTION_LOG = PredictionLogMetrics()
+REGISTRY.register(PREDICTION_LOG)
 
 for _protocol in PROTOCOLS:
     IMAGES.labels(_protocol)

@@ -38,6 +38,7 @@ from visionops.detections import Detections
 from visionops.errors import InvalidImage, UsageError, VisionOpsError
 from visionops.inference import Detector, decode_image
 from visionops.models.sources import ResolvedModel, resolve_model
+from visionops.monitoring.log_spool import LogSpool
 from visionops.monitoring.prediction_log import Activity, PredictionLogWriter
 from visionops.storage import open_store
 
@@ -112,20 +113,9 @@ class YoloModel(Model):
 
     def _activate(self, loaded: Loaded) -> None:
         names = loaded.detector.names
-        if self.options.prediction_log and self._log is None:  # may raise: nothing changed yet
-            self._log = PredictionLogWriter(
-                open_store(self.options.prediction_log, self.settings),
-                names=names,
-                model_name=self.name,
-                model_version=loaded.model.version,
-                max_queue=self.settings.log_max_queue,
-                max_queue_bytes=self.settings.log_max_queue_mb << 20,
-                batch_size=self.settings.log_batch_size,
-                flush_every_s=self.settings.log_flush_every_s,
-                on_drop=metrics.PREDICTION_LOG_DROPPED.inc,
-                activity=self._activity,
-            )
-            metrics.PREDICTION_LOG_QUEUED.set_function(lambda log=self._log: log.queued)
+        if self.options.prediction_log and (self._log is None or self._log.closed):  # may raise
+            self._log = self._open_log(names, loaded.model.version)
+            metrics.PREDICTION_LOG.writer = self._log
         elif self._log is not None:
             self._log.names = list(names)
         self.loaded = loaded  # one assignment: requests that took the old one keep it
@@ -147,6 +137,32 @@ class YoloModel(Model):
             "serving %s version %s from %s (%d classes: %s)",
             self.name, loaded.model.version, loaded.model.source, len(names), ", ".join(names),
         )  # fmt: skip
+
+    def _open_log(self, names: list[str], version: str) -> PredictionLogWriter:
+        """The prediction log writer, with its spool on the pod's volume (what an earlier
+        process spooled is shipped from here on)."""
+        settings = self.settings
+        store = open_store(self.options.prediction_log or "", settings)
+        spool = None
+        if settings.log_spool_max_mb > 0:
+            spool = LogSpool(settings.log_spool_path, store, settings.log_spool_max_mb << 20)
+            if spool.records:
+                log.warning(
+                    "prediction log: %d records in the spool %s from an earlier process; "
+                    "shipping them to %s", spool.records, spool.dir, store.uri(),
+                )  # fmt: skip
+        return PredictionLogWriter(
+            store,
+            names=names,
+            model_name=self.name,
+            model_version=version,
+            max_queue=settings.log_max_queue,
+            max_queue_bytes=settings.log_max_queue_mb << 20,
+            batch_size=settings.log_batch_size,
+            flush_every_s=settings.log_flush_every_s,
+            spool=spool,
+            activity=self._activity,
+        )
 
     def _failed(self, error: Exception) -> None:
         metrics.MODEL_LOADS.labels("failure").inc()
@@ -182,11 +198,12 @@ class YoloModel(Model):
                 raise
 
     def stop(self) -> None:
-        """Unload: stop serving and write out the prediction log."""
+        """Unload (at shutdown, once requests in flight are answered): stop serving, then write
+        out the prediction log, spooling what the store does not take within the flush timeout."""
         self.ready = False
         metrics.MODEL_READY.set(0)
         if self._log is not None:
-            self._log.flush()
+            self._log.close(timeout=self.settings.log_flush_timeout_s)
 
     # -- inference --------------------------------------------------------------------------------
 

@@ -1,9 +1,13 @@
-"""The prediction log: non-blocking submit, partitioned JSON lines, window reads, local and S3."""
+"""The prediction log: non-blocking submit, partitioned JSON lines, window reads, local and S3,
+and what happens to records while the store is down (memory, then the spool, then a count)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +18,8 @@ from visionops.data.features import FEATURE_COLUMNS, feature_row
 from visionops.detections import Detections
 from visionops.errors import StorageError
 from visionops.monitoring.collect import read_window
-from visionops.monitoring.prediction_log import Activity, PredictionLogWriter
+from visionops.monitoring.log_spool import LOST_PREFIX, LogSpool
+from visionops.monitoring.prediction_log import SPOOL_FULL, Activity, PredictionLogWriter
 from visionops.storage import LocalStore, ObjectStore, default_store
 
 NAMES = ("Cable/break", "Cable/thunderbolt", "Screw/defect")
@@ -77,31 +82,50 @@ def test_empty_window_reads_as_empty_frame(tmp_path: Path):
 
 
 class _GatedStore(LocalStore):
-    """A real local store whose writes wait for a gate, or fail a given number of times."""
+    """A real local store whose writes wait for a gate, fail a given number of times, or fail
+    while `down` is set (an outage)."""
 
     def __init__(self, root: Path, *, failures: int = 0) -> None:
         super().__init__(root)
         self.gate = threading.Event()
         self.gate.set()
         self.failures = failures
+        self.down = False
+        self.writes = 0
 
     def write_bytes(self, key: str, data: bytes) -> None:
         self.gate.wait(30)
+        if self.down:
+            raise StorageError("S3 endpoint http://127.0.0.1:1 unreachable (injected)")
         if self.failures:
             self.failures -= 1
             raise StorageError("disk full (injected)")
         super().write_bytes(key, data)
+        self.writes += 1
+
+
+_features_gate = threading.Event()
+
+
+@dataclass(frozen=True)
+class _SlowDetections(Detections):
+    """Detections whose log records wait for `_features_gate`: holds the features thread."""
+
+    def to_records(self, names: Sequence[str]) -> list[dict[str, object]]:
+        _features_gate.wait(30)
+        return super().to_records(names)
 
 
 def test_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path):
-    store = _GatedStore(tmp_path)
-    store.gate.clear()  # the writer thread blocks on its first write
+    store = LocalStore(tmp_path)
+    _features_gate.clear()  # the features thread blocks on the first record
     drops: list[int] = []
     writer = PredictionLogWriter(store, max_queue=3, batch_size=1, on_drop=lambda: drops.append(1))
-    accepted = [writer.submit(_image(i), None) for i in range(20)]
-    assert accepted.count(False) >= 20 - 3 - 2  # queue of 3, one in flight, one buffered
-    assert writer.dropped == accepted.count(False) == len(drops)
-    store.gate.set()
+    slow = _SlowDetections(*(lambda d: (d.boxes, d.scores, d.class_ids))(_detections(1)))
+    accepted = [writer.submit(_image(i), slow) for i in range(20)]
+    assert accepted.count(False) >= 20 - 3 - 1  # queue of 3, one being featurised
+    assert writer.dropped == writer.lost["queue_full"] == accepted.count(False) == len(drops)
+    _features_gate.set()
     writer.close()
     assert writer.written == accepted.count(True)
     assert len(read_window(store, datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC))) == (
@@ -211,3 +235,98 @@ def test_unreadable_lines_are_skipped(tmp_path: Path):
     _log_some(store, count=2)
     store.write_bytes("dt=2026-03-01/hour=09/broken.jsonl", b'{"timestamp": "2026-03-01T09:59\n')
     assert len(read_window(store, T0, T0 + timedelta(hours=1))) == 2
+
+
+# -- the store down: memory, then the spool, then a count; shipped when the store is back ------
+
+
+def _stored_records(store: LocalStore) -> list[str]:
+    """Request ids of every record in the store (each object read once)."""
+    frame = read_window(store, T0 - timedelta(days=1), datetime.now(UTC) + timedelta(hours=1))
+    return list(frame["request_id"]) if len(frame) else []
+
+
+def _submit(writer: PredictionLogWriter, count: int, start: int = 0) -> None:
+    for i in range(start, start + count):
+        stamp = T0 + timedelta(seconds=i)
+        assert writer.submit(_image(i), _detections(1), request_id=f"r{i}", timestamp=stamp)
+
+
+def test_an_outage_moves_records_from_memory_to_the_spool_and_ships_them_after(tmp_path: Path):
+    store = _GatedStore(tmp_path / "store")
+    store.down = True
+    spool = LogSpool(tmp_path / "spool", store, max_bytes=10 << 20)
+    writer = PredictionLogWriter(store, batch_size=2, max_pending=4, spool=spool)
+    _submit(writer, 10)
+    assert not writer.flush(timeout=10)  # refused: the oldest beyond 4 records are spooled
+    assert writer.write_errors >= 1 and writer.written == 0
+    assert (writer.pending, spool.records, writer.dropped) == (4, 6, 0)
+    assert writer.oldest_unwritten() == T0
+    store.down = False
+    assert writer.flush(timeout=10)  # the store is back: memory first, then the spool
+    assert sorted(_stored_records(store)) == sorted(f"r{i}" for i in range(10))
+    assert (writer.written, writer.shipped, spool.records, writer.oldest_unwritten()) == (
+        4, 6, 0, None,
+    )  # fmt: skip
+    writer.close()
+
+
+def test_closing_while_the_store_is_down_spools_and_the_next_start_ships(tmp_path: Path):
+    """A rolling update during an S3 outage: nothing is lost, nothing is written twice."""
+    store = _GatedStore(tmp_path / "store")
+    store.down = True
+    writer = PredictionLogWriter(store, spool=LogSpool(tmp_path / "spool", store, 10 << 20))
+    _submit(writer, 100)
+    started = time.monotonic()
+    writer.close(timeout=10)
+    assert time.monotonic() - started < 10
+    assert (writer.written, writer.spooled, writer.dropped) == (0, 100, 0)
+
+    store.down = False
+    spool = LogSpool(tmp_path / "spool", store, 10 << 20)  # the next process, same volume
+    assert spool.records == 100
+    restarted = PredictionLogWriter(store, spool=spool)
+    assert restarted.flush(timeout=10)
+    restarted.close()
+    assert sorted(_stored_records(store)) == sorted(f"r{i}" for i in range(100))
+    assert (restarted.shipped, spool.records, restarted.dropped) == (100, 0, 0)
+
+
+def test_a_stuck_store_cannot_hold_up_shutdown_and_a_late_write_duplicates_nothing(
+    tmp_path: Path,
+):
+    store = _GatedStore(tmp_path / "store")
+    spool = LogSpool(tmp_path / "spool", store, 10 << 20)
+    writer = PredictionLogWriter(store, batch_size=5, spool=spool)
+    store.gate.clear()  # every write hangs, as behind a network that drops packets
+    _submit(writer, 20)
+    started = time.monotonic()
+    writer.close(timeout=3)
+    assert time.monotonic() - started < 4
+    assert (writer.spooled, writer.dropped) == (20, 0)
+    store.gate.set()  # the hung write goes through after all, under the same key
+    time.sleep(0.5)
+    restarted = PredictionLogWriter(store, spool=LogSpool(tmp_path / "spool", store, 10 << 20))
+    assert restarted.flush(timeout=10)
+    restarted.close()
+    assert sorted(_stored_records(store)) == sorted(f"r{i}" for i in range(20))
+
+
+def test_what_the_spool_cannot_take_is_counted_and_reported_by_the_next_start(tmp_path: Path):
+    store = _GatedStore(tmp_path / "store")
+    store.down = True
+    writer = PredictionLogWriter(store, spool=LogSpool(tmp_path / "spool", store, max_bytes=100))
+    _submit(writer, 7)
+    writer.close(timeout=5)
+    assert (writer.written, writer.spooled, writer.lost[SPOOL_FULL]) == (0, 0, 7)
+
+    store.down = False
+    restarted = PredictionLogWriter(store, spool=LogSpool(tmp_path / "spool", store, 100))
+    assert restarted.lost[SPOOL_FULL] == 7  # /metrics of the new process shows the old loss
+    assert restarted.flush(timeout=10)
+    restarted.close()
+    (note,) = store.list_keys(LOST_PREFIX)
+    assert json.loads(store.read_bytes(note))["records"] == 7
+    again = PredictionLogWriter(store, spool=LogSpool(tmp_path / "spool", store, 100))
+    assert again.dropped == 0  # counted once, not at every start
+    again.close()

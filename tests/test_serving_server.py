@@ -450,7 +450,8 @@ def test_metrics_show_what_was_sent(server: Predictor, client: httpx.Client) -> 
     info = [labels for (name, labels), v in after.items() if name == "visionops_model_info"]
     assert len(info) == 1 and ("version", version) in info[0] and ("name", MODEL) in info[0]
     assert metric(after, "visionops_model_ready") == 1
-    assert metric(after, "visionops_prediction_log_dropped_total") == 0
+    assert metric_sum(after, "visionops_prediction_log_dropped_total") == 0
+    assert metric(after, "visionops_prediction_log_write_errors_total") == 0
     assert metric(after, "visionops_inference_in_flight") == 0
 
 

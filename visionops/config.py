@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     serve_solo_threads: int | None = Field(
         None, ge=0, description="threads for a request running alone; unset: all cores, 0: off"
     )
+    serve_shutdown_grace_s: int = Field(
+        30, ge=1, description="after SIGTERM, how long requests in flight get to finish"
+    )
 
     # Drift check (monitoring/drift.py). Defaults chosen by benchmarks/drift_calibration.py; see
     # README "Monitoring". Methods are Evidently stattest names; thresholds: p-value methods
@@ -130,11 +133,18 @@ class Settings(BaseSettings):
     log_read_threads: int = Field(2, ge=1, description="threads reading JSON lines")
     # Compaction (monitoring/compact.py) leaves an hour alone until it ended this long ago.
     log_compact_after_s: float = Field(600.0, ge=0, description="seconds after an hour's end")
+    # While the store is down, what memory cannot hold (and what is unwritten at shutdown) goes to
+    # a spool on local disk (the pod's volume), shipped when the store answers again.
+    log_spool_dir: Path | None = Field(None, description="unset: <data_dir>/prediction-log-spool")
+    log_spool_max_mb: int = Field(512, ge=0, description="spool size bound; 0: no spool")
+    log_flush_timeout_s: float = Field(
+        20.0, gt=0, description="at shutdown, the log's time to write or spool what it holds"
+    )
 
-    @field_validator("data_dir")
+    @field_validator("data_dir", "log_spool_dir")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
 
     @field_validator("s3_endpoint")
     @classmethod
@@ -157,6 +167,11 @@ class Settings(BaseSettings):
     @property
     def mlflow_dir(self) -> Path:
         return self.data_dir / "mlflow"
+
+    @property
+    def log_spool_path(self) -> Path:
+        """The prediction log's spool root in effect."""
+        return self.log_spool_dir or self.data_dir / "prediction-log-spool"
 
     @property
     def tracking_uri(self) -> str:

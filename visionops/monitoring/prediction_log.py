@@ -2,17 +2,23 @@
 
 `PredictionLogWriter.submit` only puts the decoded image and its detections on a bounded queue; a
 background thread computes the feature row (`features.feature_row`, the same columns the drift
-check compares) and writes JSON-lines files partitioned by the hour of the request:
+check compares) and cuts the records into batches, one object per hour partition:
 
     <store>/dt=YYYY-MM-DD/hour=HH/<YYYYmmddTHHMMSSffffff>Z-<uuid>.jsonl
 
-A full queue drops the record and counts it in `dropped` (and calls `on_drop`); a failed write is
-logged, counted in `write_errors` and retried at the next flush. Nothing here ever raises into a
-request. `visionops.monitoring.collect` reads the records of a time window back.
+A second thread writes the batches to the store. A batch's key is chosen once, when it is cut, so
+every retry, every spool and every re-ship writes the same object: a write that is repeated never
+duplicates records. While the store is down, batches wait in memory (at most `max_pending`
+records) and then in the local spool (`visionops.monitoring.log_spool`, on the pod's volume);
+`close()` spools whatever the store has not taken by its deadline, and the next start ships it.
+Nothing is lost silently: every record is written, spooled, or counted in `lost` with a reason
+(a full queue, a full spool, no features). Nothing here ever raises into a request.
+`visionops.monitoring.collect` reads the records of a time window back.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import queue
@@ -21,7 +27,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -34,6 +40,7 @@ from visionops.storage import ObjectStore
 
 if TYPE_CHECKING:
     from visionops.detections import Detections
+    from visionops.monitoring.log_spool import LogSpool
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,16 @@ MODEL_VERSION = "model_version"
 DETECTIONS = "detections"
 RECORD_COLUMNS: tuple[str, ...] = (TIMESTAMP, REQUEST_ID, MODEL_NAME, MODEL_VERSION)
 """Columns every record has besides the features (and `detections` unless dropped)."""
+
+# Why a record was lost (the `reason` label of visionops_prediction_log_dropped_total).
+QUEUE_FULL = "queue_full"  # submit found the queue full (or the writer closed)
+NO_FEATURES = "no_features"  # its feature row could not be computed
+SPOOL_FULL = "spool_full"  # the store was down and the spool had no room (or no spool)
+SHUTDOWN_TIMEOUT = "shutdown_timeout"  # still queued when close()'s deadline passed
+LOSS_REASONS = (QUEUE_FULL, NO_FEATURES, SPOOL_FULL, SHUTDOWN_TIMEOUT)
+
+MAX_RETRY_WAIT_S = 30.0
+"""Longest pause between two tries of a store that keeps failing."""
 
 
 def partition_key(moment: datetime) -> str:
@@ -61,11 +78,29 @@ class _Pending:
 
 
 @dataclass
+class _Batch:
+    """One object the log writes, under a key chosen once (idempotent retries and re-ships).
+
+    `records` counts the log records it holds; an object that is not a JSON-lines file of records
+    (an image kept beside its record, say) would be a batch with none.
+    """
+
+    seq: int
+    key: str
+    body: bytes
+    records: int
+    oldest: datetime
+    newest: datetime
+
+
+@dataclass
 class _Marker:
     """Queued by flush()/close(): everything queued before it is written when it is reached."""
 
     done: threading.Event = field(default_factory=threading.Event)
     stop: bool = False
+    seq: int = 0  # the last batch cut before the marker: what the caller waits for
+    ok: bool = False
 
 
 class Activity:
@@ -98,9 +133,10 @@ class PredictionLogWriter:
 
     `names` are the model's class names (stored with each detection; their count normalises the
     class entropy). The queue holds at most `max_queue` records and `max_queue_bytes` of image
-    memory; `submit` drops beyond that. Records are written when `batch_size` of them wait, at the
-    latest `flush_every_s` after the first one arrived, and at `flush()`/`close()`. The caller must
-    not modify an image after submitting it.
+    memory; `submit` drops beyond that. Records are cut into batches when `batch_size` of them
+    wait, at the latest `flush_every_s` after the first one arrived, and at `flush()`/`close()`.
+    Batches the store refuses wait in memory up to `max_pending` records (default `max_queue`),
+    then go to `spool` if there is one. The caller must not modify an image after submitting it.
     """
 
     def __init__(
@@ -114,31 +150,48 @@ class PredictionLogWriter:
         max_queue_bytes: int = 256 << 20,
         batch_size: int = 256,
         flush_every_s: float = 10.0,
+        max_pending: int | None = None,
+        spool: LogSpool | None = None,
         on_drop: Callable[[], None] | None = None,
         activity: Activity | None = None,
     ) -> None:
         if max_queue < 1 or batch_size < 1 or flush_every_s <= 0 or max_queue_bytes < 1:
             raise UsageError("max_queue, max_queue_bytes, batch_size, flush_every_s must be > 0")
         self.store = store
+        self.spool = spool
         self.names = list(names)
         self.model_name = model_name
         self.model_version = model_version
         self.batch_size = batch_size
         self.flush_every_s = flush_every_s
         self.max_queue_bytes = max_queue_bytes
+        self.max_pending = max_pending or max_queue
         self.on_drop = on_drop
         self.activity = activity
-        self.dropped = 0
-        self.written = 0
-        self.write_errors = 0
+        self.written = 0  # records the store took
+        self.write_errors = 0  # writes the store refused (each try of each object)
+        self.spooled = 0  # records this process put in the spool
+        self.shipped = 0  # records shipped from the spool to the store
         self.feature_errors = 0
+        self.lost: collections.Counter[str] = collections.Counter(dict.fromkeys(LOSS_REASONS, 0))
         self._queue: queue.Queue[_Pending | _Marker] = queue.Queue(maxsize=max_queue)
         self._queued_bytes = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # submit's bookkeeping and the loss counters
         self._closed = False
-        self._buffer: list[dict[str, Any]] = []
+        self._deadline = float("inf")  # close(): past it, queued records are counted lost
+        self._buffer: list[dict[str, Any]] = []  # features thread only
+        self._seq = 0
+        self._pending: collections.deque[_Batch] = collections.deque()
+        self._requests: collections.deque[_Marker] = collections.deque()
+        self._cond = threading.Condition()  # guards _pending, _requests, _abandoned
+        self._abandoned = False  # close() spooled what the uploader still held
+        self._count_earlier_losses()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._uploader = threading.Thread(
+            target=self._upload, name="prediction-log-upload", daemon=True
+        )
         self._thread.start()
+        self._uploader.start()
 
     # -- request path ---------------------------------------------------------------------------
 
@@ -161,7 +214,7 @@ class PredictionLogWriter:
             nbytes = int(getattr(image_bgr, "nbytes", 0))
             with self._lock:
                 if self._closed or self._queued_bytes + nbytes > self.max_queue_bytes:
-                    return self._drop()
+                    return self._drop(QUEUE_FULL)
                 self._queue.put_nowait(
                     _Pending(
                         image_bgr,
@@ -179,31 +232,64 @@ class PredictionLogWriter:
             return True
         except queue.Full:
             with self._lock:
-                return self._drop()
+                return self._drop(QUEUE_FULL)
         except Exception:  # the request must never fail because of logging
             log.exception("prediction log: could not queue a record")
             with self._lock:
-                return self._drop()
+                return self._drop(QUEUE_FULL)
+
+    def _drop(self, reason: str, count: int = 1) -> bool:
+        """Count lost records (lock held)."""
+        self.lost[reason] += count
+        if self.on_drop is not None:
+            for _ in range(count):
+                try:
+                    self.on_drop()
+                except Exception:
+                    log.exception("prediction log: on_drop callback failed")
+        return False
+
+    # -- state ----------------------------------------------------------------------------------
 
     @property
     def queued(self) -> int:
         """Records waiting for their feature row."""
         return self._queue.qsize()
 
-    def _drop(self) -> bool:
-        """Count a dropped record (lock held)."""
-        self.dropped += 1
-        if self.on_drop is not None:
-            try:
-                self.on_drop()
-            except Exception:
-                log.exception("prediction log: on_drop callback failed")
-        return False
+    @property
+    def closed(self) -> bool:
+        """True once `close()` was called: records submitted now are dropped."""
+        return self._closed
+
+    @property
+    def dropped(self) -> int:
+        """Records lost, for any reason (see `lost`)."""
+        return sum(self.lost.values())
+
+    @property
+    def pending(self) -> int:
+        """Records cut into batches that the store has not taken yet (in memory)."""
+        with self._cond:
+            return sum(b.records for b in self._pending)
+
+    def oldest_unwritten(self) -> datetime | None:
+        """When the oldest record not yet in the store (in memory or spooled) was made."""
+        with self._cond:
+            stamps = [b.oldest for b in self._pending]
+        buffer = self._buffer
+        if buffer:
+            with suppress(IndexError, KeyError, ValueError):
+                stamps.append(datetime.fromisoformat(buffer[0][TIMESTAMP]))
+        spooled = self.spool.oldest() if self.spool is not None else None
+        if spooled is not None:
+            stamps.append(spooled)
+        return min(stamps) if stamps else None
 
     # -- control --------------------------------------------------------------------------------
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Write everything submitted so far; True when it was written within `timeout`."""
+        """Write everything submitted so far, and what the spool holds; True when the store took
+        all of it within `timeout` (False as soon as the store refuses)."""
         if not self._thread.is_alive():
             return False
         marker = _Marker()
@@ -211,22 +297,45 @@ class PredictionLogWriter:
             self._queue.put(marker, timeout=timeout)
         except queue.Full:
             return False
-        return marker.done.wait(timeout) and not self._buffer
+        return marker.done.wait(timeout) and marker.ok
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop accepting records, write what is queued and stop the thread."""
+        """Stop accepting records and, within `timeout`, write what is held or spool it.
+
+        Whatever the store has not taken by the deadline goes to the spool (the uploader may be
+        stuck in a slow write; the same keys make a late success harmless); what the spool cannot
+        take is counted lost and noted in the spool for the next start.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        deadline = time.monotonic() + timeout
+        self._deadline = deadline
         marker = _Marker(stop=True)
         try:
-            self._queue.put(marker, timeout=timeout)
+            self._queue.put(marker, timeout=max(0.0, deadline - time.monotonic()))
         except queue.Full:
             log.error("prediction log: queue still full after %.0fs; closing anyway", timeout)
-        self._thread.join(timeout)
-        if self._buffer:
-            log.error("prediction log: %d records could not be written", len(self._buffer))
+        # Leave a little of the budget to spool what the store did not take.
+        reserve = min(2.0, timeout / 4)
+        self._thread.join(max(0.0, deadline - reserve - time.monotonic()))
+        self._uploader.join(max(0.0, deadline - reserve - time.monotonic()))
+        with self._cond:
+            leftover = list(self._pending)
+            self._pending.clear()
+            self._abandoned = True
+        if leftover:
+            log.warning("prediction log: the store did not take %d batches in time", len(leftover))
+            self._keep(leftover, at_shutdown=True)
+        self._uploader.join(max(0.0, deadline - time.monotonic()))  # it may be spooling too
+        if self._thread.is_alive():
+            log.error("prediction log: features still running at the deadline")
+        held = self.spool.records if self.spool is not None else 0
+        log.info(
+            "prediction log closed: %d records written, %d in the spool, %d lost %s",
+            self.written, held, self.dropped, dict(+self.lost),
+        )  # fmt: skip
 
     def __enter__(self) -> PredictionLogWriter:
         return self
@@ -234,7 +343,7 @@ class PredictionLogWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- background thread ----------------------------------------------------------------------
+    # -- features thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
         deadline: float | None = None
@@ -245,18 +354,25 @@ class PredictionLogWriter:
             except queue.Empty:
                 item = None
             if isinstance(item, _Pending):
-                self._wait_for_quiet(deadline)
                 with self._lock:
                     self._queued_bytes -= int(getattr(item.image, "nbytes", 0))
+                if time.monotonic() > self._deadline:  # closing and out of time
+                    with self._lock:
+                        self._drop(SHUTDOWN_TIMEOUT)
+                    continue
+                self._wait_for_quiet(deadline)
                 self._add(item)
                 if deadline is None:
                     deadline = time.monotonic() + self.flush_every_s
             due = deadline is not None and time.monotonic() >= deadline
             if isinstance(item, _Marker) or due or len(self._buffer) >= self.batch_size:
-                self._write()
-                deadline = time.monotonic() + self.flush_every_s if self._buffer else None
+                self._cut()
+                deadline = None
             if isinstance(item, _Marker):
-                item.done.set()
+                with self._cond:
+                    item.seq = self._seq
+                    self._requests.append(item)
+                    self._cond.notify_all()
                 if item.stop:
                     return
 
@@ -266,6 +382,8 @@ class PredictionLogWriter:
         Waits at most until the flush deadline, and not at all once the queue is half full."""
         if self.activity is None or self._queue.qsize() >= self._queue.maxsize // 2:
             return
+        if self._closed:
+            return
         limit = self.flush_every_s if deadline is None else deadline - time.monotonic()
         self.activity.wait_idle(max(0.0, limit))
 
@@ -274,6 +392,8 @@ class PredictionLogWriter:
             row = feature_row(item.image, item.detections, len(self.names))
         except Exception as error:
             self.feature_errors += 1
+            with self._lock:
+                self._drop(NO_FEATURES)
             log.warning("prediction log: no features for request %s: %s", item.meta, error)
             return
         record: dict[str, Any] = {TIMESTAMP: item.timestamp.isoformat(), **item.meta, **row}
@@ -281,33 +401,181 @@ class PredictionLogWriter:
             record[DETECTIONS] = item.detections.to_records(self.names)
         self._buffer.append(record)
 
-    def _write(self) -> None:
-        """Write the buffer, one file per hour partition; keep what failed for the next try."""
+    def _cut(self) -> None:
+        """Turn the buffer into batches, one per hour partition, and hand them to the uploader."""
         if not self._buffer:
             return
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for record in self._buffer:
             groups[partition_key(datetime.fromisoformat(record[TIMESTAMP]))].append(record)
-        failed: list[dict[str, Any]] = []
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        batches = []
         for partition, records in sorted(groups.items()):
-            key = f"{partition}/{stamp}-{uuid.uuid4().hex[:12]}.jsonl"
             body = "".join(json.dumps(r, separators=(",", ":"), default=_json_default) + "\n"
                            for r in records)  # fmt: skip
+            stamps = [r[TIMESTAMP] for r in records]
+            batches.append(
+                _Batch(
+                    0,
+                    f"{partition}/{stamp}-{uuid.uuid4().hex[:12]}.jsonl",
+                    body.encode("utf-8"),
+                    len(records),
+                    datetime.fromisoformat(min(stamps)),
+                    datetime.fromisoformat(max(stamps)),
+                )
+            )
+        self._buffer = []
+        with self._cond:
+            for batch in batches:
+                self._seq += 1
+                batch.seq = self._seq
+                self._pending.append(batch)
+            self._cond.notify_all()
+
+    # -- upload thread --------------------------------------------------------------------------
+
+    def _upload(self) -> None:
+        failures = 0
+        retry_at = 0.0  # monotonic time before which a failing store is left alone
+        while True:
+            request = self._next_request(retry_at)
+            stopping = request is not None and request.stop
+            ok = self._write_pending()
+            if ok and not stopping:
+                ok = self._ship_spool(everything=request is not None)
+            if ok:
+                failures, retry_at = 0, 0.0
+            else:
+                failures += 1
+                retry_at = time.monotonic() + min(MAX_RETRY_WAIT_S, self.flush_every_s * failures)
+                if not stopping:
+                    self._overflow()
+            if request is None:
+                continue
+            with self._cond:
+                self._requests.popleft()
+                leftover = [] if self._abandoned or not stopping else list(self._pending)
+                if stopping:
+                    self._pending.clear()
+            if leftover:
+                self._keep(leftover, at_shutdown=True)
+            request.ok = ok
+            request.done.set()
+            if stopping:
+                return
+
+    def _next_request(self, retry_at: float) -> _Marker | None:
+        """Wait for something to do: a flush/close request (returned), or batches and spooled
+        objects to write once the store may be tried again (None)."""
+        with self._cond:
+            while True:
+                if self._requests:
+                    return self._requests[0]
+                work = bool(self._pending) or self._spool_waiting()
+                now = time.monotonic()
+                if work and now >= retry_at:
+                    return None
+                self._cond.wait(retry_at - now if work else None)
+
+    def _write_pending(self) -> bool:
+        """Write the waiting batches, oldest first; stop at the first refusal (False)."""
+        while True:
+            with self._cond:
+                if not self._pending:
+                    return True
+                batch = self._pending[0]
             try:
-                self.store.write_bytes(key, body.encode("utf-8"))
-                self.written += len(records)
+                self.store.write_bytes(batch.key, batch.body)
             except Exception as error:
                 self.write_errors += 1
-                log.error("prediction log: writing %s failed: %s", self.store.uri(key), error)
-                failed.extend(records)
-        limit = self._queue.maxsize
-        if len(failed) > limit:  # bounded memory while the store is down
+                log.error("prediction log: writing %s failed: %s", self.store.uri(batch.key), error)
+                return False
+            with self._cond:
+                if self._pending and self._pending[0] is batch:
+                    self._pending.popleft()
+                    self.written += batch.records
+
+    def _spool_waiting(self) -> bool:
+        spool = self.spool
+        return spool is not None and bool(spool.entries() or spool.unshipped_losses())
+
+    def _ship_spool(self, *, everything: bool) -> bool:
+        """Ship spooled objects and loss notes (a few per round unless `everything`); False when
+        the store refuses."""
+        spool = self.spool
+        if spool is None:
+            return True
+        entries = spool.entries()
+        for entry in entries if everything else entries[:8]:
+            try:
+                if spool.ship(entry):
+                    self.shipped += entry.records
+                    log.info("prediction log: shipped spooled %s (%d records)", entry.key,
+                             entry.records)  # fmt: skip
+            except Exception as error:
+                self.write_errors += 1
+                log.error("prediction log: shipping spooled %s failed: %s", entry.key, error)
+                return False
+        for path in spool.unshipped_losses():
+            try:
+                spool.ship_loss(path)
+            except Exception as error:
+                self.write_errors += 1
+                log.error("prediction log: shipping loss note %s failed: %s", path.name, error)
+                return False
+        return True
+
+    def _overflow(self) -> None:
+        """Keep memory bounded while the store is down: the oldest batches beyond `max_pending`
+        records move to the spool (or are counted lost without one)."""
+        moved = []
+        with self._cond:
+            while self._pending and sum(b.records for b in self._pending) > self.max_pending:
+                moved.append(self._pending.popleft())
+        if moved:
+            self._keep(moved, at_shutdown=False)
+
+    def _keep(self, batches: list[_Batch], *, at_shutdown: bool) -> None:
+        """Spool batches the store did not take; count (and note) what the spool refuses."""
+        lost: list[_Batch] = []
+        for batch in batches:
+            if self.spool is not None and self.spool.put(batch.key, batch.body):
+                self.spooled += batch.records
+            else:
+                lost.append(batch)
+        if self.spool is not None and batches != lost:
+            log.warning(
+                "prediction log: spooled %d records in %d objects to %s",
+                sum(b.records for b in batches if b not in lost), len(batches) - len(lost),
+                self.spool.dir,
+            )  # fmt: skip
+        if not lost:
+            return
+        count = sum(b.records for b in lost)
+        with self._lock:
+            self._drop(SPOOL_FULL, count)
+        log.error(
+            "prediction log: %d records lost: the store did not take them and the spool %s",
+            count, "is full" if self.spool is not None else "is off",
+        )  # fmt: skip
+        if self.spool is not None:
+            oldest = min(b.oldest for b in lost)
+            newest = max(b.newest for b in lost)
+            # At shutdown this process's metrics die with it: the next start counts the note.
+            self.spool.note_loss(count, SPOOL_FULL, oldest, newest, reported=not at_shutdown)
+
+    def _count_earlier_losses(self) -> None:
+        """Losses that an earlier process could only note on its way out count here."""
+        if self.spool is None:
+            return
+        for note in self.spool.take_losses():
+            reason = note.reason if note.reason in LOSS_REASONS else SPOOL_FULL
             with self._lock:
-                for _ in range(len(failed) - limit):
-                    self._drop()
-            failed = failed[-limit:]
-        self._buffer = failed
+                self._drop(reason, note.records)
+            log.error(
+                "prediction log: an earlier process lost %d records (%s) made %s .. %s",
+                note.records, note.reason, note.oldest, note.newest,
+            )  # fmt: skip
 
 
 def _json_default(value: object) -> object:
@@ -318,3 +586,4 @@ def _json_default(value: object) -> object:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
