@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from visionops.config import Settings, get_settings
+from visionops.diagnose import error_status, network_problem
 from visionops.errors import StorageError, UsageError
 
 if TYPE_CHECKING:
@@ -206,11 +207,19 @@ class S3Store(ObjectStore):
             yield
         except S3Error as error:
             hint = _S3_ERROR_HINTS.get(error.code, error.message or error.code)
-            raise StorageError(f"S3 {action} {target} failed: {error.code}: {hint}") from error
-        except (HTTPError, OSError) as error:
             raise StorageError(
-                f"S3 endpoint {self.endpoint} unreachable while trying to {action} {target}: "
-                f"{type(error).__name__}: {error}"
+                f"S3 at {self.endpoint} refused to {action} {target}: {error.code}: {hint}"
+            ) from error
+        except (HTTPError, OSError) as error:
+            status = error_status(str(error))
+            if status is not None:
+                raise StorageError(
+                    f"S3 at {self.endpoint} failed to {action} {target}: it answered {status} "
+                    "(after its retries)"
+                ) from error
+            network = network_problem(error) or f"{type(error).__name__}: {error}"
+            raise StorageError(
+                f"cannot reach S3 at {self.endpoint} to {action} {target} (network: {network})"
             ) from error
 
     def ensure_bucket(self) -> None:

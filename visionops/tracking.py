@@ -23,10 +23,22 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from visionops._compat.mlflow import forget_s3_clients, is_missing_alias, is_unreachable
+from visionops._compat.mlflow import (
+    forget_s3_clients,
+    is_failed_download,
+    is_missing_alias,
+    is_unreachable,
+)
 from visionops.bootstrap import bootstrap
 from visionops.config import Settings, get_settings
-from visionops.errors import ConfigError, ModelNotFound, RegistryError, StorageError
+from visionops.diagnose import MlflowHealth, error_status, network_problem, probe_mlflow
+from visionops.errors import (
+    ConfigError,
+    ModelNotFound,
+    RegistryError,
+    StorageError,
+    VisionOpsError,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient  # heavy (seconds): imported once MLflow is used
@@ -94,7 +106,8 @@ def artifact_root(settings: Settings) -> str:
 
 @contextmanager
 def mlflow_errors(action: str, settings: Settings | None = None) -> Iterator[None]:
-    """Turn MLflow, HTTP and S3 failures into the VisionOps error that says what to fix."""
+    """Turn MLflow, HTTP and S3 failures into the VisionOps error that says what to fix, naming
+    the service that failed (S3, MLflow, or the network to it) and its endpoint."""
     from mlflow.exceptions import MlflowException  # heavy (seconds): imported once MLflow is used
 
     settings = settings or get_settings()
@@ -103,41 +116,91 @@ def mlflow_errors(action: str, settings: Settings | None = None) -> Iterator[Non
         yield
     except MlflowException as error:
         message = str(error)
-        storage = _storage_problem(error)
+        storage = _storage_problem(error, settings)
         if storage is not None:  # MLflow wraps the S3 client's error in its own
-            raise StorageError(
-                f"S3 artifact store {settings.s3_endpoint or ''} failed while trying to "
-                f"{action}: {storage}"
-            ) from error
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or is_missing_alias(message):
-            raise ModelNotFound(f"{action}: {message}") from error
+            raise StorageError(f"{storage} while trying to {action}") from error
         if is_unreachable(message):
-            raise RegistryError(
-                f"MLflow at {where} unreachable while trying to {action} "
-                f"(gave up after {settings.mlflow_retries} retries): {_last_line(message)}"
-            ) from error
-        raise RegistryError(f"MLflow refused to {action}: {message}") from error
+            raise _outage(action, message, settings) from error
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST" or is_missing_alias(message):
+            if is_failed_download(message) and _is_remote(where):
+                # MLflow says this for any failure of a run's artifacts, an outage included.
+                health = probe_mlflow(where)
+                if health.reachable or health.api or health.artifacts:
+                    raise _from_health(action, health, message, "") from error
+            raise ModelNotFound(f"{action}: {message}") from error
+        raise RegistryError(f"MLflow at {where} refused to {action}: {message}") from error
     except Exception as error:
-        storage = _storage_problem(error)
-        if storage is None:
-            raise
-        raise StorageError(
-            f"S3 artifact store {settings.s3_endpoint or ''} failed while trying to {action}: "
-            f"{storage}"
-        ) from error
+        storage = _storage_problem(error, settings)
+        if storage is not None:
+            raise StorageError(f"{storage} while trying to {action}") from error
+        network = network_problem(error)
+        if network is not None and _is_remote(where) and _from_http_client(error):
+            raise RegistryError(
+                f"cannot reach MLflow at {where} while trying to {action} (network: {network})"
+            ) from error
+        raise
+
+
+def _outage(action: str, message: str, settings: Settings) -> VisionOpsError:
+    """The error for a request MLflow's client gave up on: whose fault, after a short probe."""
+    where = settings.tracking_uri
+    retries = f"gave up after {settings.mlflow_retries} retries"
+    if _is_remote(where):
+        health = probe_mlflow(where)
+        if health.reachable or health.api or health.artifacts:
+            return _from_health(action, health, message, retries)
+    status = error_status(message)
+    if status is not None:
+        return RegistryError(
+            f"MLflow at {where} failed while trying to {action}: it answered {status} ({retries})"
+        )
+    network = network_problem(message) or _last_line(message)
+    return RegistryError(
+        f"cannot reach MLflow at {where} while trying to {action} (network: {network}, {retries})"
+    )
+
+
+def _from_health(action: str, health: MlflowHealth, message: str, retries: str) -> VisionOpsError:
+    """The error once a probe said what fails now: the artifact store behind MLflow (S3), the
+    server itself, or the network to it."""
+    gave_up = f" ({retries})" if retries else ""
+    if health.reachable is None and health.api is None and health.artifacts is not None:
+        return StorageError(
+            f"the artifact store behind MLflow failed while trying to {action}{gave_up}: "
+            f"{health.describe()}"
+        )
+    status = error_status(message)
+    said = f"; it answered {status}" if status else ""
+    return RegistryError(f"{health.describe()}, so could not {action}{gave_up}{said}")
+
+
+def _from_http_client(error: BaseException) -> bool:
+    """True if the chain holds an error of the HTTP client MLflow talks to its server with."""
+    seen = 0
+    current: BaseException | None = error
+    while current is not None and seen < 8:
+        if type(current).__module__.startswith(("requests", "urllib3")):
+            return True
+        current, seen = current.__cause__ or current.__context__, seen + 1
+    return False
 
 
 def _last_line(message: str) -> str:
     return message.strip().splitlines()[-1][:400]
 
 
-def _storage_problem(error: BaseException | None) -> str | None:
-    """A one-line description if `error` or its cause comes from boto3/botocore, else None."""
+def _storage_problem(error: BaseException | None, settings: Settings) -> str | None:
+    """Words naming S3 and its endpoint if `error` or its cause comes from boto3, else None."""
     seen = 0
     while error is not None and seen < 5:
         if type(error).__module__.startswith(("botocore", "boto3", "s3transfer")):
+            endpoint = settings.s3_endpoint or "(boto3's default endpoint)"
+            network = network_problem(error)
+            if network is not None:
+                return f"cannot reach S3 at {endpoint} (network: {network})"
             code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
-            return _S3_CODES.get(code, f"{type(error).__name__}: {error}")
+            problem = _S3_CODES.get(code, f"{type(error).__name__}: {error}")
+            return f"S3 at {endpoint} refused: {problem}"
         error, seen = error.__cause__ or error.__context__, seen + 1
     return None
 

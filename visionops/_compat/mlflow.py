@@ -5,6 +5,9 @@
   (a notebook, the tests) would keep using the old ones. `forget_s3_clients` drops both.
 - MLflow tells "server unreachable" and "no such alias" apart only in the text of its exceptions:
   `is_unreachable` and `is_missing_alias` read it.
+- A run's artifacts that fail to download for any reason (an outage of the store included) come
+  back as one "Failed to download artifacts" error without a cause: `is_failed_download` reads it,
+  so that VisionOps asks the server what fails instead of calling the model missing.
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ INTERNALS = (
         "f886d55e0e812f53",
     ),
     Internal(
+        "mlflow.store.artifact.runs_artifact_repo:RunsArtifactRepository.download_artifacts",
+        "is_failed_download reads its 'Failed to download artifacts' message",
+        "1c69b134b665de29",
+    ),
+    Internal(
         "mlflow.store.model_registry.sqlalchemy_store:SqlAlchemyStore.get_model_version_by_alias",
         "is_missing_alias reads its 'Registered model alias ... not found' message",
         "a41cb6cbd4c0bf43",
@@ -59,3 +67,8 @@ def is_unreachable(message: str) -> bool:
 def is_missing_alias(message: str) -> bool:
     """True if an MlflowException's message says a registered model alias does not exist."""
     return "alias" in message and "not found" in message
+
+
+def is_failed_download(message: str) -> bool:
+    """True if an MlflowException's message is the catch-all of a failed artifact download."""
+    return message.startswith("Failed to download artifacts")
