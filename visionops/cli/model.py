@@ -1,4 +1,5 @@
-"""`visionops model ...`: register a run through the promotion gate, list, promote, roll back."""
+"""`visionops model ...`: register a run through the promotion gate, list, promote, roll back, and
+clean up after interrupted registrations."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import typer
 from rich.table import Table
 
 from visionops.cli._common import console
+from visionops.errors import RegistryError
 
 model_app = typer.Typer(
     help="The model registry (MLflow): gated registration, aliases champion and challenger.",
@@ -57,7 +59,7 @@ def list_command(name: NameOption = None) -> None:
     for v in versions:
         table.add_row(
             v.version,
-            ",".join(v.aliases),
+            ",".join(v.aliases) or ("pending" if v.pending else ""),
             f"{v.metrics.get('map50', float('nan')):.4f}",
             f"{v.metrics.get('map50_95', float('nan')):.4f}",
             v.created[:16].replace("T", " "),
@@ -97,3 +99,37 @@ def rollback_command(name: NameOption = None) -> None:
         f"{move.name}: champion v{move.previous} -> v{move.version} ({move.reason})",
         highlight=False,
     )
+
+
+@model_app.command("gc")
+def gc_command(
+    name: NameOption = None,
+    min_age: Annotated[
+        int,
+        typer.Option(
+            "--min-age",
+            min=0,
+            help="Only versions pending for at least this many seconds (a registration running "
+            "right now holds its version pending for a few seconds).",
+        ),
+    ] = 0,
+) -> None:
+    """Remove versions that interrupted registrations left pending; repair the champion history."""
+    from visionops.training.registry import gc
+
+    report = gc(name, min_age_s=min_age)
+    removed = ", ".join(f"v{v}" for v in report.removed) or "none"
+    console.print(f"{report.name}: removed orphan versions: {removed}", highlight=False)
+    if report.completed:
+        done = ", ".join(f"v{v}" for v in report.completed)
+        console.print(f"marked registered (they hold an alias): {done}", highlight=False)
+    if report.kept:
+        kept = ", ".join(f"v{v}" for v in report.kept)
+        console.print(f"still pending, younger than --min-age: {kept}", highlight=False)
+    if report.history_after != report.history_before:
+        console.print(
+            f"champion history {report.history_before} -> {report.history_after}", highlight=False
+        )
+    if report.failed:
+        failed = ", ".join(f"v{v}" for v in report.failed)
+        raise RegistryError(f"could not delete orphan versions {failed}; run gc again later")

@@ -7,7 +7,8 @@ champion's on the same evaluation data (same split hash) by more than the margin
 champion was scored on other data it is evaluated on the candidate's data first (and the result is
 kept on its version). Otherwise the version becomes `challenger` with a tag that says why.
 `promote` applies the same decision to an existing version. This module calls evaluation and the
-registry; neither calls back.
+registry; neither calls back. A registration is idempotent and never leaves a version that looks
+registered when it fails (see `visionops.training.registry`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ from visionops.training.registry import (
     AliasMove,
     Registry,
     eval_tag,
+    is_pending,
+    registration_key,
 )
 
 if TYPE_CHECKING:
@@ -82,7 +85,10 @@ def register(
     """Create a version from run `run_id` and apply the gate (see the module docstring).
 
     With `data_yaml` the gate compares on that data's `split`, evaluating the run first if it was
-    not evaluated there. If anything fails after the version was created, the version is deleted.
+    not evaluated there. Registering the same run and candidate again is idempotent: it finishes
+    an interrupted registration, or returns the version a finished one made. If the aliases
+    cannot be moved, the new version is deleted again (or left pending, never served, for the
+    next registration or `visionops model gc`), and the error says what exists now.
     """
     registry = Registry(name, settings)
     run = registry.run(run_id)
@@ -95,34 +101,73 @@ def register(
             f"run {run_id} has no evaluation; run `visionops evaluate --model "
             f"runs:/{run_id}/{MODEL_ARTIFACT_DIR} --data DATA_YAML` first, or pass --data"
         )
+    key = registration_key(run_id, source, evaluation.data_hash)
     registry.ensure_model()
+    registry.gc(registry.settings.registry_orphan_after_s, keep_key=key)
+    earlier = registry.registrations(key)
+    if earlier and not is_pending(earlier[0]):
+        return _already_registered(registry, earlier[0], evaluation)
     champion = registry.alias(CHAMPION)
     decision = decide(registry, evaluation, champion)
-    tags = {
-        TAG_DATASET_HASH: run.data.tags.get(TAG_DATASET_HASH, ""),
-        TAG_GIT_COMMIT: run.data.tags.get(TAG_GIT_COMMIT, "unknown"),
-        TAG_EVAL_HASH: evaluation.data_hash,
-        eval_tag(evaluation.data_hash): json.dumps(evaluation.metrics),
+    gate_tags = {
         TAG_GATE: decision.reason,
         TAG_DECISION: CHAMPION if decision.promote else CHALLENGER,
-        **{f"{TAG_METRIC}{k}": f"{v:.6f}" for k, v in evaluation.metrics.items()},
     }
-    version = registry.create_version(run_id, source, tags)
+    if earlier:
+        version = str(earlier[0].version)
+        log.info("%s: finishing the interrupted registration of v%s", registry.name, version)
+        registry.set_decision(version, gate_tags)
+    else:
+        tags = {
+            TAG_DATASET_HASH: run.data.tags.get(TAG_DATASET_HASH, ""),
+            TAG_GIT_COMMIT: run.data.tags.get(TAG_GIT_COMMIT, "unknown"),
+            TAG_EVAL_HASH: evaluation.data_hash,
+            eval_tag(evaluation.data_hash): json.dumps(evaluation.metrics),
+            **gate_tags,
+            **{f"{TAG_METRIC}{k}": f"{v:.6f}" for k, v in evaluation.metrics.items()},
+        }
+        version = registry.create_version(run_id, source, tags, key)
     previous = str(champion.version) if champion else None
     try:
         if decision.promote:
             registry.set_champion(version, previous)
         else:
             registry.set_challenger(version)
-    except VisionOpsError:
-        registry.delete_version(version)
-        raise
+    except VisionOpsError as error:
+        now = registry.discard(version, run_id)
+        raise type(error)(f"registering run {run_id} failed: {error}. Now: {now}") from error
     alias = CHAMPION if decision.promote else CHALLENGER
+    try:
+        registry.complete(version)
+    except VisionOpsError as error:
+        raise type(error)(
+            f"v{version} is now {alias}, but could not be marked registered: {error}. It serves "
+            "as it is; registering the same run again or `visionops model gc` marks it"
+        ) from error
     log.info("registered %s v%s as %s: %s", registry.name, version, alias, decision.reason)
     return RegisterResult(
         registry.name, version, decision.promote, alias, decision.reason, evaluation.metrics,
         previous,
     )  # fmt: skip
+
+
+def _already_registered(
+    registry: Registry, mv: ModelVersion, evaluation: Evaluation
+) -> RegisterResult:
+    """The result of a registration that finished earlier (same run, same candidate)."""
+    version = str(mv.version)
+    aliases = [a for a in (CHAMPION, CHALLENGER) if _holds(registry, a, version)]
+    reason = (mv.tags or {}).get(TAG_GATE, "")
+    log.info("%s: run already registered as v%s (%s)", registry.name, version, aliases or "-")
+    return RegisterResult(
+        registry.name, version, CHAMPION in aliases, ",".join(aliases) or "none",
+        f"already registered as v{version}: {reason}", evaluation.metrics,
+    )  # fmt: skip
+
+
+def _holds(registry: Registry, alias: str, version: str) -> bool:
+    holder = registry.alias(alias)
+    return holder is not None and str(holder.version) == version
 
 
 def promote(
@@ -136,6 +181,11 @@ def promote(
     registry = Registry(name, settings)
     mv = registry.version(version)
     version = str(mv.version)
+    if is_pending(mv):
+        raise RegistryError(
+            f"version {version} is an unfinished registration and is never promoted: register "
+            f"run {mv.run_id} again to finish it, or `visionops model gc` to remove it"
+        )
     champion = registry.alias(CHAMPION)
     if champion is not None and str(champion.version) == version:
         return AliasMove(registry.name, version, version, "already the champion")

@@ -6,12 +6,24 @@ a rollback is one alias move. The registered model keeps the list of past champi
 `visionops.eval.<data hash prefix>` (JSON metrics), so a comparison on data a version was already
 scored on never runs the model again. Which version gets which alias is decided by the gate
 (`visionops.training.gate`) in `visionops.training.promotion`, which calls this module.
+
+MLflow has no transactions, and its client repeats a POST whose answer was lost: a registration
+that is interrupted must never leave a version that looks registered. So a version is created
+with an idempotency key (tag `visionops.registration_key`, from the run and the candidate) and
+marked `pending` until its aliases moved; a retried create finds the version it made (duplicates
+the client's own retries made are deleted), a retried registration resumes it, and `gc` removes
+pending versions nobody finishes (the next registration does so for those older than
+`VISIONOPS_REGISTRY_ORPHAN_AFTER_S`). The champion alias moves first and the history after; if the
+history cannot be written the alias moves back, and `gc` repairs what two failures in a row leave.
+The history never names a version that does not exist, and rollback goes only to versions that do.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -38,6 +50,29 @@ TAG_DECISION = f"{TAG_PREFIX}gate.decision"
 TAG_HISTORY = f"{TAG_PREFIX}champion_history"
 TAG_ROLLED_BACK = f"{TAG_PREFIX}rolled_back"
 TAG_PROMOTED = f"{TAG_PREFIX}promoted"
+TAG_REGISTRATION_KEY = f"{TAG_PREFIX}registration_key"
+TAG_REGISTRATION = f"{TAG_PREFIX}registration"
+TAG_ORPHAN = f"{TAG_PREFIX}orphan"
+PENDING = "pending"
+COMPLETE = "complete"
+
+
+def registration_key(run_id: str, source: str, data_hash: str) -> str:
+    """The idempotency key of registering `source` of run `run_id` evaluated on `data_hash`."""
+    return hashlib.sha256(f"{run_id}\n{source}\n{data_hash}".encode()).hexdigest()[:32]
+
+
+def pending_note(version: str, run_id: str) -> str:
+    """What exists after a registration failed past the create, when MLflow cannot be asked."""
+    return (
+        f"version {version} was created and is marked pending (never served); MLflow cannot be "
+        f"asked now: registering run {run_id} again finishes it, `visionops model gc` removes it"
+    )
+
+
+def is_pending(mv: ModelVersion) -> bool:
+    """True for a version whose registration has not finished (no alias moved for it yet)."""
+    return (mv.tags or {}).get(TAG_REGISTRATION) == PENDING
 
 
 def eval_tag(data_hash: str) -> str:
@@ -58,6 +93,7 @@ class VersionInfo:
     eval_data_hash: str
     gate: str
     tags: dict[str, str] = field(default_factory=dict)
+    pending: bool = False  # an unfinished registration: never served, removed by `gc`
 
 
 @dataclass(frozen=True)
@@ -68,6 +104,19 @@ class AliasMove:
     version: str
     previous: str | None
     reason: str
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What `gc` found and did."""
+
+    name: str
+    removed: list[str]  # pending versions of interrupted registrations, deleted
+    completed: list[str]  # pending versions that hold an alias: only their mark was missing
+    kept: list[str]  # pending versions too young to be orphans (a registration may be running)
+    history_before: list[str]
+    history_after: list[str]
+    failed: list[str] = field(default_factory=list)  # orphans that could not be deleted
 
 
 class Registry:
@@ -98,7 +147,8 @@ class Registry:
         except ModelNotFound:
             return None
 
-    def history(self) -> list[str]:
+    def _raw_history(self) -> list[str]:
+        """The champion history as stored (it may name versions deleted since)."""
         try:
             with self._errors(f"read model {self.name!r}"):
                 model = self.client.get_registered_model(self.name)
@@ -110,10 +160,27 @@ class Registry:
             return []
         return [str(v) for v in value] if isinstance(value, list) else []
 
+    def history(self) -> list[str]:
+        """Past and present champions, oldest first: only versions that exist."""
+        raw = self._raw_history()
+        if not raw:
+            return []
+        existing = {str(mv.version) for mv in self._search()}
+        return [v for v in raw if v in existing]
+
+    def _search(self, extra: str = "") -> list[ModelVersion]:
+        where = f"name = '{self.name}'" + (f" and {extra}" if extra else "")
+        with self._errors(f"list versions of model {self.name!r}"):
+            return list(self.client.search_model_versions(where))
+
+    def registrations(self, key: str) -> list[ModelVersion]:
+        """The versions made with idempotency key `key`, oldest first."""
+        found = self._search(f"tags.`{TAG_REGISTRATION_KEY}` = '{key}'")
+        return sorted(found, key=lambda mv: int(mv.version))
+
     def versions(self) -> list[VersionInfo]:
         """Every version, newest first, with its aliases, metrics and gate reason."""
-        with self._errors(f"list versions of model {self.name!r}"):
-            found = self.client.search_model_versions(f"name = '{self.name}'")
+        found = self._search()
         aliases: dict[str, list[str]] = {}
         for alias in (CHAMPION, CHALLENGER):
             holder = self.alias(alias)
@@ -140,6 +207,7 @@ class Registry:
                     eval_data_hash=tags.get(TAG_EVAL_HASH, ""),
                     gate=tags.get(TAG_GATE, ""),
                     tags=tags,
+                    pending=is_pending(mv),
                 )
             )
         return infos
@@ -179,22 +247,92 @@ class Registry:
                     self.name, description="VisionOps YOLOv8n defect detector"
                 )
 
-    def create_version(self, run_id: str, source: str, tags: dict[str, str]) -> str:
-        """A new version of the model from `source` (a run's model directory); its number."""
-        with self._errors(f"create a version of model {self.name!r} from run {run_id}"):
-            mv = self.client.create_model_version(self.name, source, run_id=run_id, tags=tags)
-        return str(mv.version)
+    def create_version(self, run_id: str, source: str, tags: dict[str, str], key: str) -> str:
+        """A new version from `source` (a run's model directory), marked pending, made once.
+
+        MLflow's client repeats a create whose answer was lost, and a create may fail after the
+        server acted: the versions carrying `key` are looked up afterwards, the oldest is kept and
+        the client's duplicates are deleted. If the server cannot be asked, the error says that a
+        pending version may exist and how to finish or remove it.
+        """
+        marked = {**tags, TAG_REGISTRATION_KEY: key, TAG_REGISTRATION: PENDING}
+        try:
+            with self._errors(f"create a version of model {self.name!r} from run {run_id}"):
+                mv = self.client.create_model_version(self.name, source, run_id=run_id, tags=marked)
+        except VisionOpsError as error:
+            try:
+                made = self.registrations(key)
+            except VisionOpsError:
+                raise type(error)(
+                    f"{error}. Whether a version was created cannot be checked now; if one was, it "
+                    f"is marked pending and never served: registering run {run_id} again finishes "
+                    "it, `visionops model gc` removes it"
+                ) from error
+            if not made:
+                raise type(error)(f"{error}. No version was created") from error
+            log.warning("the create of %s failed, but made v%s", self.name, made[0].version)
+        else:
+            try:
+                made = self.registrations(key)
+            except VisionOpsError as error:
+                raise type(error)(
+                    f"{error}. Now: {pending_note(str(mv.version), run_id)}"
+                ) from error
+        if not made:
+            raise RegistryError(f"MLflow acknowledged a version of {self.name!r} but lists none")
+        keep, *duplicates = made
+        for extra in duplicates:  # made by the client's retries of our one create
+            if is_pending(extra):
+                log.warning("%s: deleting v%s, a duplicate of v%s from a repeated create",
+                            self.name, extra.version, keep.version)  # fmt: skip
+                with self._errors(f"delete duplicate version {extra.version}"):
+                    self.client.delete_model_version(self.name, str(extra.version))
+        return str(keep.version)
+
+    def complete(self, version: str) -> None:
+        """Mark a version's registration finished (its aliases have moved)."""
+        with self._errors(f"mark version {version} registered"):
+            self.client.set_model_version_tag(self.name, version, TAG_REGISTRATION, COMPLETE)
+
+    def set_decision(self, version: str, tags: dict[str, str]) -> None:
+        """Rewrite a resumed registration's gate tags with today's decision."""
+        with self._errors(f"tag version {version} with the gate's decision"):
+            for key, value in tags.items():
+                self.client.set_model_version_tag(self.name, version, key, value)
 
     def set_champion(self, version: str, previous: str | None) -> None:
-        """Move `champion` to `version` and append it to the history (one alias move)."""
+        """Move `champion` to `version` and append it to the history, both or neither: the alias
+        moves first; if the history cannot be written it moves back (and if even that fails, the
+        error says so and `gc` adds the champion to the history)."""
         history = self.history()
         if previous and (not history or history[-1] != previous):
             history.append(previous)
         if not history or history[-1] != version:
             history.append(version)
-        with self._errors(f"make version {version} the champion"):
-            self.client.set_registered_model_tag(self.name, TAG_HISTORY, json.dumps(history))
+        self._move_alias_with_history(version, previous, history, f"make v{version} the champion")
+
+    def _move_alias_with_history(
+        self, version: str, previous: str | None, history: list[str], action: str
+    ) -> None:
+        with self._errors(action):
             self.client.set_registered_model_alias(self.name, CHAMPION, version)
+        try:
+            with self._errors(f"record v{version} in the champion history"):
+                self.client.set_registered_model_tag(self.name, TAG_HISTORY, json.dumps(history))
+        except VisionOpsError as error:
+            try:
+                with self._errors(f"move champion back to v{previous}"):
+                    if previous:
+                        self.client.set_registered_model_alias(self.name, CHAMPION, previous)
+                    else:
+                        self.client.delete_registered_model_alias(self.name, CHAMPION)
+            except VisionOpsError as undo:
+                raise RegistryError(
+                    f"champion moved to v{version}, but the history could not record it ({error})"
+                    f" and moving champion back to v{previous or '(none)'} failed too ({undo}); "
+                    "`visionops model gc` adds it to the history"
+                ) from error
+            raise type(error)(f"{error}; champion stays v{previous or '(none)'}") from error
 
     def set_challenger(self, version: str) -> None:
         with self._errors(f"make version {version} the challenger"):
@@ -205,39 +343,101 @@ class Registry:
         with self._errors(f"tag version {version}"):
             self.client.set_model_version_tag(self.name, version, TAG_PROMOTED, reason)
 
-    def delete_version(self, version: str) -> None:
-        """Undo a version whose alias could not be set, so none is left half-registered."""
+    def discard(self, version: str, run_id: str) -> str:
+        """Undo the pending version of a registration that failed; what exists now, in words."""
+        try:
+            mv = self.version(version)
+        except ModelNotFound:
+            return f"version {version} does not exist"
+        except VisionOpsError:
+            return pending_note(version, run_id)
+        if mv.aliases:
+            return f"version {version} exists and holds {', '.join(mv.aliases)}"
         try:
             with self._errors(f"delete version {version}"):
                 self.client.delete_model_version(self.name, version)
         except VisionOpsError:
-            log.error("could not delete half-registered version %s of %s", version, self.name)
+            with_tag = self._tag_orphan(version)
+            return (
+                f"version {version} was created but could not be deleted; it is marked pending"
+                f"{with_tag} and never served: `visionops model gc` removes it"
+            )
+        return f"version {version} was deleted again: nothing of this registration is left"
+
+    def _tag_orphan(self, version: str) -> str:
+        try:
+            with self._errors(f"tag version {version} as an orphan"):
+                self.client.set_model_version_tag(
+                    self.name, version, TAG_ORPHAN, "registration interrupted"
+                )
+        except VisionOpsError:
+            return ""
+        return f" and tagged {TAG_ORPHAN}"
+
+    def gc(self, min_age_s: float = 0.0, *, keep_key: str | None = None) -> GcReport:
+        """Remove the versions of interrupted registrations (pending for at least `min_age_s`),
+        finish the mark of pending versions that hold an alias, and make the champion history
+        name only existing versions, ending with the champion."""
+        versions = self._search()
+        existing = {str(mv.version) for mv in versions}
+        holders = {alias: self.alias(alias) for alias in (CHAMPION, CHALLENGER)}
+        aliased = {str(mv.version) for mv in holders.values() if mv is not None}
+        raw = self._raw_history()
+        now_ms = time.time() * 1000
+        removed, completed, kept, failed = [], [], [], []
+        for mv in sorted(versions, key=lambda v: int(v.version)):
+            version = str(mv.version)
+            if not is_pending(mv):
+                continue
+            if version in aliased or version in raw:
+                self.complete(version)
+                completed.append(version)
+            elif (keep_key and (mv.tags or {}).get(TAG_REGISTRATION_KEY) == keep_key) or (
+                now_ms - mv.creation_timestamp < min_age_s * 1000
+            ):
+                kept.append(version)
+            else:
+                try:
+                    with self._errors(f"delete orphan version {version}"):
+                        self.client.delete_model_version(self.name, version)
+                    removed.append(version)
+                    existing.discard(version)
+                except VisionOpsError as error:
+                    log.error("%s: orphan v%s not deleted: %s", self.name, version, error)
+                    failed.append(version)
+        history = [v for v in raw if v in existing]
+        champion = holders[CHAMPION]
+        if champion is not None and (not history or history[-1] != str(champion.version)):
+            history.append(str(champion.version))
+        if history != raw:
+            with self._errors("repair the champion history"):
+                self.client.set_registered_model_tag(self.name, TAG_HISTORY, json.dumps(history))
+        if removed or completed or history != raw:
+            log.info("%s: gc removed %s, completed %s, history %s -> %s",
+                     self.name, removed, completed, raw, history)  # fmt: skip
+        return GcReport(self.name, removed, completed, kept, raw, history, failed)
 
     def rollback(self) -> AliasMove:
-        """Move `champion` back to the previous champion; the history keeps what happened."""
+        """Move `champion` back to the previous champion that still exists; the history keeps
+        what happened (alias and history move together, as in `set_champion`)."""
         champion = self.alias(CHAMPION)
         if champion is None:
             raise ModelNotFound(f"model {self.name!r} has no champion to roll back")
         current = str(champion.version)
-        history = self.history()
+        usable = {str(mv.version) for mv in self._search() if not is_pending(mv)}
+        history = [v for v in self._raw_history() if v in usable]
         while history and history[-1] == current:
             history.pop()
-        while history:
-            candidate = history[-1]
-            try:
-                self.version(candidate)
-                break
-            except ModelNotFound:
-                history.pop()
         if not history:
             raise RegistryError(
                 f"model {self.name!r} has no previous champion before v{current} to roll back to"
             )
         previous = history[-1]
+        self._move_alias_with_history(
+            previous, current, history, f"roll back champion v{current} to v{previous}"
+        )
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
-        with self._errors(f"roll back champion v{current} to v{previous}"):
-            self.client.set_registered_model_tag(self.name, TAG_HISTORY, json.dumps(history))
-            self.client.set_registered_model_alias(self.name, CHAMPION, previous)
+        with self._errors(f"tag v{current} as rolled back"):
             self.client.set_model_version_tag(
                 self.name, current, TAG_ROLLED_BACK, f"replaced by v{previous} at {stamp}"
             )
@@ -253,3 +453,10 @@ def list_versions(name: str | None = None, settings: Settings | None = None) -> 
 def rollback(name: str | None = None, settings: Settings | None = None) -> AliasMove:
     """Move `champion` back to the previous champion."""
     return Registry(name, settings).rollback()
+
+
+def gc(
+    name: str | None = None, settings: Settings | None = None, *, min_age_s: float = 0.0
+) -> GcReport:
+    """Remove orphans of interrupted registrations and repair the champion history."""
+    return Registry(name, settings).gc(min_age_s)
