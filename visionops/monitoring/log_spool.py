@@ -12,10 +12,12 @@ upload and unlink, two replicas sharing one volume) writes the same object twice
     <spool>/<store id>/lost/<stamp>-<id>.json  records that neither the store nor the spool took
     <spool>/<store id>/lost/counted/...      the same, once counted in a process's metrics
 
-The spool is bounded (`max_bytes`); what does not fit is not silently gone: its count goes into a
-loss note: losses at shutdown are counted again by the next start (so `/metrics` shows them after
-the process that lost them is gone), and every note is shipped to the store under `_lost/`, beside
-the log it is missing from.
+A running writer looks at the volume again every minute, so what a pod stopped during a rolling
+update spooled is shipped by the pod that replaced it. The spool is bounded (`max_bytes`, per
+process: a volume shared by replicas needs room for each); what does not fit is not silently gone:
+its count goes into a loss note. Losses at shutdown are counted again by the next start (so
+`/metrics` shows them after the process that lost them is gone), and every note is shipped to the
+store under `_lost/`, beside the log it is missing from.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import logging
 import os
 import tempfile
 import threading
+import time
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +41,10 @@ log = logging.getLogger(__name__)
 
 LOST_PREFIX = "_lost"
 """Where loss notes go in the store: beside the `dt=` partitions, never read as records."""
+RESCAN_EVERY_S = 60.0
+"""How often a running writer looks for what other processes spooled on a shared volume."""
+STALE_TEMP_S = 600.0
+"""An unfinished atomic write older than this belongs to a process that died: it is removed."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,7 @@ class LogSpool:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._entries: dict[str, SpoolEntry] = {}
+        self._scanned = 0.0
         self.usable = self._prepare()
         if self.usable:
             self._scan()
@@ -110,18 +119,41 @@ class LogSpool:
             return False
 
     def _scan(self) -> None:
-        """Index what an earlier process left (also the leftovers of its interrupted writes)."""
+        """Index what is on the volume: what an earlier process left, and (on a volume shared
+        by replicas) what another one spooled since; forget what another one shipped."""
+        found: dict[str, SpoolEntry] = {}
+        stale = time.time() - STALE_TEMP_S
         for path in self.objects.rglob("*"):
             if not path.is_file():
                 continue
-            if path.name.startswith("."):  # an unfinished atomic write: never renamed, not data
-                path.unlink(missing_ok=True)
+            if path.name.startswith("."):  # an atomic write in progress, or one that died
+                with suppress(OSError):
+                    if path.stat().st_mtime < stale:
+                        path.unlink()
                 continue
             key = path.relative_to(self.objects).as_posix()
+            with self._lock:
+                known = self._entries.get(key)
+            if known is not None:
+                found[key] = known
+                continue
             try:
-                self._entries[key] = _entry(key, path.read_bytes())
+                found[key] = _entry(key, path.read_bytes())
+            except FileNotFoundError:
+                continue  # shipped by another process meanwhile
             except OSError as error:
                 log.error("prediction log: unreadable spool file %s: %s", path, error)
+        with self._lock:
+            self._entries = found
+        self._scanned = time.monotonic()
+
+    def refresh(self, every_s: float = RESCAN_EVERY_S) -> None:
+        """Look at the volume again if the last look is older than `every_s`."""
+        if self.usable and time.monotonic() - self._scanned >= every_s:
+            try:
+                self._scan()
+            except OSError as error:
+                log.error("prediction log: cannot list the spool %s: %s", self.objects, error)
 
     # -- state ----------------------------------------------------------------------------------
 

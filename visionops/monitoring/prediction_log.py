@@ -36,6 +36,7 @@ import numpy as np
 
 from visionops.data.features import feature_row
 from visionops.errors import UsageError
+from visionops.monitoring.log_spool import RESCAN_EVERY_S
 from visionops.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -475,7 +476,8 @@ class PredictionLogWriter:
                 now = time.monotonic()
                 if work and now >= retry_at:
                     return None
-                self._cond.wait(retry_at - now if work else None)
+                idle = RESCAN_EVERY_S if self.spool is not None else None  # look for others'
+                self._cond.wait(retry_at - now if work else idle)
 
     def _write_pending(self) -> bool:
         """Write the waiting batches, oldest first; stop at the first refusal (False)."""
@@ -497,7 +499,10 @@ class PredictionLogWriter:
 
     def _spool_waiting(self) -> bool:
         spool = self.spool
-        return spool is not None and bool(spool.entries() or spool.unshipped_losses())
+        if spool is None:
+            return False
+        spool.refresh()
+        return bool(spool.entries() or spool.unshipped_losses())
 
     def _ship_spool(self, *, everything: bool) -> bool:
         """Ship spooled objects and loss notes (a few per round unless `everything`); False when
@@ -586,4 +591,3 @@ def _json_default(value: object) -> object:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
