@@ -41,6 +41,7 @@ from tests.k8s import (
 
 VERSIONS = shell_assignments(ROOT / "hack" / "versions.env")
 CUSTOM_KINDS = {"InferenceService", "ServiceMonitor", "PodMonitor", "PrometheusRule"}
+SPOOL_CLAIM = "visionops-prediction-log-spool"
 
 
 @pytest.fixture(scope="module")
@@ -368,7 +369,11 @@ def test_mlflow_backend_store_per_overlay(overlay: str, docs: list[Doc]) -> None
     store = next(e for e in container["env"] if e["name"] == "MLFLOW_BACKEND_STORE_URI")
     assert "--backend-store-uri=$(MLFLOW_BACKEND_STORE_URI)" in container["args"]
     assert "--artifacts-destination=s3://mlflow/artifacts" in container["args"]
-    claims = [d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    claims = [
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] == "PersistentVolumeClaim" and d["metadata"]["name"] != SPOOL_CLAIM
+    ]
     if overlay == "kind":
         assert store["value"] == "sqlite:////data/mlflow.db"
         assert mlflow["spec"]["replicas"] == 1 and mlflow["spec"]["strategy"]["type"] == "Recreate"
@@ -378,6 +383,37 @@ def test_mlflow_backend_store_per_overlay(overlay: str, docs: list[Doc]) -> None
         assert set(secret["data"]) >= {"POSTGRES_PASSWORD", "MLFLOW_BACKEND_STORE_URI"}
         assert mlflow["spec"]["replicas"] >= 2 and claims == []
         find(docs, "StatefulSet", "postgres")
+
+
+def test_predictor_shutdown_covers_the_log_flush_and_its_spool_outlives_the_pod(
+    overlay: str, docs: list[Doc]
+) -> None:
+    """SIGTERM: requests in flight finish (serve grace), then the prediction log writes or spools
+    (flush timeout); Kubernetes must not SIGKILL before both are done. The spool is on a volume
+    that outlives the pod (a rolling update replaces pods), big enough for every replica's."""
+    from visionops.config import Settings
+
+    isvc = find(docs, "InferenceService", "visionops-predictor")
+    predictor = isvc["spec"]["predictor"]
+    (container,) = predictor["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    settings = Settings(**{k.removeprefix("VISIONOPS_").lower(): v for k, v in env.items()
+                           if k.startswith("VISIONOPS_") and not k.endswith("_KEY")})  # fmt: skip
+    needed = settings.serve_shutdown_grace_s + settings.log_flush_timeout_s
+    assert predictor["terminationGracePeriodSeconds"] >= needed + 5, needed
+
+    spool = settings.log_spool_dir
+    assert spool is not None
+    (mount,) = [m for m in container["volumeMounts"] if spool.is_relative_to(m["mountPath"])]
+    (volume,) = [v for v in predictor["volumes"] if v["name"] == mount["name"]]
+    claim = find(docs, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert claim["metadata"]["name"] == SPOOL_CLAIM
+    size = claim["spec"]["resources"]["requests"]["storage"]
+    mib = int(size.removesuffix("Gi")) * 1024
+    assert predictor["maxReplicas"] * settings.log_spool_max_mb <= mib, size
+    if predictor["maxReplicas"] > 1:  # replicas land on several nodes
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+        assert claim["spec"].get("storageClassName")
 
 
 def test_production_scales_the_predictor_and_pins_storage(overlay: str, docs: list[Doc]) -> None:

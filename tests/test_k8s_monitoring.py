@@ -117,6 +117,8 @@ def test_the_required_alerts_exist(rules: list[Doc]) -> None:
         "VisionOpsPredictorLatencyP99High",
         "VisionOpsPredictorNoTraffic",
         "VisionOpsDriftDetected",
+        "VisionOpsPredictionLogNotWriting",
+        "VisionOpsPredictionLogLosingRecords",
     } <= set(exprs)
     assert "histogram_quantile(0.99" in exprs["VisionOpsPredictorLatencyP99High"]
     for group in rules:
@@ -141,6 +143,10 @@ def test_dashboard_is_a_sidecar_configmap_covering_the_required_views(docs: list
         "visionops_detections_total": "detections by class",
         "visionops_detection_confidence_bucket": "confidence distribution",
         "visionops_model_info": "model version",
+        "visionops_prediction_log_oldest_unwritten_age_seconds": "a prediction log falling behind",
+        "visionops_prediction_log_spool_records": "records waiting in the spool",
+        "visionops_prediction_log_write_errors_total": "prediction log write errors",
+        "visionops_prediction_log_dropped_total": "prediction log losses",
     }
     used = set().union(*(promql_metric_names(e) for e in dashboard_exprs()))
     for metric, view in by_metric.items():
