@@ -10,6 +10,7 @@ import ipaddress
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from visionops.bootstrap import disable_telemetry
 # Before any test module imports onnxruntime or openvino: they read their opt-outs once, at import.
 disable_telemetry()
 
+from tests.faultproxy import FaultProxy  # noqa: E402
 from tests.servers import MlflowServer, S3Server, mlflow_server, s3_server  # noqa: E402
 
 _real_connect = socket.socket.connect
@@ -246,3 +248,75 @@ def detecting(tmp_path_factory: pytest.TempPathFactory):
 
     data_yaml = shapes_dataset(tmp_path_factory.mktemp("shapes"))
     return train_detector(data_yaml, get_settings()), data_yaml
+
+
+# Fault injection (tests/test_faults_*.py): servers of their own, since the tests kill them, with a
+# fault-injecting proxy in front of each: VisionOps -> proxy -> mlflow server -> proxy -> S3.
+
+
+@dataclass(frozen=True)
+class FaultStack:
+    """Real SeaweedFS and `mlflow server` processes, each behind a `FaultProxy`."""
+
+    s3: S3Server  # SeaweedFS itself (`s3.process` kills and restarts it)
+    s3_proxy: FaultProxy  # what MLflow and the predictor reach S3 through
+    mlflow: MlflowServer  # `mlflow.process` kills and restarts it
+    mlflow_proxy: FaultProxy  # what VisionOps reaches MLflow through
+
+    @property
+    def proxied_s3(self) -> S3Server:
+        return S3Server(self.s3_proxy.url, self.s3.access_key, self.s3.secret_key)
+
+    def heal(self) -> None:
+        """Every fault off, every proxy listening, every server running."""
+        for proxy in (self.s3_proxy, self.mlflow_proxy):
+            proxy.forget()
+            proxy.up()
+        for process in (self.s3.process, self.mlflow.process):
+            if process is not None and (process.proc is None or process.proc.poll() is not None):
+                process.start()
+
+
+@pytest.fixture(scope="session")
+def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
+    work = tmp_path_factory.mktemp("faults")
+    with s3_server(work / "s3") as s3, FaultProxy(_port(s3.endpoint)) as s3_proxy:
+        behind = S3Server(s3_proxy.url, s3.access_key, s3.secret_key)
+        with (
+            mlflow_server(work / "mlflow", behind) as server,
+            FaultProxy(_port(server.url)) as mlflow_proxy,
+        ):
+            yield FaultStack(s3, s3_proxy, server, mlflow_proxy)
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+@pytest.fixture
+def faults(fault_stack: FaultStack, settings_env: pytest.MonkeyPatch, request):
+    """The fault stack for one test, healed afterwards; VisionOps points at it through the proxies
+    (S3 too), with a registered model of this test's and short, bounded retries."""
+    from visionops.config import get_settings
+
+    name = "f-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:60]
+    bucket = name[:50].strip("-")
+    env = {
+        "VISIONOPS_MLFLOW_TRACKING_URI": fault_stack.mlflow_proxy.url,
+        "VISIONOPS_MODEL_NAME": name.strip("-"),
+        "VISIONOPS_MLFLOW_EXPERIMENT": "faults",
+        "VISIONOPS_GATE_MIN_MAP50": "0",
+        "VISIONOPS_MLFLOW_RETRIES": "1",
+        "VISIONOPS_MLFLOW_BACKOFF": "0",
+        **fault_stack.proxied_s3.env(bucket),
+    }
+    for key, value in env.items():
+        settings_env.setenv(key, value)
+    get_settings.cache_clear()
+    from visionops.storage import S3Store, s3_client
+
+    S3Store(s3_client(get_settings()), bucket, endpoint=fault_stack.s3_proxy.url).ensure_bucket()
+    try:
+        yield fault_stack
+    finally:
+        fault_stack.heal()

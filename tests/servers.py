@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -87,11 +87,53 @@ def with_group_kill(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=10)
 
 
+@dataclass
+class ServerProcess:
+    """A real server process that a fault test can kill and start again, on the same ports and
+    with the same data: what a crashed pod or a restarted service looks like to its clients."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    log_path: Path
+    ready: Callable[[], bool]
+    what: str
+    timeout: float = 90
+    warmup: Callable[[], None] | None = None  # after `ready`: what makes the first request slow
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it and wait until `ready` says it answers."""
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
+                start_new_session=True,
+            )  # fmt: skip
+        try:
+            wait_until(self.ready, timeout=self.timeout, what=self.what, proc=self.proc)
+            if self.warmup is not None:
+                self.warmup()
+        except (RuntimeError, TimeoutError, OSError) as error:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            self.stop()
+            raise RuntimeError(f"{error}; log:\n{tail}") from error
+
+    def kill(self) -> None:
+        """SIGKILL, no goodbye: the process and its children vanish at once."""
+        if self.proc is not None and self.proc.poll() is None:
+            with_group_kill(self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+
 @dataclass(frozen=True)
 class S3Server:
     endpoint: str
     access_key: str
     secret_key: str
+    process: ServerProcess | None = field(default=None, compare=False, repr=False)
 
     def env(self, bucket: str) -> dict[str, str]:
         """The VISIONOPS_* variables that point VisionOps at this server."""
@@ -117,27 +159,24 @@ def s3_server(
     ports = [free_port(also_free_at=10000) for _ in range(4)]
     master, volume, filer, s3 = ports
     workdir.mkdir(parents=True, exist_ok=True)
-    log = (workdir / "weed.log").open("wb")
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
-    proc = subprocess.Popen(
+    endpoint = f"http://127.0.0.1:{s3}"
+    process = ServerProcess(
         [
             weed, "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
             f"-s3.port={s3}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
             "-admin.ui=false", "-master.telemetry=false",
         ],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-    )  # fmt: skip
-    endpoint = f"http://127.0.0.1:{s3}"
-    try:
+        env, workdir, workdir / "weed.log",
         # Anonymous requests get 403 once S3 is up with credentials configured.
-        wait_until(
-            lambda: http_status(endpoint) in (200, 403), timeout=60, what="SeaweedFS S3", proc=proc
-        )
-        yield S3Server(endpoint, access_key, secret_key)
+        lambda: http_status(endpoint) in (200, 403), "SeaweedFS S3", timeout=60,
+    )  # fmt: skip
+    process.start()
+    try:
+        yield S3Server(endpoint, access_key, secret_key, process)
     finally:
-        stop(proc)
-        log.close()
+        process.stop()
 
 
 @dataclass(frozen=True)
@@ -147,6 +186,7 @@ class MlflowServer:
     url: str
     artifacts: str  # s3://bucket/prefix the server proxies artifacts to
     s3: S3Server
+    process: ServerProcess | None = field(default=None, compare=False, repr=False)
 
     def env(self) -> dict[str, str]:
         """The VISIONOPS_* variables that point VisionOps at this server; S3 is the server's."""
@@ -184,28 +224,33 @@ def mlflow_server(workdir: Path, s3: S3Server, *, bucket: str = "mlflow") -> Ite
         # that VisionOps never submits.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
-    log = (workdir / "mlflow.log").open("wb")
-    proc = subprocess.Popen(
+    url = f"http://127.0.0.1:{port}"
+    process = ServerProcess(
         [
             str(BIN / "mlflow"), "server",
             "--backend-store-uri", f"sqlite:///{(workdir / 'mlflow.db').resolve()}",
             "--artifacts-destination", artifacts,
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         ],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True,
+        env, workdir, workdir / "mlflow.log",
+        lambda: http_status(f"{url}/health") == 200, "mlflow server", timeout=300,
+        warmup=lambda: _warm_artifacts(url),
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    process.start()
     try:
-        wait_until(
-            lambda: http_status(f"{url}/health") == 200,
-            timeout=300,
-            what="mlflow server",
-            proc=proc,
-        )
-        yield MlflowServer(url, artifacts, s3)
+        yield MlflowServer(url, artifacts, s3, process)
     finally:
-        stop(proc)
-        log.close()
+        process.stop()
+
+
+def _warm_artifacts(url: str) -> None:
+    """One artifact upload: the server's first one imports its S3 client (seconds on a busy
+    machine), which a test with short client timeouts must not pay for."""
+    request = urllib.request.Request(
+        f"{url}/api/2.0/mlflow-artifacts/artifacts/warmup/ping", data=b"ping", method="PUT"
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        response.read()
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 PROBE_TIMEOUT_S = 5.0
@@ -98,6 +96,9 @@ class MlflowHealth:
 
 def _get(url: str) -> tuple[int | None, str]:
     """(status, body) of one GET without retries; (None, network problem) if none came."""
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
             return int(response.status), response.read(4096).decode("utf-8", "replace")
