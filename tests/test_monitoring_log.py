@@ -330,3 +330,26 @@ def test_what_the_spool_cannot_take_is_counted_and_reported_by_the_next_start(tm
     again = PredictionLogWriter(store, spool=LogSpool(tmp_path / "spool", store, 100))
     assert again.dropped == 0  # counted once, not at every start
     again.close()
+
+
+def test_records_still_queued_at_the_deadline_are_counted_and_reported_by_the_next_start(
+    tmp_path: Path,
+):
+    """The features thread is held past close()'s deadline: what it had not started is counted
+    lost (shutdown_timeout) and noted; what it finishes is spooled; nothing disappears."""
+    store = LocalStore(tmp_path / "store")
+    writer = PredictionLogWriter(store, spool=LogSpool(tmp_path / "spool", store, 10 << 20))
+    slow = _SlowDetections(*(lambda d: (d.boxes, d.scores, d.class_ids))(_detections(1)))
+    _features_gate.clear()
+    for i in range(5):
+        assert writer.submit(_image(i), slow, timestamp=T0 + timedelta(seconds=i))
+    threading.Timer(4.3, _features_gate.set).start()  # after the deadline, within the reserve
+    writer.close(timeout=4)
+    late = writer.lost["shutdown_timeout"]
+    assert (late, writer.spooled + late, writer.written) == (4, 5, 0)
+
+    restarted = PredictionLogWriter(store, spool=LogSpool(tmp_path / "spool", store, 10 << 20))
+    assert restarted.lost["shutdown_timeout"] == 4
+    assert restarted.flush(timeout=10)
+    restarted.close()
+    assert len(_stored_records(store)) == 1

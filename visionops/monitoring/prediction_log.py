@@ -186,6 +186,7 @@ class PredictionLogWriter:
         self._requests: collections.deque[_Marker] = collections.deque()
         self._cond = threading.Condition()  # guards _pending, _requests, _abandoned
         self._abandoned = False  # close() spooled what the uploader still held
+        self._late: tuple[datetime, datetime, int] | None = None  # records past close()'s deadline
         self._count_earlier_losses()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._uploader = threading.Thread(
@@ -329,9 +330,15 @@ class PredictionLogWriter:
         if leftover:
             log.warning("prediction log: the store did not take %d batches in time", len(leftover))
             self._keep(leftover, at_shutdown=True)
-        self._uploader.join(max(0.0, deadline - time.monotonic()))  # it may be spooling too
+        # Past the deadline the features thread only counts what is left, and spools what it
+        # still cuts; the uploader may be spooling too.
+        self._thread.join(max(0.0, deadline - time.monotonic()) + reserve)
+        self._uploader.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             log.error("prediction log: features still running at the deadline")
+        if self._late and self.spool is not None:  # this process's metrics die with it
+            oldest, newest, count = self._late
+            self.spool.note_loss(count, SHUTDOWN_TIMEOUT, oldest, newest, reported=False)
         held = self.spool.records if self.spool is not None else 0
         log.info(
             "prediction log closed: %d records written, %d in the spool, %d lost %s",
@@ -360,6 +367,9 @@ class PredictionLogWriter:
                 if time.monotonic() > self._deadline:  # closing and out of time
                     with self._lock:
                         self._drop(SHUTDOWN_TIMEOUT)
+                    oldest, newest, count = self._late or (item.timestamp, item.timestamp, 0)
+                    self._late = (min(oldest, item.timestamp), max(newest, item.timestamp),
+                                  count + 1)  # fmt: skip
                     continue
                 self._wait_for_quiet(deadline)
                 self._add(item)
@@ -427,11 +437,14 @@ class PredictionLogWriter:
             )
         self._buffer = []
         with self._cond:
-            for batch in batches:
+            late = self._abandoned  # close() is past its deadline: nobody uploads any more
+            for batch in batches if not late else ():
                 self._seq += 1
                 batch.seq = self._seq
                 self._pending.append(batch)
             self._cond.notify_all()
+        if late:
+            self._keep(batches, at_shutdown=True)
 
     # -- upload thread --------------------------------------------------------------------------
 
