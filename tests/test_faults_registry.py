@@ -38,6 +38,7 @@ DATA = "0" * 64  # every candidate's evaluation data
 CREATE = r"/model-versions/create$"
 ALIAS = r"/registered-models/alias"
 MODEL_TAG = r"/registered-models/set-tag$"
+TRIES = 2  # MLflow's client tries each call twice here (VISIONOPS_MLFLOW_RETRIES=1, conftest)
 
 
 def _candidate(settings: Settings, tmp: Path, map50_95: float) -> str:
@@ -129,6 +130,24 @@ def test_a_lost_create_answer_is_retried_by_mlflow_without_a_second_version(faul
     }  # fmt: skip
 
 
+def test_a_create_answered_after_the_client_timeout_makes_one_version(
+    faults, tmp_path: Path, settings_env: pytest.MonkeyPatch
+):
+    """A slow server: the create's answer comes after the client's timeout, so MLflow's client
+    repeats the POST while the first one already made a version. One version is left."""
+    settings = get_settings()
+    run_id = _candidate(settings, tmp_path, 0.3)
+    settings_env.setenv("VISIONOPS_MLFLOW_TIMEOUT", "3")  # for the registration only
+    get_settings.cache_clear()
+    faults.mlflow_proxy.add(Fault("delay", CREATE, "POST", seconds=6))
+    result = register(run_id)
+    assert (result.version, result.alias) == ("1", CHAMPION)
+    assert faults.mlflow_proxy.count(CREATE, "POST") == TRIES
+    assert _state(settings) == {
+        "versions": [1], "pending": [], CHAMPION: 1, CHALLENGER: None, "history": [1],
+    }  # fmt: skip
+
+
 def test_a_lost_create_answer_then_a_dead_server_leaves_an_orphan_that_gc_removes(
     faults, tmp_path: Path
 ):
@@ -169,9 +188,9 @@ def test_the_next_registration_removes_orphans_older_than_the_setting(
     lookups = Fault("status", r"/model-versions/search", "GET", times=0)  # armed by the drop
 
     def arm() -> None:
-        lookups.times = 2
+        lookups.times = TRIES
 
-    faults.mlflow_proxy.add(Fault("drop", CREATE, "POST", times=2, then=arm))
+    faults.mlflow_proxy.add(Fault("drop", CREATE, "POST", times=TRIES, then=arm))
     faults.mlflow_proxy.add(lookups)
     with pytest.raises(RegistryError, match="Whether a version was created cannot be checked"):
         register(run_id)
@@ -219,6 +238,35 @@ def test_a_history_that_cannot_be_written_moves_the_alias_back(faults, tmp_path:
     faults.mlflow_proxy.clear()
     assert _state(settings) == {
         "versions": [1], "pending": [], CHAMPION: 1, CHALLENGER: None, "history": [1],
+    }  # fmt: skip
+
+
+def test_two_failures_in_a_row_are_reported_and_gc_repairs_the_history(faults, tmp_path: Path):
+    """The history write refused, then the move back refused too: the error says champion moved
+    and the history lags; the version is kept (it serves); `gc` marks it and fixes the history."""
+    settings = get_settings()
+    register(_candidate(settings, tmp_path, 0.3))
+    move_back = Fault("status", ALIAS, "POST", times=0)  # armed by the refused history write
+
+    def arm() -> None:
+        move_back.times = TRIES
+
+    faults.mlflow_proxy.add(Fault("status", MODEL_TAG, "POST", times=TRIES, then=arm))
+    faults.mlflow_proxy.add(move_back)
+    run_id = _candidate(settings, tmp_path, 0.5)
+    code, output = _cli("register", "--run-id", run_id)
+    assert code == 1, output
+    assert "champion moved to v2, but the history could not record it" in output
+    assert "`visionops model gc` adds it to the history" in output
+    assert "Now: version 2 exists and holds champion" in output
+    assert _state(settings) == {
+        "versions": [1, 2], "pending": [2], CHAMPION: 2, CHALLENGER: None, "history": [1],
+    }  # fmt: skip
+    code, output = _cli("gc")
+    assert code == 0 and "marked registered (they hold an alias): v2" in output, output
+    assert "champion history ['1'] -> ['1', '2']" in output
+    assert _state(settings) == {
+        "versions": [1, 2], "pending": [], CHAMPION: 2, CHALLENGER: None, "history": [1, 2],
     }  # fmt: skip
 
 
