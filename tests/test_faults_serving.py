@@ -293,8 +293,9 @@ def test_reloads_during_outages_name_the_service_and_keep_serving(
 
 
 def test_collect_names_s3_and_its_endpoint(faults):
-    """The monitoring pipeline's collect step (one call of `collect_window`) with S3 down, and
-    with S3 answering 503: the error names S3 and where it is, never MLflow."""
+    """The monitoring pipeline's collect step (one call of `collect_window`) with S3 down, with
+    S3 resetting every connection, and with S3 answering 503: the error names S3 and where it
+    is, and what happened on the way, never MLflow."""
     from tests.faultproxy import Fault
     from visionops.errors import StorageError
     from visionops.monitoring.collect import collect_window
@@ -304,6 +305,10 @@ def test_collect_names_s3_and_its_endpoint(faults):
     with pytest.raises(StorageError, match=rf"cannot reach S3 at {s3} to list .*refused"):
         collect_window(hours=1)
     faults.s3_proxy.up()
+    faults.s3_proxy.add(Fault("reset", times=None))
+    with pytest.raises(StorageError, match=rf"cannot reach S3 at {s3} to list .*was reset"):
+        collect_window(hours=1)
+    faults.s3_proxy.clear()
     faults.s3_proxy.add(Fault("status", times=None))
     with pytest.raises(StorageError, match=rf"S3 at {s3} failed to list .*it answered 503"):
         collect_window(hours=1)
