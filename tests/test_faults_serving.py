@@ -292,7 +292,7 @@ def test_reloads_during_outages_name_the_service_and_keep_serving(
         assert len(statuses) > 5 and set(statuses) == {200}
 
 
-def test_collect_names_s3_and_its_endpoint(faults):
+def test_collect_names_s3_and_its_endpoint(faults, tmp_path: Path):
     """The monitoring pipeline's collect step (one call of `collect_window`) with S3 down, with
     S3 resetting every connection, and with S3 answering 503: the error names S3 and where it
     is, and what happened on the way, never MLflow."""
@@ -301,14 +301,16 @@ def test_collect_names_s3_and_its_endpoint(faults):
     from visionops.monitoring.collect import collect_window
 
     s3 = faults.s3_proxy.url
+    out = tmp_path / "window.parquet"
     faults.s3_proxy.down()
     with pytest.raises(StorageError, match=rf"cannot reach S3 at {s3} to list .*refused"):
-        collect_window(hours=1)
+        collect_window("", out, hours=1)
     faults.s3_proxy.up()
     faults.s3_proxy.add(Fault("reset", times=None))
     with pytest.raises(StorageError, match=rf"cannot reach S3 at {s3} to list .*was reset"):
-        collect_window(hours=1)
+        collect_window("", out, hours=1)
     faults.s3_proxy.clear()
     faults.s3_proxy.add(Fault("status", times=None))
     with pytest.raises(StorageError, match=rf"S3 at {s3} failed to list .*it answered 503"):
-        collect_window(hours=1)
+        collect_window("", out, hours=1)
+    assert not out.exists()  # nothing half-written
