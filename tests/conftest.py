@@ -320,3 +320,94 @@ def faults(fault_stack: FaultStack, settings_env: pytest.MonkeyPatch, request):
         yield fault_stack
     finally:
         fault_stack.heal()
+
+
+# Containers (tests/containers.py): the project's images on a Docker engine, run as the rendered
+# kind overlay runs them. Skipped where no engine answers or can be started, failed instead when
+# VISIONOPS_REQUIRE_DOCKER=1 (CI).
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from tests.containers import REQUIRE_DOCKER, engine_status
+
+    reason = engine_status()
+    if reason is None:
+        return "containers: a Docker engine answers or can be started: container tests run"
+    if REQUIRE_DOCKER:
+        return f"containers: NO DOCKER ENGINE ({reason}): container tests FAIL (required)"
+    return f"containers: NO DOCKER ENGINE ({reason}): every container test is SKIPPED"
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[None]:
+    """A Docker engine: the one that answers, or one this session starts (and stops after).
+    Containers this session named are removed at the end; any left over fails the session."""
+    from tests.containers import (
+        REQUIRE_DOCKER,
+        engine_status,
+        session_leftovers,
+        start_engine,
+        stop_engine,
+    )
+    from visionops.containers import remove_container
+
+    reason = engine_status()
+    if reason is not None:
+        message = f"no Docker engine: {reason} (README: Run in containers)"
+        if REQUIRE_DOCKER:
+            pytest.fail(f"{message}; VISIONOPS_REQUIRE_DOCKER=1 makes that a failure")
+        pytest.skip(message)
+    started = start_engine()
+    try:
+        yield
+        leftovers = session_leftovers()
+        for entry in leftovers:
+            remove_container(entry.split()[0])
+        assert not leftovers, f"containers left behind by the tests: {leftovers}"
+    finally:
+        if started:
+            stop_engine()
+
+
+@pytest.fixture(scope="session")
+def predictor_image(docker_engine: None) -> str:
+    """The predictor image, built (or found current in the layer cache) by hack/images.sh."""
+    from tests.containers import build_image
+
+    return build_image("predictor")
+
+
+@pytest.fixture(scope="session")
+def mlflow_image(docker_engine: None) -> str:
+    from tests.containers import build_image
+
+    return build_image("mlflow")
+
+
+@pytest.fixture(scope="session")
+def pipeline_image(docker_engine: None) -> str:
+    from tests.containers import build_image
+
+    return build_image("pipeline")
+
+
+@pytest.fixture(scope="session")
+def kind_docs(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """The kind overlay, rendered by `kubectl kustomize` (the committed example secrets)."""
+    from tests.k8s import example_tree, render
+
+    return render("kind", example_tree(tmp_path_factory.mktemp("kind-tree")))
+
+
+@pytest.fixture(scope="session")
+def mlflow_in_container(
+    mlflow_image: str, kind_docs: list[dict], s3: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MlflowServer]:
+    """The MLflow image as the kind overlay's Deployment runs it, artifacts in the session's S3."""
+    from tests.containers import mlflow_container
+    from tests.k8s import find
+
+    deployment = find(kind_docs, "Deployment", "mlflow")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == mlflow_image
+    with mlflow_container(deployment, tmp_path_factory.mktemp("mlflow-container"), s3) as url:
+        yield MlflowServer(url, "s3://mlflow/artifacts", s3)

@@ -74,11 +74,16 @@ def test_dockerfiles_pass_hadolint_and_install_through_the_constraints() -> None
         assert users and users[-1].split(":")[0] not in ("0", "root"), dockerfile.name
     predictor = (ROOT / "images" / "Dockerfile.predictor").read_text()
     instructions = [line for line in predictor.splitlines() if line and not line.startswith("#")]
-    assert "'.[serve]'" in predictor and "torch" not in "\n".join(instructions).lower()
+    assert '".[serve${EXTRAS:+,${EXTRAS}}]"' in predictor
+    assert "torch" not in "\n".join(instructions).lower()
     pipeline = (ROOT / "images" / "Dockerfile.pipeline").read_text()
     assert "'.[pipeline]'" in pipeline
-    assert "ARG TORCH_VARIANT=cpu" in pipeline
-    assert "https://download.pytorch.org/whl/${TORCH_VARIANT}" in pipeline
+    # Dependencies install before the code is copied: a code change rebuilds the last layers only.
+    for text, extra in ((predictor, ".[serve"), (pipeline, "'.[pipeline]'")):
+        assert text.index(extra) < text.index("COPY visionops visionops")
+        assert "pip install --no-cache-dir --no-deps" in text.split("COPY visionops visionops")[1]
+    assert f"ARG TORCH_INDEX_URL={VERSIONS['TORCH_INDEX_URL']}" in pipeline
+    assert '${TORCH_INDEX_URL:+--extra-index-url "${TORCH_INDEX_URL}"}' in pipeline
 
 
 def test_dockerignore_lets_through_exactly_what_the_images_copy() -> None:
@@ -125,6 +130,7 @@ case "$1" in
   network) touch "$FAKE_STATE/connected" ;;
   exec) if [ "$2" = "-i" ]; then cat > "$FAKE_STATE/hosts.toml"; fi ;;
   image) echo 812000000 ;;
+  version) echo 20.10.24 ;;
 esac
 exit 0
 """
@@ -156,7 +162,8 @@ def fakes(tmp_path: Path) -> tuple[dict[str, str], Path]:
     for name, body in (("docker", FAKE_DOCKER), ("kind", FAKE_KIND), ("kubectl", FAKE_KUBECTL)):
         (bin_dir / name).write_text(body)
         (bin_dir / name).chmod(0o755)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_STATE": str(state), "HOME": str(tmp_path)}
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_STATE": str(state), "HOME": str(tmp_path),
+           "IMAGES_LOG_DIR": str(tmp_path / "logs"), "TORCH_INDEX_URL": ""}  # fmt: skip
     return env, state
 
 
@@ -263,6 +270,10 @@ def test_build_images_builds_the_references_the_overlays_and_pipelines_use(
         dockerfile = call.split("--file ")[1].split()[0]
         assert Path(dockerfile).is_file() and call.endswith(str(ROOT))
     assert "size: 812 MB" in result.stdout
+    # The build is hack/images.sh's (one copy of it): base and torch index as it chose them.
+    assert all("--build-arg PYTHON_IMAGE=python:3.11-slim-bookworm" in c
+               for c in calls if c.startswith("docker build"))  # fmt: skip
+    assert any("--build-arg TORCH_INDEX_URL= " in c for c in calls)
 
     release = _script("build-images.sh", env, "--kind-load", "--release", "--gpu")
     assert release.returncode == 0, release.stderr
@@ -270,7 +281,8 @@ def test_build_images_builds_the_references_the_overlays_and_pipelines_use(
     loaded = {c.rsplit(" ", 1)[1] for c in calls if c.startswith("kind load docker-image")}
     registry, tag = VERSIONS["VISIONOPS_RELEASE_REGISTRY"], VERSIONS["VISIONOPS_IMAGE_TAG"]
     assert f"{registry}/visionops-pipeline:{tag}-cuda" in loaded and len(loaded) == 4
-    assert any("--build-arg TORCH_VARIANT=cu130" in c for c in calls)
+    assert any(f"--build-arg TORCH_INDEX_URL={VERSIONS['TORCH_CUDA_INDEX_URL']}" in c
+               for c in calls)  # fmt: skip
     assert not [c for c in calls if c.startswith("docker push")]
 
 
@@ -296,3 +308,21 @@ def test_build_images_help_and_bad_options_need_no_docker(tmp_path: Path) -> Non
     assert bad.returncode == 1 and "unknown option '--push'" in bad.stderr
     missing = _script("build-images.sh", env)
     assert missing.returncode == 1 and "'docker' is required" in missing.stderr
+
+
+def test_workflows_pass_actionlint_and_run_hack_as_written() -> None:
+    """.github/workflows: lint + tests through .ci/run, release images through
+    hack/build-images.sh, and the kind job through every hack/ step in README order."""
+    workflows = ROOT / ".github" / "workflows"
+    files = sorted(workflows.glob("*.yml"))
+    run(tool("actionlint"), "-shellcheck=" + tool("shellcheck"), *map(str, files), cwd=ROOT)
+    docs = {p.stem: yaml.safe_load(p.read_text()) for p in files}
+    steps = {
+        name: [s.get("run", "") for job in doc["jobs"].values() for s in job["steps"]]
+        for name, doc in docs.items()
+    }
+    assert "bash .ci/run" in steps["ci"]
+    assert "hack/build-images.sh --release" in steps["images"]
+    order = ["hack/kind-up.sh", "hack/install-platform.sh", "hack/build-images.sh",
+             "hack/deploy.sh", "hack/run-e2e.sh", "hack/teardown.sh"]  # fmt: skip
+    assert [s for s in steps["kind-e2e"] if s in order] == order

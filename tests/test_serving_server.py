@@ -1,14 +1,19 @@
 """The predictor as a real server on 127.0.0.1: every protocol, the bad-input corpus, load with
 health checks, metrics, reload without dropped requests, and the prediction log on shutdown.
 
-One server serves the whole module (tests run in file order; the last one stops it). gRPC calls
-run in a separate process (tests/grpc_client.py): tritonclient.grpc and kserve cannot share one.
+Every test runs twice, as a black box both times: against `python -m serving` as a process, and
+against the predictor image as the kind overlay's InferenceService runs it (tests/containers.py:
+read-only root, uid 1000, no capabilities, its CPU and memory limits, the model mounted read-only
+at /mnt/models, the prediction log in S3 as the manifest's env says). One server serves each pass
+(tests run in file order; the last one stops it). gRPC calls run in a separate process
+(tests/grpc_client.py): tritonclient.grpc and kserve cannot share one.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -24,13 +29,17 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from minio import Minio
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.containers import predictor_container
 from tests.images import encode, png_bomb, textured
+from tests.k8s import find
 from tests.models import DEFAULT_NAMES
-from tests.servers import Predictor, predictor_server, stop, wait_until
+from tests.servers import Predictor, S3Server, predictor_server, stop, wait_until
 from visionops.config import DEFAULT_MODEL_NAME as MODEL
 from visionops.inference import Detector
+from visionops.storage import LocalStore, ObjectStore, S3Store
 
 pytestmark = pytest.mark.slow
 
@@ -93,30 +102,63 @@ def metric_sum(snapshot: dict, name: str) -> float:
     return sum(value for (n, _), value in snapshot.items() if n == name)
 
 
+@pytest.fixture(scope="module", params=["process", "container"])
+def where(request: pytest.FixtureRequest) -> str:
+    """How the predictor runs: a process of this venv, or its image as the cluster runs it."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def model_dir(untrained_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_dir(where: str, untrained_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A private copy: the reload test rewrites it."""
-    target = tmp_path_factory.mktemp("served") / "model"
+    target = tmp_path_factory.mktemp(f"served-{where}") / "model"
     shutil.copytree(untrained_model, target)
     return target
 
 
 @pytest.fixture(scope="module")
-def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("prediction-log")
+def model_source(where: str, model_dir: Path) -> str:
+    """The source the server reports: the folder, or KServe's /mnt/models in the container."""
+    return str(model_dir) if where == "process" else "/mnt/models"
+
+
+@pytest.fixture(scope="module")
+def log_store(where: str, request: pytest.FixtureRequest, tmp_path_factory) -> ObjectStore:
+    """Where the prediction log goes: a folder, or (container) the S3 bucket of its env."""
+    if where == "process":
+        return LocalStore(tmp_path_factory.mktemp("prediction-log"))
+    s3: S3Server = request.getfixturevalue("s3")
+    client = Minio(s3.endpoint.removeprefix("http://"), s3.access_key, s3.secret_key, secure=False)
+    bucket = f"serving-log-{secrets.token_hex(3)}"
+    client.make_bucket(bucket)
+    return S3Store(client, bucket, "predictions", endpoint=s3.endpoint)
 
 
 @pytest.fixture(scope="module")
 def server(
-    model_dir: Path, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    where: str,
+    model_dir: Path,
+    log_store: ObjectStore,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Predictor]:
-    args = [
-        "--model-dir", str(model_dir), f"--max-images={MAX_IMAGES}",
-        f"--max-pixels={MAX_PIXELS}", f"--max-body-bytes={MAX_BODY}",
-        "--prediction-log", str(log_dir),
-    ]  # fmt: skip
+    limits = [f"--max-images={MAX_IMAGES}", f"--max-pixels={MAX_PIXELS}",
+              f"--max-body-bytes={MAX_BODY}"]  # fmt: skip
     env = {"VISIONOPS_LOG_FLUSH_EVERY_S": "1"}
-    with predictor_server(tmp_path_factory.mktemp("predictor"), args, env=env) as running:
+    workdir = tmp_path_factory.mktemp(f"predictor-{where}")
+    if where == "process":
+        assert isinstance(log_store, LocalStore)
+        args = ["--model-dir", str(model_dir), *limits, "--prediction-log", str(log_store.root)]
+        with predictor_server(workdir, args, env=env) as running:
+            yield running
+        return
+    request.getfixturevalue("predictor_image")
+    assert isinstance(log_store, S3Store)
+    service = find(request.getfixturevalue("kind_docs"), "InferenceService", "visionops-predictor")
+    with predictor_container(
+        service, workdir, s3=request.getfixturevalue("s3"), bucket=log_store.bucket,
+        model_dir=model_dir, extra_args=limits, env=env,
+    ) as running:  # fmt: skip
         yield running
 
 
@@ -164,7 +206,7 @@ def check_v2_outputs(outputs: dict[str, Any], expected: list[dict[str, Any]]) ->
         ]
 
 
-def test_health_and_metadata(client: httpx.Client, model_dir: Path) -> None:
+def test_health_and_metadata(client: httpx.Client, model_source: str) -> None:
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
     assert client.get(f"/v2/models/{MODEL}/ready").json() == {"name": MODEL, "ready": True}
@@ -174,7 +216,7 @@ def test_health_and_metadata(client: httpx.Client, model_dir: Path) -> None:
     assert meta["parameters"]["class_names"] == list(DEFAULT_NAMES)
     version = meta["parameters"]["model_version"]
     assert meta["versions"] == [version] and version.startswith("sha256-")
-    assert meta["parameters"]["model_source"] == str(model_dir)
+    assert meta["parameters"]["model_source"] == model_source
 
 
 def test_every_protocol_returns_the_engines_detections(
@@ -548,11 +590,10 @@ def test_a_failing_prediction_log_store_fails_no_request(model_dir: Path, tmp_pa
 
 
 def test_shutdown_writes_every_prediction_to_the_log(
-    server: Predictor, client: httpx.Client, log_dir: Path
+    server: Predictor, client: httpx.Client, log_store: ObjectStore
 ) -> None:
     """Runs last: stops the server (SIGTERM) and reads the prediction log it flushed."""
     from visionops.monitoring.collect import read_window
-    from visionops.storage import LocalStore
 
     snapshot = metrics(client)
     images = sum(
@@ -561,7 +602,7 @@ def test_shutdown_writes_every_prediction_to_the_log(
     stop(server.proc)
     assert server.proc.returncode == 0, server.log_text()[-3000:]
     now = datetime.now(UTC)
-    records = read_window(LocalStore(log_dir), now - timedelta(hours=2), now + timedelta(hours=1))
+    records = read_window(log_store, now - timedelta(hours=2), now + timedelta(hours=1))
     assert len(records) == images > 200
     assert set(records["model_name"]) == {MODEL}
     assert records["model_version"].str.startswith("sha256-").all()

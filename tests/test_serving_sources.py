@@ -1,21 +1,29 @@
 """Where the predictor's model comes from: the registry (`models:/...@champion` on a real MLflow
 server with S3 artifacts) and an `s3://` prefix (a real S3 server). A missing or corrupt model
-leaves the server up and not ready; `POST .../load` then loads it, and picks up a promotion."""
+leaves the server up and not ready; `POST .../load` then loads it, and picks up a promotion.
+
+Each test runs against `python -m serving` as a process, and against the predictor image as the
+kind overlay runs it (tests/containers.py), then with the registry served by the MLflow image as
+the overlay's Deployment runs it."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.containers import predictor_container
 from tests.images import encode, textured
-from tests.servers import BIN, MlflowServer, predictor_server
+from tests.k8s import find
+from tests.servers import BIN, MlflowServer, Predictor, predictor_server
 from visionops.config import DEFAULT_MODEL_NAME as MODEL
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("where", ["process", "container"])]
 
 V2 = f"/v2/models/{MODEL}/infer"
 LOAD = f"/v2/repository/models/{MODEL}/load"
@@ -46,6 +54,37 @@ def retrained_copy(model_dir: Path, target: Path, names: list[str]) -> Path:
     return target
 
 
+@contextmanager
+def started(
+    where: str,
+    request: pytest.FixtureRequest,
+    workdir: Path,
+    source: list[str],
+    env: dict[str, str],
+    *,
+    log_bucket: str,
+    command: list[str] | None = None,
+) -> Iterator[Predictor]:
+    """The predictor on model source `source`: a process, or its image as the cluster runs it
+    (prediction log in the S3 bucket `log_bucket`, created here)."""
+    if where == "process":
+        with predictor_server(workdir, source, env=env, command=command, wait_ready=False) as s:
+            yield s
+        return
+    from minio import Minio
+
+    request.getfixturevalue("predictor_image")
+    s3 = request.getfixturevalue("s3")
+    client = Minio(s3.endpoint.removeprefix("http://"), s3.access_key, s3.secret_key, secure=False)
+    if not client.bucket_exists(log_bucket):
+        client.make_bucket(log_bucket)
+    service = find(request.getfixturevalue("kind_docs"), "InferenceService", "visionops-predictor")
+    with predictor_container(
+        service, workdir, s3=s3, bucket=log_bucket, model_args=source, env=env, wait_ready=False
+    ) as server:
+        yield server
+
+
 def assert_not_ready(client: httpx.Client, reason: str) -> None:
     assert client.get("/v2/health/live").status_code == 200
     assert client.get("/v2/health/ready").status_code == 503
@@ -56,7 +95,8 @@ def assert_not_ready(client: httpx.Client, reason: str) -> None:
 
 
 def test_registry_champion_is_served_and_a_promotion_is_picked_up(
-    mlflow: MlflowServer,
+    where: str,
+    request: pytest.FixtureRequest,
     untrained_model: Path,
     tmp_path: Path,
     settings_env: pytest.MonkeyPatch,
@@ -64,15 +104,18 @@ def test_registry_champion_is_served_and_a_promotion_is_picked_up(
     from visionops.models.artifact import MODEL_ARTIFACT_DIR
     from visionops.tracking import connect
 
-    # The session's MLflow server is shared: this test's registered model has its own name, the
-    # predictor still serves it as MODEL.
-    registered = "serving-sources-champion"
+    # The session's MLflow server (a process, or the MLflow image's container) is shared: this
+    # test's registered model has its own name, the predictor still serves it as MODEL.
+    mlflow: MlflowServer = request.getfixturevalue(
+        "mlflow" if where == "process" else "mlflow_in_container"
+    )
+    registered = f"serving-sources-champion-{where}"
     settings_env.setenv("VISIONOPS_MLFLOW_TRACKING_URI", mlflow.url)
     uri = f"models:/{registered}@champion"
     command = [str(BIN / "visionops"), "serve", "--model_name", MODEL]
-    with predictor_server(
-        tmp_path / "predictor", ["--model-uri", uri], env=mlflow.env(), command=command,
-        wait_ready=False,
+    with started(
+        where, request, tmp_path / "predictor", ["--model-uri", uri], mlflow.env(),
+        log_bucket="serving-sources-log", command=command,
     ) as server, httpx.Client(base_url=server.http, timeout=60) as client:  # fmt: skip
         # Nothing registered yet: up, not ready, and the log says why.
         assert_not_ready(client, f"Registered Model with name={registered} not found")
@@ -91,7 +134,8 @@ def test_registry_champion_is_served_and_a_promotion_is_picked_up(
             return str(version.version)
 
         first = register(untrained_model)
-        assert client.post(LOAD).status_code == 200
+        response = client.post(LOAD)
+        assert response.status_code == 200, (response.text, server.log_text()[-3000:])
         assert client.get("/v2/health/ready").status_code == 200
         response = infer(client)
         assert response.status_code == 200 and response.json()["model_version"] == first == "1"
@@ -112,7 +156,11 @@ def test_registry_champion_is_served_and_a_promotion_is_picked_up(
 
 
 def test_s3_model_corrupt_then_fixed(
-    s3_settings: object, untrained_model: Path, tmp_path: Path
+    where: str,
+    request: pytest.FixtureRequest,
+    s3_settings: object,
+    untrained_model: Path,
+    tmp_path: Path,
 ) -> None:
     from visionops.config import get_settings
     from visionops.storage import open_store
@@ -128,11 +176,12 @@ def test_s3_model_corrupt_then_fixed(
     env["VISIONOPS_S3_ACCESS_KEY"] = settings.s3_access_key.get_secret_value()
     env["VISIONOPS_S3_SECRET_KEY"] = settings.s3_secret_key.get_secret_value()
     with (
-        predictor_server(
-            tmp_path / "predictor", ["--model-uri", uri], env=env, wait_ready=False
+        started(
+            where, request, tmp_path / "predictor", ["--model-uri", uri], env,
+            log_bucket=settings.s3_bucket,
         ) as server,
         httpx.Client(base_url=server.http, timeout=60) as client,
-    ):
+    ):  # fmt: skip
         assert_not_ready(client, "cannot load ONNX model")
         assert f"model {MODEL} from {uri} not loaded: cannot load ONNX model" in server.log_text()
         store.upload_file(untrained_model / "model.onnx", "model.onnx")

@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     # Container images the cluster runs (compiled pipelines, manifests, hack/build-images.sh).
     pipeline_image: str = f"{IMAGE_REGISTRY}/visionops-pipeline:{IMAGE_TAG}"
     predictor_image: str = f"{IMAGE_REGISTRY}/visionops-predictor:{IMAGE_TAG}"
+    mlflow_image: str = f"{IMAGE_REGISTRY}/visionops-mlflow:{IMAGE_TAG}"
     kfp_host: str = "http://ml-pipeline.kubeflow:8888"
     # Pipelines (visionops/orchestration/) and deployment (visionops/deploy.py).
     kfp_experiment: str = Field("visionops", min_length=1, description="KFP experiment of runs")

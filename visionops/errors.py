@@ -91,3 +91,7 @@ class SandboxUnavailable(VisionOpsError, RuntimeError):
     2, so a script tells "could not check" from "something reached for the network")."""
 
     exit_code = 2
+
+
+class ContainerError(VisionOpsError, RuntimeError):
+    """No Docker engine, an image that is not built, or a container that failed (its log named)."""

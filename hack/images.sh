@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Build the VisionOps images on this machine (what `make images` runs; hack/build-images.sh runs
+# it before pushing). Idempotent: Docker's layer cache makes a re-run cheap, and a rebuilt image's
+# previous build is removed so re-runs do not pile up gigabytes.
+#
+#   hack/images.sh                         # all three images
+#   hack/images.sh predictor mlflow        # some of them (pipeline, predictor, mlflow)
+#   hack/images.sh --gpu                   # also the CUDA pipeline image (:<tag>-cuda)
+#
+# Settings (environment variables, or `make images VAR=value`):
+#   PYTHON_IMAGE      the base; default python:3.11-slim-bookworm, or, where that cannot be
+#                     pulled, a base built from Debian's packages (hack/python-base.sh)
+#   TORCH_INDEX_URL   PyPI-style index for torch; default PyTorch's CPU index when it answers;
+#                     empty: PyPI only (its CUDA build, a far larger image)
+#   VISIONOPS_IMAGE_REGISTRY, VISIONOPS_IMAGE_TAG   default from hack/versions.env
+#   IMAGES_LOG_DIR    build logs, default .visionops/images/
+set -euo pipefail
+# What the caller asked for, read before hack/versions.env sets the defaults.
+requested_base=${PYTHON_IMAGE-}
+requested_torch_set=${TORCH_INDEX_URL+set}
+requested_torch=${TORCH_INDEX_URL-}
+requested_registry=${VISIONOPS_IMAGE_REGISTRY-}
+requested_tag=${VISIONOPS_IMAGE_TAG-}
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+registry=${requested_registry:-${VISIONOPS_IMAGE_REGISTRY}}
+tag=${requested_tag:-${VISIONOPS_IMAGE_TAG}}
+gpu=false
+wanted=()
+for arg in "$@"; do
+  case "${arg}" in
+    pipeline | predictor | mlflow) wanted+=("${arg}") ;;
+    --gpu) gpu=true ;;
+    -h | --help)
+      sed -n '2,17p' "$0"
+      exit 0
+      ;;
+    *) die "unknown argument '${arg}' (see --help)" ;;
+  esac
+done
+((${#wanted[@]})) || wanted=(pipeline predictor mlflow)
+require docker
+names=$(printf 'visionops-%s, ' "${wanted[@]}")
+docker_engine_reachable "building ${names%, }"
+mkdir -p "${IMAGES_LOG_DIR}"
+
+step "Python base"
+if [ -n "${requested_base}" ]; then
+  base=${requested_base}
+  info "${base} (PYTHON_IMAGE)"
+elif docker image inspect "${PYTHON_IMAGE}" >/dev/null 2>&1; then
+  base=${PYTHON_IMAGE}
+  info "${base} (present)"
+elif docker pull --quiet "${PYTHON_IMAGE}" >"${IMAGES_LOG_DIR}/pull.log" 2>&1; then
+  base=${PYTHON_IMAGE}
+  info "${base} (pulled)"
+else
+  info "cannot pull ${PYTHON_IMAGE}: $(tail -n 1 "${IMAGES_LOG_DIR}/pull.log")"
+  info "using ${LOCAL_PYTHON_IMAGE}, built from Debian's packages"
+  "${HACK_DIR}/python-base.sh"
+  base=${LOCAL_PYTHON_IMAGE}
+fi
+
+step "torch index"
+if [ -n "${requested_torch_set}" ]; then
+  torch_index=${requested_torch}
+  info "${torch_index:-PyPI only} (TORCH_INDEX_URL)"
+elif curl --silent --fail --max-time 10 --output /dev/null "${TORCH_INDEX_URL}/torch/"; then
+  torch_index=${TORCH_INDEX_URL}
+  info "${torch_index}"
+else
+  torch_index=""
+  info "${TORCH_INDEX_URL} does not answer: torch from PyPI only (its CUDA build, a larger image)"
+fi
+
+# build DOCKERFILE REF [BUILD_ARG...]: build one image, its output in a log, its steps shown.
+build() {
+  local dockerfile=$1 ref=$2
+  shift 2
+  local log_file="${IMAGES_LOG_DIR}/${ref##*/}.log" previous started seconds status size cached steps
+  log_file=${log_file//:/-}
+  previous=$(docker image inspect --format '{{.Id}}' "${ref}" 2>/dev/null || true)
+  step "Building ${ref} (${dockerfile}; log: ${log_file})"
+  started=${SECONDS}
+  set +e
+  docker build --file "${ROOT_DIR}/${dockerfile}" --tag "${ref}" \
+    --build-arg "PYTHON_IMAGE=${base}" "$@" "${ROOT_DIR}" 2>&1 |
+    tee "${log_file}" | grep --line-buffered -E '^Step [0-9]+/[0-9]+ : ' |
+    sed -u -E 's/^(.{0,106}).*/    \1/'
+  status=${PIPESTATUS[0]}
+  set -e
+  seconds=$((SECONDS - started))
+  [ "${status}" = 0 ] || die "building ${ref} failed (exit ${status}); log: ${log_file}"
+  size=$(docker image inspect --format '{{.Size}}' "${ref}" | awk '{printf "%.0f MB", $1 / 1e6}')
+  steps=$(grep -cE '^Step [0-9]+/' "${log_file}" || true)
+  cached=$(grep -c 'Using cache' "${log_file}" || true)
+  info "size: ${size}, ${seconds} s, ${cached} of ${steps} steps from the cache"
+  summary+=("$(printf '%-48s %9s %6s s' "${ref}" "${size}" "${seconds}")")
+  local current
+  current=$(docker image inspect --format '{{.Id}}' "${ref}")
+  if [ -n "${previous}" ] && [ "${previous}" != "${current}" ] &&
+    docker image rm "${previous}" >/dev/null 2>&1; then
+    info "removed the previous build ${previous:7:12}"
+  fi
+}
+
+summary=()
+for name in "${wanted[@]}"; do
+  ref="${registry}/visionops-${name}:${tag}"
+  case "${name}" in
+    pipeline) build images/Dockerfile.pipeline "${ref}" --build-arg "TORCH_INDEX_URL=${torch_index}" ;;
+    *) build "images/Dockerfile.${name}" "${ref}" ;;
+  esac
+done
+if [ "${gpu}" = true ]; then
+  build images/Dockerfile.pipeline "${registry}/visionops-pipeline:${tag}-cuda" \
+    --build-arg "TORCH_INDEX_URL=${TORCH_CUDA_INDEX_URL}"
+fi
+
+step "Images (base ${base})"
+printf '    %s\n' "${summary[@]}"
