@@ -75,34 +75,46 @@ else
 fi
 
 # build DOCKERFILE REF [BUILD_ARG...]: build one image, its output in a log, its steps shown.
+# A named earlier stage (`FROM ... AS deps`) is tagged REF-deps: the cache of its layers stays
+# findable, and its previous build is removed like the image's.
 build() {
   local dockerfile=$1 ref=$2
   shift 2
-  local log_file="${IMAGES_LOG_DIR}/${ref##*/}.log" previous started seconds status size cached steps
+  local log_file="${IMAGES_LOG_DIR}/${ref##*/}.log" started seconds status size cached steps
   log_file=${log_file//:/-}
-  previous=$(docker image inspect --format '{{.Id}}' "${ref}" 2>/dev/null || true)
   step "Building ${ref} (${dockerfile}; log: ${log_file})"
   started=${SECONDS}
-  set +e
-  docker build --file "${ROOT_DIR}/${dockerfile}" --tag "${ref}" \
-    --build-arg "PYTHON_IMAGE=${base}" "$@" "${ROOT_DIR}" 2>&1 |
-    tee "${log_file}" | grep --line-buffered -E '^Step [0-9]+/[0-9]+ : ' |
-    sed -u -E 's/^(.{0,106}).*/    \1/'
-  status=${PIPESTATUS[0]}
-  set -e
+  : >"${log_file}"
+  local stage targets=()
+  while read -r stage; do
+    targets+=("${stage}:${ref}-${stage}")
+  done < <(sed -n -E 's/^FROM .* AS ([a-z]+)$/\1/p' "${ROOT_DIR}/${dockerfile}")
+  targets+=(":${ref}")
+  local target tagged previous current
+  for target in "${targets[@]}"; do
+    stage=${target%%:*}
+    tagged=${target#*:}
+    previous=$(docker image inspect --format '{{.Id}}' "${tagged}" 2>/dev/null || true)
+    set +e
+    docker build --file "${ROOT_DIR}/${dockerfile}" --tag "${tagged}" ${stage:+--target "${stage}"} \
+      --build-arg "PYTHON_IMAGE=${base}" "$@" "${ROOT_DIR}" 2>&1 |
+      tee -a "${log_file}" | grep --line-buffered -E '^Step [0-9]+/[0-9]+ : ' |
+      sed -u -E 's/^(.{0,106}).*/    \1/'
+    status=${PIPESTATUS[0]}
+    set -e
+    [ "${status}" = 0 ] || die "building ${ref} failed (exit ${status}); log: ${log_file}"
+    current=$(docker image inspect --format '{{.Id}}' "${tagged}")
+    if [ -n "${previous}" ] && [ "${previous}" != "${current}" ] &&
+      docker image rm "${previous}" >/dev/null 2>&1; then
+      info "removed the previous build of ${tagged##*/} (${previous:7:12})"
+    fi
+  done
   seconds=$((SECONDS - started))
-  [ "${status}" = 0 ] || die "building ${ref} failed (exit ${status}); log: ${log_file}"
   size=$(docker image inspect --format '{{.Size}}' "${ref}" | awk '{printf "%.0f MB", $1 / 1e6}')
   steps=$(grep -cE '^Step [0-9]+/' "${log_file}" || true)
   cached=$(grep -c 'Using cache' "${log_file}" || true)
   info "size: ${size}, ${seconds} s, ${cached} of ${steps} steps from the cache"
   summary+=("$(printf '%-48s %9s %6s s' "${ref}" "${size}" "${seconds}")")
-  local current
-  current=$(docker image inspect --format '{{.Id}}' "${ref}")
-  if [ -n "${previous}" ] && [ "${previous}" != "${current}" ] &&
-    docker image rm "${previous}" >/dev/null 2>&1; then
-    info "removed the previous build ${previous:7:12}"
-  fi
 }
 
 summary=()

@@ -256,7 +256,8 @@ def predictor_container(
     """The predictor image as the InferenceService runs it, on free 127.0.0.1 ports.
 
     `model_dir` is mounted read-only at /mnt/models (where KServe's storage initializer leaves
-    the model); `model_args` replace `--model-dir=/mnt/models` (e.g. `--model-uri=s3://...`).
+    the model); `model_args` replace `--model-dir=/mnt/models` (e.g. `--model-uri=s3://...`), and
+    the manifest's own value of any flag they give as `--flag=value`.
     The prediction log goes where the manifest's env sends it: the S3 bucket `bucket`.
     """
     http_port, grpc_port = free_port(), free_port()
@@ -265,7 +266,13 @@ def predictor_container(
         argv = replace_flag(argv, "--http_port", str(http_port))
         argv = replace_flag(argv, "--grpc_port", str(grpc_port))
         if model_args is not None:
-            argv = [*replace_flag(argv, "--model-dir", None), *model_args]
+            argv = replace_flag(argv, "--model-dir", None)
+            for arg in model_args:  # a flag the manifest sets gets the new value, others join
+                flag, _, value = arg.partition("=")
+                if value and any(a.startswith(f"{flag}=") for a in argv):
+                    argv = replace_flag(argv, flag, value)
+                else:
+                    argv.append(arg)
         return [*argv, "--host=127.0.0.1", *(extra_args or [])]
 
     mounts = ()
