@@ -353,7 +353,8 @@ def docker_engine() -> Iterator[None]:
 
     reason = engine_status()
     if reason is not None:
-        message = f"no Docker engine: {reason} (README: Run in containers)"
+        hint = "" if "README" in reason else " (README: Run in containers)"
+        message = f"no Docker engine: {reason}{hint}"
         if REQUIRE_DOCKER:
             pytest.fail(f"{message}; VISIONOPS_REQUIRE_DOCKER=1 makes that a failure")
         pytest.skip(message)

@@ -255,3 +255,31 @@ def test_the_mlflow_container_stays_within_the_overlays_memory_limit(
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout  # fmt: skip
     print(f"MLflow container memory: {stats.strip()}")
+
+
+@pytest.mark.parametrize("required", [False, True], ids=["skipped", "required"])
+def test_without_docker_container_tests_are_skipped_loudly_or_fail_when_required(
+    required: bool, tmp_path: Path
+) -> None:
+    """No docker CLI on PATH (and so no engine to start): one loud header line, every container
+    test skipped; with VISIONOPS_REQUIRE_DOCKER=1 (CI) they fail instead."""
+    env = {k: v for k, v in os.environ.items() if k != "VISIONOPS_REQUIRE_DOCKER"}
+    env["PATH"] = str(tmp_path)  # nothing there: no docker, no dockerd
+    if required:
+        env["VISIONOPS_REQUIRE_DOCKER"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs",
+         f"{__file__}::test_images_rebuild_from_the_cache_and_print_their_sizes"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
+    )  # fmt: skip
+    header = [line for line in done.stdout.splitlines() if line.startswith("containers:")]
+    assert len(header) == 1, done.stdout[-3000:]
+    if required:
+        assert header[0].startswith("containers: NO DOCKER ENGINE (the docker CLI is not installed")
+        assert "FAIL (required)" in header[0]
+        assert done.returncode == 1 and "1 error" in done.stdout, done.stdout[-3000:]
+        assert "VISIONOPS_REQUIRE_DOCKER=1 makes that a failure" in done.stdout
+    else:
+        assert "every container test is SKIPPED" in header[0]
+        assert done.returncode == 0 and "1 skipped" in done.stdout, done.stdout[-3000:]
+        assert "SKIPPED [1]" in done.stdout and "no Docker engine: the docker CLI" in done.stdout

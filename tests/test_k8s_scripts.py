@@ -253,8 +253,10 @@ def test_build_images_builds_the_references_the_overlays_and_pipelines_use(
     built = {c.split("--tag ")[1].split()[0] for c in builds if "--target" not in c}
     # Named earlier stages are built and tagged first (their layer cache stays findable).
     stages = {c.split("--tag ")[1].split()[0] for c in builds if "--target" in c}
-    assert stages == {f"{VERSIONS['VISIONOPS_IMAGE_REGISTRY']}/visionops-predictor:0.1.0-deps",
-                      f"{VERSIONS['VISIONOPS_IMAGE_REGISTRY']}/visionops-mlflow:0.1.0-build"}
+    assert stages == {
+        f"{VERSIONS['VISIONOPS_IMAGE_REGISTRY']}/visionops-predictor:0.1.0-deps",
+        f"{VERSIONS['VISIONOPS_IMAGE_REGISTRY']}/visionops-mlflow:0.1.0-build",
+    }
     pushed = {c.removeprefix("docker push ") for c in calls if c.startswith("docker push")}
     docs = render("kind", example_tree(tmp_path / "tree"))
     in_overlay = {

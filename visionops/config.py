@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -80,6 +81,11 @@ class Settings(BaseSettings):
     kfp_namespace: str | None = Field(None, description="KFP user namespace (multi-user only)")
     predictor_url: str | None = Field(
         None, description="a running predictor to reload after a local promotion"
+    )
+    local_runner: Literal["subprocess", "docker"] = Field(
+        "subprocess",
+        description="how a local run's steps run (`pipeline run --docker`: docker); a training "
+        "run that monitoring re-submits runs the same way",
     )
     kserve_namespace: str = "visionops"
     inference_service: str = "visionops-predictor"

@@ -4,6 +4,9 @@
   evaluator is patched (`allow_named_output_conditions`).
 - The local runner reports step progress only as log lines on stdout ("Executing task 'x'",
   "Task 'x' finished with status SUCCESS", coloured): `step_event` reads them.
+- kfp's DockerRunner takes a step container that was removed before its exit code could be read
+  for a success (exit code 0): `fail_steps_without_outputs` fails a step whose executor did not
+  write its output file.
 - Inside a pipeline step kfp runs as its runtime-only SDK, where importing `kfp.client` first
   runs into a circular import: `kfp_client_class` imports the component factory before it.
 """
@@ -40,6 +43,17 @@ INTERNALS = (
         "kfp.local.logging_utils:format_status",
         "step_event expects the status as SUCCESS or FAILURE inside colour codes",
         "54e0a7879bf5ccc5",
+    ),
+    Internal(
+        "kfp.local.docker_task_handler:DockerTaskHandler.run",
+        "fail_steps_without_outputs wraps it and reads the executor input in its full_command",
+        "6c945c7c91445b7f",
+    ),
+    Internal(
+        "kfp.local.docker_task_handler:run_docker_container",
+        "returns 0 when the auto-removed container is gone before wait(): the reason for "
+        "fail_steps_without_outputs",
+        "63183d16a5ae3514",
     ),
     Internal(
         "kfp.dsl.component_factory",
@@ -100,3 +114,54 @@ def kfp_client_class() -> Any:
     from kfp.client import Client
 
     return Client
+
+
+def fail_steps_without_outputs() -> None:
+    """Make kfp's DockerRunner fail a step whose container ended without writing its outputs.
+
+    kfp 2.17.3 runs each step container with `auto_remove`; when the container is gone before
+    `wait()` reads its exit code (killed, or removed by a concurrent cleanup), it reports exit
+    code 0, so a killed step looks successful and the run goes on without its outputs. kfp's
+    executor writes the executor output file last, only when the step's function returned: no
+    file, no success. The step's log then says which declared outputs are missing. Idempotent.
+    """
+    from kfp.local import docker_task_handler, status  # kfp: heavy
+
+    original = docker_task_handler.DockerTaskHandler.run
+    if getattr(original, "visionops_checks_outputs", False):
+        return
+
+    def run(self: Any) -> Any:
+        result = original(self)
+        missing = missing_outputs(self.full_command)
+        if result == status.Status.SUCCESS and missing:
+            print(
+                f"the step's container ended without writing its outputs ({', '.join(missing)}):"
+                " it was killed, or removed before its exit code could be read",
+                flush=True,
+            )
+            return status.Status.FAILURE
+        return result
+
+    run.visionops_checks_outputs = True  # type: ignore[attr-defined]
+    docker_task_handler.DockerTaskHandler.run = run  # type: ignore[method-assign]
+
+
+def missing_outputs(command: list[str]) -> list[str]:
+    """The declared outputs (file names) a step's executor did not write; [] when it finished
+    (its executor output file exists) or `command` is not a KFP executor's."""
+    import json
+    from pathlib import Path
+
+    try:
+        executor_input = json.loads(command[command.index("--executor_input") + 1])
+    except (ValueError, IndexError, TypeError):
+        return []
+    outputs = executor_input.get("outputs", {})
+    output_file = outputs.get("outputFile", "")
+    if not output_file or Path(output_file).exists():
+        return []
+    declared = [output_file]
+    declared += [a["artifacts"][0]["uri"] for a in outputs.get("artifacts", {}).values()]
+    declared += [p["outputFile"] for p in outputs.get("parameters", {}).values()]
+    return [Path(p).name for p in declared if not Path(p).exists()]

@@ -100,6 +100,12 @@ def run_command(
     local: Annotated[
         bool, typer.Option("--local", help="Run here with KFP's local runner.")
     ] = False,
+    docker: Annotated[
+        bool,
+        typer.Option(
+            "--docker", help="Run here, each step in the pipeline image (KFP's DockerRunner)."
+        ),
+    ] = False,
     host: Annotated[
         str | None,
         typer.Option("--host", help="Kubeflow Pipelines API, e.g. http://127.0.0.1:18888."),
@@ -117,20 +123,23 @@ def run_command(
     ] = 7200,
 ) -> None:
     """Run a pipeline: --local here (a summary at the end), or --host on a KFP server."""
-    if local == (host is not None):
-        raise UsageError("choose where to run: --local or --host URL")
+    if sum((local, docker, host is not None)) != 1:
+        raise UsageError("choose where to run: --local, --docker or --host URL")
     if wait and host is None:
         raise UsageError("--wait follows a run on a KFP server: use it with --host")
     from pipelines import load_pipeline  # kfp, and every component: only once a run is asked
 
     items = list(param or [])
     pipeline = load_pipeline(name)
-    if local:
-        from visionops.orchestration.local import run_local  # KFP's local runner: this command only
+    if local or docker:
+        if docker:
+            from visionops.orchestration.docker import run_in_containers as run_here  # docker: this command only
+        else:
+            from visionops.orchestration.local import run_local as run_here  # KFP's local runner: this command only
 
-        console.rule(f"pipeline {name} (local)")
+        console.rule(f"pipeline {name} ({'steps in containers' if docker else 'local'})")
         with StepPrinter() as printer:
-            run = run_local(name, pipeline, items, run_name=run_name, on_step=printer)
+            run = run_here(name, pipeline, items, run_name=run_name, on_step=printer)
         print_local_run(run)
         return
     from visionops.orchestration.remote import run_remote  # the KFP client: this command only

@@ -230,8 +230,9 @@ def _collect_steps(
 
 
 @contextlib.contextmanager
-def _kfp_local(outputs_root: Path) -> Iterator[None]:
-    """KFP's local runner for one run: subprocess steps in this venv, outputs under the run."""
+def _kfp_local(outputs_root: Path, runner: Any = None) -> Iterator[None]:
+    """KFP's local runner for one run: subprocess steps in this venv (or `runner`, e.g. the
+    DockerRunner of visionops/orchestration/docker.py), outputs under the run."""
     from kfp import local  # kfp: heavy, and only this module runs it
 
     allow_named_output_conditions()
@@ -239,7 +240,7 @@ def _kfp_local(outputs_root: Path) -> Iterator[None]:
         warnings.filterwarnings("ignore", "You may be attemping", RuntimeWarning)  # our image
         warnings.filterwarnings("ignore", ".*no effect in the current local runner", UserWarning)
         local.init(
-            runner=local.SubprocessRunner(use_venv=False),
+            runner=runner or local.SubprocessRunner(use_venv=False),
             pipeline_root=str(outputs_root),
             raise_on_error=True,
         )
@@ -254,9 +255,10 @@ def run_local(
     run_name: str | None = None,
     on_step: StepCallback | None = None,
     settings: Settings | None = None,
+    runner: Any = None,
 ) -> LocalRun:
     """Run `pipeline` (a KFP pipeline object, called `name`: training, monitoring) with `params`
-    here; returns the run.
+    here (each step a subprocess, or as KFP `runner` runs it); returns the run.
 
     Raises PipelineError when a step fails (the message names it and the log); the run's summary
     is written in either case. UsageError for an unknown parameter.
@@ -278,7 +280,7 @@ def run_local(
     with (run_dir / "run.log").open("a", encoding="utf-8", buffering=1) as log_file:
         stream = StepStream(log_file, tasks, callback)
         try:
-            with _kfp_local(outputs_root), contextlib.redirect_stdout(stream):
+            with _kfp_local(outputs_root, runner), contextlib.redirect_stdout(stream):
                 pipeline(**params)
         except RuntimeError as failure:  # KFP's way of saying a task failed
             error = strip_colors(str(failure))

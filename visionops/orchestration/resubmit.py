@@ -9,7 +9,10 @@ found, it is submitted now.
 
 Locally there is no KFP server: the new run is `visionops pipeline run training --local` in its
 own detached process (its own session, so it outlives the step), logging to
-`pipelines/submissions/<key>.log`; the record holds its pid and run folder.
+`pipelines/submissions/<key>.log`; the record holds its pid and run folder. A step that runs in a
+container (`--docker`, `VISIONOPS_LOCAL_RUNNER=docker`) cannot start one that outlives it: it
+records the request (`docker`, `submitting`), and the process that ran the monitoring pipeline
+starts `visionops pipeline run training --docker` once (`spawn`, visionops/orchestration/docker.py).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ log = logging.getLogger(__name__)
 SUBMISSIONS_PREFIX = "pipelines/submissions"
 TRAINING = "training"
 SUBMITTING, SUBMITTED, FAILED = "submitting", "submitted", "failed"
-MODES = ("auto", "cluster", "local")
+DOCKER = "docker"
+MODES = ("auto", "cluster", "local", DOCKER)
 
 
 @dataclass(frozen=True)
@@ -100,14 +104,18 @@ def submit_training(
     settings = settings or get_settings()
     safe = safe_key(key)
     mode = resolve_mode(mode, MODES, "submission mode")
+    if mode == "local" and settings.local_runner == DOCKER:
+        mode = DOCKER
     package = compiled_package(TRAINING)
     params = parse_params(*package_info(package), params)
     store = submission_store(settings)
     record_key = f"{safe}.json"
     existing = read_submission(key, settings)
-    # A local `submitting` record may have a running process behind it: never start twice.
+    # A local `submitting` record may have a running process behind it, a docker one a request
+    # its monitoring run's process will start: never start twice.
     if existing is not None and (
-        existing.status == SUBMITTED or (existing.status == SUBMITTING and existing.mode == "local")
+        existing.status == SUBMITTED
+        or (existing.status == SUBMITTING and existing.mode in ("local", DOCKER))
     ):
         log.info("training for %s was submitted already: %s", key, existing.run_name)
         return Submission(**{**asdict(existing), "already": True})
@@ -119,6 +127,8 @@ def submit_training(
         if mode == "cluster":
             unsure = existing is not None and existing.status == SUBMITTING
             submission = _submit_cluster(pending, package, settings, look_up_first=unsure)
+        elif mode == DOCKER:
+            submission = pending  # requested: the monitoring run's process starts it
         else:
             submission = _spawn_local(pending, settings)
     except (PipelineError, OSError) as error:
@@ -222,14 +232,25 @@ def retrain_after_drift(
     return submission
 
 
-def local_command(run_name: str, params: dict[str, Any]) -> list[str]:
-    """The command line of a local training run with `params`."""
-    command = [sys.executable, "-m", "visionops", "pipeline", "run", TRAINING, "--local"]
+def local_command(run_name: str, params: dict[str, Any], *, docker: bool = False) -> list[str]:
+    """The command line of a local training run with `params` (steps in containers: `docker`)."""
+    where = "--docker" if docker else "--local"
+    command = [sys.executable, "-m", "visionops", "pipeline", "run", TRAINING, where]
     command += ["--run-name", run_name]
     for name, value in params.items():
         text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
         command.append(f"--param={name}={text}")
     return command
+
+
+def spawn(submission: Submission, settings: Settings | None = None) -> Submission:
+    """Start a requested training run (`docker`, `submitting`: a step in a container asked for
+    it) from this process, and record it as submitted; see the module docstring."""
+    settings = settings or get_settings()
+    started = _spawn_local(submission, settings)
+    submission_store(settings).write_bytes(f"{safe_key(started.key)}.json", started.to_json())
+    log.info("started %s for %s (process %s)", started.run_name, started.key, started.pid)
+    return started
 
 
 def _spawn_local(pending: Submission, settings: Settings) -> Submission:
@@ -240,7 +261,7 @@ def _spawn_local(pending: Submission, settings: Settings) -> Submission:
     env = {k: v for k, v in os.environ.items() if k != "_KFP_RUNTIME"}
     with log_path.open("ab") as output:
         process = subprocess.Popen(
-            local_command(pending.run_name, pending.params),
+            local_command(pending.run_name, pending.params, docker=pending.mode == DOCKER),
             env=env,
             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=Path.cwd(),
