@@ -132,10 +132,11 @@ def run_command(
     items = list(param or [])
     pipeline = load_pipeline(name)
     if local or docker:
+        # KFP's local runner (and for --docker the Docker SDK): this command only
         if docker:
-            from visionops.orchestration.docker import run_in_containers as run_here  # docker: this command only
+            from visionops.orchestration.docker import run_in_containers as run_here
         else:
-            from visionops.orchestration.local import run_local as run_here  # KFP's local runner: this command only
+            from visionops.orchestration.local import run_local as run_here
 
         console.rule(f"pipeline {name} ({'steps in containers' if docker else 'local'})")
         with StepPrinter() as printer:
