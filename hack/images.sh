@@ -6,12 +6,17 @@
 #   hack/images.sh                         # all three images
 #   hack/images.sh predictor mlflow        # some of them (pipeline, predictor, mlflow)
 #   hack/images.sh --gpu                   # also the CUDA pipeline image (:<tag>-cuda)
+#   hack/images.sh --no-cache predictor    # rebuild every layer (measuring, or a stale layer)
 #
 # Settings (environment variables, or `make images VAR=value`):
 #   PYTHON_IMAGE      the base; default python:3.11-slim-bookworm, or, where that cannot be
 #                     pulled, a base built from Debian's packages (hack/python-base.sh)
 #   TORCH_INDEX_URL   PyPI-style index for torch; default PyTorch's CPU index when it answers;
 #                     empty: PyPI only (its CUDA build, a far larger image)
+#   HOST_PIP_CONFIG   1 (default): the builds use this machine's pip indexes (index-url,
+#                     extra-index-url, find-links; local ones served read-only on 127.0.0.1 for
+#                     the build, hack/pip_mirror.py); 0: PyPI only
+#   PIP_MIRROR_PORT   the loopback port for them (default from hack/versions.env)
 #   VISIONOPS_IMAGE_REGISTRY, VISIONOPS_IMAGE_TAG   default from hack/versions.env
 #   IMAGES_LOG_DIR    build logs, default .visionops/images/
 set -euo pipefail
@@ -21,19 +26,23 @@ requested_torch_set=${TORCH_INDEX_URL+set}
 requested_torch=${TORCH_INDEX_URL-}
 requested_registry=${VISIONOPS_IMAGE_REGISTRY-}
 requested_tag=${VISIONOPS_IMAGE_TAG-}
+requested_port=${PIP_MIRROR_PORT-}
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 registry=${requested_registry:-${VISIONOPS_IMAGE_REGISTRY}}
 tag=${requested_tag:-${VISIONOPS_IMAGE_TAG}}
+mirror_port=${requested_port:-${PIP_MIRROR_PORT}}
 gpu=false
+no_cache=()
 wanted=()
 for arg in "$@"; do
   case "${arg}" in
     pipeline | predictor | mlflow) wanted+=("${arg}") ;;
     --gpu) gpu=true ;;
+    --no-cache) no_cache=(--no-cache) ;;
     -h | --help)
-      sed -n '2,17p' "$0"
+      sed -n '2,22p' "$0"
       exit 0
       ;;
     *) die "unknown argument '${arg}' (see --help)" ;;
@@ -74,6 +83,45 @@ else
   info "${TORCH_INDEX_URL} does not answer: torch from PyPI only (its CUDA build, a larger image)"
 fi
 
+step "pip indexes"
+# This machine's pip configuration, local locations served over loopback while the builds run:
+# the builds use the host's network (`--network host`) to reach them, and the registries as the
+# host does.
+pip_args=()
+mirror_pid=""
+stop_mirror() {
+  if [ -n "${mirror_pid}" ] && kill "${mirror_pid}" 2>/dev/null; then
+    wait "${mirror_pid}" 2>/dev/null || true
+  fi
+}
+trap stop_mirror EXIT
+if [ "${HOST_PIP_CONFIG:-1}" = 0 ]; then
+  info "PyPI only (HOST_PIP_CONFIG=0)"
+elif ! command -v python3 >/dev/null 2>&1; then
+  info "PyPI only (no python3 here to read pip's configuration)"
+else
+  pip_python=python3
+  [ -x "${VENV_BIN}/python" ] && pip_python="${VENV_BIN}/python"
+  args_file="${IMAGES_LOG_DIR}/pip-args"
+  rm -f "${args_file}"
+  python3 "${HACK_DIR}/pip_mirror.py" --args-file "${args_file}" --port "${mirror_port}" \
+    --pip "${pip_python}" 2>"${IMAGES_LOG_DIR}/pip-mirror.log" &
+  mirror_pid=$!
+  for _ in $(seq 600); do
+    [ -e "${args_file}" ] && break
+    kill -0 "${mirror_pid}" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ -e "${args_file}" ] ||
+    die "reading pip's configuration failed; log: ${IMAGES_LOG_DIR}/pip-mirror.log (HOST_PIP_CONFIG=0 skips it)"
+  while IFS= read -r line; do
+    case "${line}" in
+      '# '*) info "${line#\# }" ;;
+      ?*) pip_args+=(--build-arg "${line}") ;;
+    esac
+  done <"${args_file}"
+fi
+
 # build DOCKERFILE REF [BUILD_ARG...]: build one image, its output in a log, its steps shown.
 # A named earlier stage (`FROM ... AS deps`) is tagged REF-deps: the cache of its layers stays
 # findable, and its previous build is removed like the image's.
@@ -90,14 +138,19 @@ build() {
     targets+=("${stage}:${ref}-${stage}")
   done < <(sed -n -E 's/^FROM .* AS ([a-z]+)$/\1/p' "${ROOT_DIR}/${dockerfile}")
   targets+=(":${ref}")
-  local target tagged previous current
+  local target tagged previous current first=1
+  # --no-cache rebuilds the first target only; the later ones reuse its fresh layers.
+  local nocache=(${no_cache[@]+"${no_cache[@]}"})
   for target in "${targets[@]}"; do
     stage=${target%%:*}
     tagged=${target#*:}
     previous=$(docker image inspect --format '{{.Id}}' "${tagged}" 2>/dev/null || true)
+    ((first)) || nocache=()
+    first=0
     set +e
-    docker build --file "${ROOT_DIR}/${dockerfile}" --tag "${tagged}" ${stage:+--target "${stage}"} \
-      --build-arg "PYTHON_IMAGE=${base}" "$@" "${ROOT_DIR}" 2>&1 |
+    docker build ${nocache[@]+"${nocache[@]}"} --network host --file "${ROOT_DIR}/${dockerfile}" --tag "${tagged}" \
+      ${stage:+--target "${stage}"} --build-arg "PYTHON_IMAGE=${base}" \
+      ${pip_args[@]+"${pip_args[@]}"} "$@" "${ROOT_DIR}" 2>&1 |
       tee -a "${log_file}" | grep --line-buffered -E '^Step [0-9]+/[0-9]+ : ' |
       sed -u -E 's/^(.{0,106}).*/    \1/'
     status=${PIPESTATUS[0]}
