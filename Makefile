@@ -10,11 +10,12 @@ CONSTRAINTS := requirements/constraints.txt
 STAMP := $(VENV)/.installed
 EXTRAS := pipeline,serve,openvino,dev
 PYTEST_ARGS ?=
+IMAGES ?=
 
-.PHONY: help install tools images demo offline-check test lint format lock clean
+.PHONY: help install tools images demo offline-check test test-containers lint format lock clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@echo ">> creating $(VENV) and installing visionops[$(EXTRAS)] (pinned by $(CONSTRAINTS))"
@@ -36,8 +37,8 @@ tools: ## System tools the tests use (shellcheck, promtool, prometheus, pushgate
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends shellcheck prometheus prometheus-pushgateway strace >/dev/null; \
 	fi
 
-images: ## Build the pipeline, predictor and MLflow images (hack/images.sh; needs a Docker engine)
-	hack/images.sh
+images: ## Build the pipeline, predictor and MLflow images (hack/images.sh; IMAGES="predictor mlflow" for some)
+	hack/images.sh $(IMAGES)
 
 demo: $(STAMP) ## Generate data, train, serve and monitor on one machine
 	$(BIN)/visionops demo
@@ -60,6 +61,12 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 
 test: lint ## Lint, then the whole test suite (unit, integration with real servers, end to end)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-containers: $(STAMP) ## All three images, then every container test, the pipeline image's included
+	hack/images.sh
+	VISIONOPS_REQUIRE_DOCKER=1 VISIONOPS_BUILD_PIPELINE_IMAGE=1 $(BIN)/python -m pytest \
+	  tests/test_containers.py tests/test_pipeline_docker.py tests/test_serving_server.py \
+	  tests/test_serving_sources.py -k 'not process' $(PYTEST_ARGS)
 
 lock: ## Re-pin requirements/constraints.txt from the current .venv
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^visionops' > $(CONSTRAINTS).new
