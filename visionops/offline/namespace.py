@@ -271,17 +271,29 @@ def _stopped(signum: int, frame: object) -> None:
     raise _Stopped
 
 
+def _traced_command(tracer: int, strace_exe: Path) -> int | None:
+    """The command strace runs, once it has executed it. strace first forks short-lived probes of
+    the kernel's ptrace features, which never execute anything: a child still running strace's
+    own program is a probe, or the command not yet started."""
+    children = Path(f"/proc/{tracer}/task/{tracer}/children")
+    with contextlib.suppress(OSError, ValueError):
+        for pid in children.read_text().split():
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/exe").readlink() != strace_exe:
+                    return int(pid)
+    return None
+
+
 def _wait_for_command(tracer: subprocess.Popen[bytes]) -> None:
     """Until the command strace started has ended (strace itself waits for all its tracees,
     including servers the command left behind), or `run_offline`'s process is gone."""
-    children = Path(f"/proc/{tracer.pid}/task/{tracer.pid}/children")
     command, parent = None, os.getppid()
+    strace_exe = Path(shutil.which("strace") or "strace").resolve()  # tracer may not run it yet
     while tracer.poll() is None:
         if os.getppid() != parent:
             raise _Stopped  # whoever asked for the check is gone: stop, leave nothing behind
         if command is None:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                command = int(children.read_text().split()[0])
+            command = _traced_command(tracer.pid, strace_exe)
         elif not _running(command):
             return
         time.sleep(0.2)
