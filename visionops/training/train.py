@@ -370,6 +370,9 @@ def _train_in_run(
                 metrics=metrics, run_id=run_id, git_commit=git_commit(settings),
             )  # fmt: skip
         add_int8_variant(model_dir, dataset, settings=settings)
+        from visionops.inference.mlflow_model import write_mlflow_model  # mlflow.pyfunc: heavy
+
+        write_mlflow_model(model_dir)
         _log_outputs(tracking, run_id, dataset, Path(trainer.save_dir), model_dir, metrics)
         with mlflow_errors(f"finish run {run_id}", settings):
             tracking.client.set_terminated(run_id, "FINISHED")
