@@ -4,6 +4,7 @@ and what happens to records while the store is down (memory, then the spool, the
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -228,6 +229,61 @@ def test_submit_drops_and_counts_what_it_cannot_queue_and_never_raises(tmp_path:
     writer.close()
     assert (writer.written, writer.dropped) == (1, 1)
     assert len(read_window(LocalStore(tmp_path), T0, T0 + timedelta(seconds=1))) == 1
+
+
+def test_a_failed_queue_is_logged_with_its_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    writer = PredictionLogWriter(LocalStore(tmp_path))
+    with caplog.at_level(logging.ERROR, logger="visionops.monitoring.prediction_log"):
+        assert not writer.submit(_Unsized(RuntimeError("buffer released")), None)
+    (record,) = caplog.records
+    assert record.getMessage() == "prediction log: could not queue a record"
+    assert record.exc_info is not None and "buffer released" in caplog.text
+    writer.close()
+
+
+def test_a_failing_drop_callback_is_logged_and_the_drop_still_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    def broken() -> None:
+        raise ValueError("metrics backend gone")
+
+    writer = PredictionLogWriter(LocalStore(tmp_path), max_queue_bytes=10, on_drop=broken)
+    with caplog.at_level(logging.ERROR, logger="visionops.monitoring.prediction_log"):
+        assert writer.submit(np.zeros((4, 4, 3), np.uint8), None) is False  # 48 bytes > 10
+    assert writer.dropped == 1
+    (record,) = caplog.records
+    assert record.getMessage() == "prediction log: on_drop callback failed"
+    assert "metrics backend gone" in caplog.text
+    writer.close()
+
+
+def test_the_memory_bound_counts_the_queued_image_bytes(tmp_path: Path):
+    """`max_queue_bytes` bounds the image memory waiting in the queue: up to it is accepted,
+    past it dropped; an object without `nbytes` takes no room. Inference stays busy, so nothing
+    leaves the queue meanwhile."""
+    activity = Activity()
+    writer = PredictionLogWriter(
+        LocalStore(tmp_path), max_queue_bytes=100, activity=activity, flush_every_s=60
+    )
+    with activity.busy():
+        assert writer.submit(np.zeros(60, np.uint8), None)
+        assert writer.submit(np.zeros(40, np.uint8), None)  # exactly at the bound
+        assert writer.submit(None, None)  # type: ignore[arg-type]
+        assert not writer.submit(np.zeros(1, np.uint8), None)  # one byte over
+        assert writer.dropped == 1
+    writer.close()
+
+
+def test_records_without_a_timestamp_get_the_current_utc_time(tmp_path: Path):
+    writer = PredictionLogWriter(LocalStore(tmp_path))
+    before = datetime.now(UTC)
+    assert writer.submit(_image(0), None)
+    writer.close()
+    (key,) = LocalStore(tmp_path).list_keys()
+    stamp = datetime.fromisoformat(json.loads(LocalStore(tmp_path).read_bytes(key))["timestamp"])
+    assert stamp.utcoffset() == timedelta(0) and before <= stamp <= datetime.now(UTC)
 
 
 def test_unreadable_lines_are_skipped(tmp_path: Path):

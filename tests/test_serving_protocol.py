@@ -97,6 +97,12 @@ def test_v1_image_as_a_plain_string_and_a_data_url() -> None:
     assert parse_v1(body, DEFAULTS, "r").images == [JPEG, PNG]
 
 
+@pytest.mark.parametrize("text", [b64(JPEG) + "," + b64(PNG), "data:image/png;base64,QUJD,QUJD"])
+def test_a_comma_outside_a_data_url_prefix_is_not_base64(text: str) -> None:
+    error = rejected(parse_v1, {"instances": [{"image": {"b64": text}}]}, DEFAULTS, "r")
+    assert str(error).startswith("instances[0].image.b64: invalid base64")
+
+
 def test_line_wrapped_base64_is_still_base64() -> None:
     text = b64(JPEG * 4)
     wrapped = "\n".join(text[i : i + 20] for i in range(0, len(text), 20))
@@ -141,6 +147,8 @@ def test_parameters_at_the_ends_of_their_ranges_are_accepted(parameters, expecte
         ({"max_det": 0}, 'parameter "max_det" must be 1..10000, got 0'),
         ({"max_det": 10_001}, 'parameter "max_det" must be 1..10000, got 10001'),
         ({"max_det": -3}, 'parameter "max_det" must be 1..10000, got -3'),
+        ({"max_det": "100000000000000000001"},  # read as an integer, not through a float
+         'parameter "max_det" must be 1..10000, got 100000000000000000001'),
         ({"max_det": 2.5}, f'parameter "max_det" must be an integer {AS_STRING} 2.5'),
         ({"max_det": "2.5"}, f'parameter "max_det" must be an integer {AS_STRING} \'2.5\''),
         ({"conf": "high"}, f'parameter "conf" must be a number {AS_STRING} \'high\''),
@@ -203,7 +211,8 @@ def test_v2_uint8_inputs_hold_one_image_each() -> None:
     ("tensor", "message"),
     [
         (InferInput("image", [1], "FP32", [0.5]),
-         'input "image": datatype FP32 is not accepted; send encoded images as BYTES'),
+         'input "image": datatype FP32 is not accepted; send encoded images as BYTES '
+         "(base64 strings in JSON, raw bytes over gRPC) or one UINT8 tensor per image"),
         (InferInput("image", [2, 2], "UINT8", [[1, 2], [3, 4]]),
          'input "image": a UINT8 input holds one encoded image, shape [bytes] or [1, bytes]; '
          "got shape [2, 2]"),
@@ -220,6 +229,19 @@ def test_v2_uint8_inputs_hold_one_image_each() -> None:
 def test_v2_malformed_inputs_are_400_naming_the_input(tensor: InferInput, message: str) -> None:
     error = rejected(parse_v2, InferRequest("m", [tensor]), DEFAULTS, "v2")
     assert error.status == 400 and str(error).startswith(message), str(error)
+
+
+def test_v2_bytes_of_any_shape_hold_one_image_per_element() -> None:
+    tensor = InferInput("image", [2, 1], "BYTES", [[b64(JPEG)], [b64(PNG)]])
+    assert parse_v2(InferRequest("m", [tensor]), DEFAULTS, "v2").images == [JPEG, PNG]
+
+
+def test_each_uint8_input_counts_as_one_image() -> None:
+    four = [InferInput(f"i{n}", [len(JPEG)], "UINT8", list(JPEG)) for n in range(4)]
+    assert len(parse_v2(InferRequest("m", four), DEFAULTS, "v2").images) == 4
+    five = [*four, InferInput("i4", [len(PNG)], "UINT8", list(PNG))]
+    error = rejected(parse_v2, InferRequest("m", five), DEFAULTS, "v2")
+    assert (error.status, str(error)) == (413, "5 images in one request, over the limit of 4")
 
 
 def test_v2_without_inputs() -> None:
@@ -242,19 +264,34 @@ def _binary(header: dict, *parts: bytes) -> tuple[bytes, int]:
     return head + b"".join(parts), len(head)
 
 
+def test_binary_inputs_follow_each_other_in_the_body() -> None:
+    body, length = _binary(
+        {"inputs": [{"name": n, "shape": [len(d)], "datatype": "UINT8",
+                     "parameters": {"binary_data_size": len(d)}}
+                    for n, d in (("a", JPEG), ("b", PNG), ("c", b""))]},
+        JPEG, PNG,
+    )  # fmt: skip
+    request = binary_request(body, length, "m")
+    assert request.model_name == "m"
+    # An empty one is no image: decoding refuses it later ("empty image (0 bytes)").
+    assert parse_v2(request, DEFAULTS, "v2").images == [JPEG, PNG, b""]
+
+
 def test_binary_request_keeps_raw_bytes_and_parameters() -> None:
     body, length = _binary(
         {"id": "b-1", "parameters": {"conf": 0.6},
          "inputs": [{"name": "image", "shape": [len(JPEG)], "datatype": "UINT8",
                      "parameters": {"binary_data_size": len(JPEG)}},
                     {"name": "image_1", "shape": [1], "datatype": "BYTES", "data": [b64(PNG)]}],
-         "outputs": [{"name": "boxes"}]},
+         "outputs": [{"name": "boxes", "parameters": {"binary_data": True}}]},
         JPEG,
     )  # fmt: skip
     request = binary_request(body, length, "m")
     parsed = parse_v2(request, DEFAULTS, "v2")
     assert parsed.images == [JPEG, PNG] and parsed.request_id == "b-1" and parsed.conf == 0.6
     assert [o.name for o in request.request_outputs] == ["boxes"]
+    assert request.request_outputs[0].parameters == {"binary_data": True}
+    assert request.model_name == "m"
 
 
 @pytest.mark.parametrize(
@@ -286,6 +323,8 @@ def test_an_image_error_keeps_its_status() -> None:
     assert RequestRejected.from_error(PayloadTooLarge("bomb"), "image 2: ").status == 413
     error = RequestRejected.from_error(InvalidImage("truncated JPEG"), "image 0: ")
     assert (error.status, str(error)) == (400, "image 0: truncated JPEG")
+    bare = RequestRejected.from_error(InvalidImage("not an image"))
+    assert (bare.status, str(bare)) == (400, "not an image")
 
 
 def test_metadata_lists_the_contracts_tensors() -> None:
