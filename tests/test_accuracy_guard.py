@@ -45,6 +45,19 @@ def test_a_variant_ships_when_it_loses_at_most_the_allowed_drop(
     assert ("reason" in entry) is not shipped
 
 
+def test_float_noise_at_the_limit_does_not_reject() -> None:
+    """A drop that equals the allowance up to float noise (here 1e-9 above it) still ships."""
+    allowance = 0.249999999
+    assert allowance < 0.5 - 0.25  # the noise
+    assert _judged(_scores(0.25), 0.5, allowance, "int8", "val")["shipped"] is True
+    assert _judged(_scores(0.2499), 0.5, allowance, "int8", "val")["shipped"] is False
+
+
+def test_the_drop_is_recorded_to_six_decimals() -> None:
+    entry = _judged(_scores(0.41234561), 0.46234567, 0.1, "int8", "val")
+    assert entry["map50_95_drop"] == 0.05 and entry["map50_95"] == 0.412346
+
+
 def test_the_entry_records_every_score_rounded_and_the_reason_names_the_setting() -> None:
     entry = _judged(
         _scores(0.4123456789, 0.81234567), 0.4623456789, 0.01, "int8 on openvino", "val"
