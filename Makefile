@@ -11,8 +11,9 @@ STAMP := $(VENV)/.installed
 EXTRAS := pipeline,serve,openvino,dev
 PYTEST_ARGS ?=
 IMAGES ?=
+MUTATION_TARGETS ?=
 
-.PHONY: help install tools images demo offline-check test test-containers lint format lock clean
+.PHONY: help install tools images demo offline-check test test-containers lint format lock clean mutation
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -67,6 +68,9 @@ test-containers: $(STAMP) ## All three images, then every container test, the pi
 	VISIONOPS_REQUIRE_DOCKER=1 VISIONOPS_BUILD_PIPELINE_IMAGE=1 $(BIN)/python -m pytest \
 	  tests/test_containers.py tests/test_pipeline_docker.py tests/test_serving_server.py \
 	  tests/test_serving_sources.py -k 'not process' $(PYTEST_ARGS)
+
+mutation: $(STAMP) ## Mutation score of the modules that decide (mutmut; slow, not part of `make test`)
+	$(BIN)/python -m tests.mutation $(MUTATION_TARGETS)
 
 lock: ## Re-pin requirements/constraints.txt from the current .venv
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^visionops' > $(CONSTRAINTS).new
