@@ -96,7 +96,10 @@ TARGETS: tuple[Target, ...] = (
         ("tests/test_pipeline_resubmit.py",),
         functions=("submit_training", "read_submission"),
         what="one training run per monitoring run",
-        pytest_args=("-k", "interrupted or cluster or refused"),
+        pytest_args=(
+            "-k",
+            "interrupted or cluster or refused or auto_mode or unknown_mode or settings_given",
+        ),
     ),
     Target(
         "accuracy-guard",

@@ -89,6 +89,42 @@ def test_a_local_retry_after_an_interrupted_submission_starts_nothing(
     assert read_submission("monitor-6").status == "submitting"
 
 
+def test_auto_mode_outside_a_pod_submits_locally_and_records_when(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`auto` (the default) is `local` outside a pod; the record says when, in UTC, and the
+    step's log says what was started and, on a retry, that it was started already."""
+    import logging
+    import subprocess
+    from datetime import UTC, datetime
+
+    class _Started:
+        pid = 4242
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *_, **__: _Started())
+    before = datetime.now(UTC).replace(microsecond=0)
+    with caplog.at_level(logging.INFO, logger="visionops.orchestration.resubmit"):
+        first = submit_training("monitor-7", {"epochs": 1})
+        again = submit_training("monitor-7", {"epochs": 1})
+    assert (first.mode, first.pid, again.already) == ("local", 4242, True)
+    recorded = read_submission("monitor-7")
+    assert recorded.mode == "local" and recorded.pid == 4242
+    when = datetime.fromisoformat(recorded.submitted_at)
+    assert when.utcoffset() is not None and before <= when <= datetime.now(UTC)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "submitted training-after-monitor-7 (local) for monitor-7" in messages
+    assert "training for monitor-7 was submitted already: training-after-monitor-7" in messages
+
+
+def test_an_unknown_mode_is_a_usage_error_naming_it() -> None:
+    from visionops.errors import UsageError
+
+    with pytest.raises(UsageError) as caught:
+        submit_training("monitor-8", {}, mode="kubernetes")
+    assert str(caught.value) == "unknown submission mode 'kubernetes'; use auto, cluster, local"
+    assert read_submission("monitor-8") is None
+
+
 @visionops_component
 def submit_then_fail_once(job_id: str, dataset: str, attempts: str) -> str:
     """Submits, then fails its first attempt as a lost connection would."""
@@ -180,6 +216,17 @@ def test_cluster_retry_after_a_lost_answer_finds_the_run_instead_of_a_second(
     assert read_submission("monitor-3").status == SUBMITTED
 
 
+def test_the_settings_given_decide_where_the_record_is(kfp_api: KfpApi, tmp_path: Path) -> None:
+    from visionops.config import get_settings
+
+    elsewhere = get_settings().model_copy(update={"data_dir": tmp_path / "elsewhere"})
+    submit_training("monitor-9", {}, mode="cluster", settings=elsewhere)
+    assert read_submission("monitor-9", elsewhere).status == SUBMITTED
+    assert read_submission("monitor-9") is None  # not in the default data dir
+    again = submit_training("monitor-9", {}, mode="cluster", settings=elsewhere)
+    assert again.already and len(kfp_api.created_runs()) == 1
+
+
 def test_cluster_submission_uploads_the_installed_pipeline_when_missing(kfp_api: KfpApi) -> None:
     kfp_api.pipelines.clear()
     submit_training("monitor-4", {}, mode="cluster")
@@ -194,9 +241,10 @@ def test_cluster_submission_uploads_the_installed_pipeline_when_missing(kfp_api:
 
 def test_a_refused_cluster_submission_can_be_retried(kfp_api: KfpApi) -> None:
     kfp_api.refuse_next_run_create = True
-    with pytest.raises(PipelineError, match="500"):
+    with pytest.raises(PipelineError, match="500") as refused:
         submit_training("monitor-5", {}, mode="cluster")
-    assert read_submission("monitor-5").status == "failed"
+    failed = read_submission("monitor-5")
+    assert (failed.status, failed.error) == ("failed", str(refused.value))
 
     assert not submit_training("monitor-5", {}, mode="cluster").already
     assert len(kfp_api.created_runs()) == 2  # the refused one created nothing
