@@ -130,6 +130,30 @@ EQUIVALENT: dict[str, str] = {
     "serving.protocol.x_binary_request__mutmut_23": _RAW,
     "serving.protocol.x_binary_request__mutmut_27": _RAW,
     "serving.protocol.x_binary_request__mutmut_28": _RAW,
+    **dict.fromkeys(
+        (f"visionops.data.convert.x__label_rows__mutmut_{n}" for n in (13, 15)),
+        "a missing iscrowd reads None instead of False: as false",
+    ),
+    **dict.fromkeys(
+        (f"visionops.data.convert.x__label_rows__mutmut_{n}" for n in (23, 25, 32, 34, 45, 47)),
+        "dtype left to numpy: COCO's integer sizes and indices come out float64 / int64 anyway",
+    ),
+    **dict.fromkeys(
+        (f"visionops.data.convert.x__label_rows__mutmut_{n}" for n in (42, 55)),
+        "-2 for -1 as the not-found index: still below 0, still refused",
+    ),
+    **dict.fromkeys(
+        (
+            f"visionops.data.convert.x__label_rows__mutmut_{n}"
+            for n in (119, 123, 124, 160, 163, 164, 167, 170, 171)
+        ),
+        "zip(strict=...) over sequences of one length by construction",
+    ),
+    "visionops.data.convert.x__label_rows__mutmut_172": "the dict is an ordered set: values unused",
+    **dict.fromkeys(
+        (f"visionops.data.convert.x__polygon__mutmut_{n}" for n in (17, 19, 23)),
+        "concatenate(axis=None / default 0) and reshape(-2) give the same flat list",
+    ),
 }
 
 STATUS = re.compile(r"^\s+(\S+): (.+)$")

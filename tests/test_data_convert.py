@@ -243,10 +243,18 @@ def test_malformed_coco_is_a_data_error_naming_the_file(root: Path, tmp_path: Pa
     path = copy / "Cable" / "val" / "_annotations.coco.json"
     coco = json.loads(path.read_text())
     coco["annotations"][0]["category_id"] = 42
+    first = coco["annotations"][0]["id"]
     write_coco(path, coco)
-    with pytest.raises(DataError, match=f"{path}: annotation .* unknown category_id 42"):
+    with pytest.raises(DataError, match=f"{path}: annotation {first} has unknown category_id 42"):
         convert(copy, tmp_path / "yolo")
     coco["annotations"][0]["category_id"] = 1
+    owner, coco["annotations"][0]["image_id"] = coco["annotations"][0]["image_id"], 4242
+    write_coco(path, coco)
+    with pytest.raises(
+        DataError, match=f"{path}: annotation {first} has unknown image_id 4242 \\(1 such\\)"
+    ):
+        convert(copy, tmp_path / "yolo")
+    coco["annotations"][0]["image_id"] = owner
     coco["annotations"][0]["bbox"] = "wide"
     write_coco(path, coco)
     with pytest.raises(DataError, match=f"{path}: malformed COCO"):
@@ -329,7 +337,80 @@ def test_crowd_zero_size_and_duplicate_boxes_are_treated_as_convert_coco_treats_
     assert all(r[3] > 0 and r[4] > 0 for r in ours)
 
 
-def _convert_coco(source: Path, out: Path) -> None:
+def _convert_coco(source: Path, out: Path, segments: bool = False) -> None:
     from ultralytics.data.converter import convert_coco
 
-    convert_coco(str(source), str(out), use_segments=False, cls91to80=False)
+    convert_coco(str(source), str(out), use_segments=segments, cls91to80=False)
+
+
+def test_polygons_in_parts_malformed_parts_and_a_missing_iscrowd_as_convert_coco_treats_them(
+    root: Path, tmp_path: Path
+):
+    """README: `--segments` rows are convert_coco's. The generated data has one clean polygon per
+    box; here one image gets a two-part polygon (Ultralytics joins the parts), parts too short or
+    of odd length (left out; the rest of the polygon is kept), annotations with no usable polygon
+    (their box becomes one) and one without `iscrowd` (kept): rows held to
+    convert_coco(use_segments=True) on the same file, and by hand."""
+    from visionops.bootstrap import bootstrap
+
+    bootstrap()
+    dirty = copy_dataset(root, tmp_path / "dirty")
+    coco_path = dirty / "Cable" / "train" / "_annotations.coco.json"
+    coco = json.loads(coco_path.read_text())
+    image = coco["images"][0]
+    kept = next(a for a in coco["annotations"] if a["image_id"] == image["id"])
+    next_id = max(a["id"] for a in coco["annotations"]) + 1
+
+    def shape(bbox: list[float], parts: list[list[float]]) -> dict:
+        nonlocal next_id
+        next_id += 1
+        return {"id": next_id, "image_id": image["id"], "category_id": kept["category_id"],
+                "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0,
+                "segmentation": parts}  # fmt: skip
+
+    square = [12.0, 14.0, 30.0, 14.0, 30.0, 26.0, 12.0, 26.0]
+    no_polygon = shape([90.0, 20.0, 5.0, 5.0], [])
+    del no_polygon["segmentation"]
+    no_crowd_key = shape([40.0, 8.0, 10.0, 10.0], [[40.0, 8.0, 50.0, 8.0, 50.0, 18.0, 40.0, 18.0]])
+    del no_crowd_key["iscrowd"]
+    coco["annotations"] += [
+        shape([10.0, 10.0, 52.0, 50.0], [[10.0, 10.0, 20.0, 10.0, 20.0, 20.0],
+                                          [50.0, 50.0, 62.0, 50.0, 62.0, 60.0, 50.0, 60.0]]),
+        shape([12.0, 14.0, 18.0, 12.0], [square, [1.0, 2.0, 3.0, 4.0]]),  # too short
+        shape([12.0, 14.0, 18.0, 12.0], [square, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]]),  # odd
+        no_crowd_key,
+        shape([70.0, 30.0, 8.0, 6.0], []),  # no polygon: the box as one
+        shape([80.0, 40.0, 6.0, 4.0], [[1.0, 2.0, 3.0, 4.0]]),  # no usable part: the box
+        no_polygon,  # no segmentation at all: the box
+    ]  # fmt: skip
+    write_coco(coco_path, coco)
+
+    convert(dirty, tmp_path / "yolo", segments=True)
+    class_map = ClassMap.load(tmp_path / "yolo" / "class_map.json")
+    stem = Path(image["file_name"]).stem
+    ours = _rows(tmp_path / "yolo" / "labels" / "train" / "Cable" / f"{stem}.txt")
+    source = tmp_path / "json"
+    source.mkdir()
+    shutil.copyfile(coco_path, source / "a.json")
+    _convert_coco(source, tmp_path / "u", segments=True)
+    theirs = _rows(tmp_path / "u" / "labels" / "a" / f"{stem}.txt")
+    to_coco = {e.id: e.category_id for e in class_map.entries if e.product == "Cable"}
+    ours_in_coco_ids = sorted([to_coco[int(r[0])] - 1, *r[1:]] for r in ours)
+    assert len(ours_in_coco_ids) == len(theirs)
+    for mine, other in zip(ours_in_coco_ids, theirs, strict=True):
+        assert len(mine) == len(other)
+        np.testing.assert_allclose(mine, other, atol=1e-6)
+    # By hand: the square once (the two annotations that carry it are one row), the box without
+    # `iscrowd` as its polygon, and the two-part polygon as more than either part's points.
+    width, height = image["width"], image["height"]
+    own = sum(1 for a in coco["annotations"] if a["image_id"] == image["id"]) - 7
+    assert len(ours) == own + 6
+    normalised = [v / (width if i % 2 == 0 else height) for i, v in enumerate(square)]
+    assert sum(1 for r in ours if len(r) == 9 and np.allclose(r[1:], normalised, atol=1e-7)) == 1
+    corners = [40 / width, 8 / height, 50 / width, 8 / height, 50 / width, 18 / height]
+    assert any(len(r) == 9 and np.allclose(r[1:7], corners, atol=1e-7) for r in ours)
+    assert any(len(r) >= 1 + 6 + 8 for r in ours)  # every point of both parts
+    for x, y, w, h in ([70, 30, 8, 6], [80, 40, 6, 4], [90, 20, 5, 5]):
+        corners = [x, y, x + w, y, x + w, y + h, x, y + h]
+        box = [v / (width if i % 2 == 0 else height) for i, v in enumerate(corners)]
+        assert any(len(r) == 9 and np.allclose(r[1:], box, atol=1e-7) for r in ours), box
