@@ -101,6 +101,8 @@ def test_auto_mode_outside_a_pod_submits_locally_and_records_when(
     class _Started:
         pid = 4242
 
+    # No process needed here: test_a_local_submission_starts_one_run_in_its_own_process starts
+    # the real one; this holds the mode, the record and the log lines.
     monkeypatch.setattr(subprocess, "Popen", lambda *_, **__: _Started())
     before = datetime.now(UTC).replace(microsecond=0)
     with caplog.at_level(logging.INFO, logger="visionops.orchestration.resubmit"):
