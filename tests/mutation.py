@@ -78,7 +78,7 @@ TARGETS: tuple[Target, ...] = (
             "_clean",
             "_category",
             "check_drift",
-            "_read_snapshot",
+            "_decide",
         ),
         what="drift / no_drift / not_enough_data, the compared columns and their thresholds",
     ),
