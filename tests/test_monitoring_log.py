@@ -261,18 +261,21 @@ def test_a_failing_drop_callback_is_logged_and_the_drop_still_counted(
 
 def test_the_memory_bound_counts_the_queued_image_bytes(tmp_path: Path):
     """`max_queue_bytes` bounds the image memory waiting in the queue: up to it is accepted,
-    past it dropped; an object without `nbytes` takes no room. Inference stays busy, so nothing
-    leaves the queue meanwhile."""
+    past it dropped; an object without `nbytes` takes no room. The writer takes one record off
+    the queue, then waits for inference (busy here) to pause: once it holds that first record,
+    nothing else leaves the queue meanwhile."""
     activity = Activity()
     writer = PredictionLogWriter(
         LocalStore(tmp_path), max_queue_bytes=100, activity=activity, flush_every_s=60
     )
     with activity.busy():
+        assert writer.submit(None, None)  # type: ignore[arg-type]
+        _wait_for(lambda: writer.queued == 0, "the writer holding the first record")
         assert writer.submit(np.zeros(60, np.uint8), None)
         assert writer.submit(np.zeros(40, np.uint8), None)  # exactly at the bound
         assert writer.submit(None, None)  # type: ignore[arg-type]
         assert not writer.submit(np.zeros(1, np.uint8), None)  # one byte over
-        assert writer.dropped == 1
+        assert writer.dropped == 1 and writer.queued == 3
     writer.close()
 
 
