@@ -123,7 +123,9 @@ def test_an_unknown_mode_is_a_usage_error_naming_it() -> None:
 
     with pytest.raises(UsageError) as caught:
         submit_training("monitor-8", {}, mode="kubernetes")
-    assert str(caught.value) == "unknown submission mode 'kubernetes'; use auto, cluster, local"
+    assert str(caught.value) == (
+        "unknown submission mode 'kubernetes'; use auto, cluster, local, docker"
+    )
     assert read_submission("monitor-8") is None
 
 
