@@ -223,7 +223,7 @@ def test_submit_drops_and_counts_what_it_cannot_queue_and_never_raises(tmp_path:
     drops: list[int] = []
     writer = PredictionLogWriter(LocalStore(tmp_path), on_drop=lambda: drops.append(1))
     assert writer.submit(detections=None, **bad) is False
-    assert (writer.dropped, len(drops)) == (1, 1)
+    assert (writer.dropped, writer.lost["queue_full"], len(drops)) == (1, 1, 1)
     assert writer.submit(_image(0), None, timestamp=T0)
     assert writer.flush(timeout=30)
     writer.close()
@@ -275,7 +275,7 @@ def test_the_memory_bound_counts_the_queued_image_bytes(tmp_path: Path):
         assert writer.submit(np.zeros(40, np.uint8), None)  # exactly at the bound
         assert writer.submit(None, None)  # type: ignore[arg-type]
         assert not writer.submit(np.zeros(1, np.uint8), None)  # one byte over
-        assert writer.dropped == 1 and writer.queued == 3
+        assert (writer.dropped, writer.lost["queue_full"], writer.queued) == (1, 1, 3)
     writer.close()
 
 
