@@ -4,7 +4,7 @@
 
 from typing import NamedTuple, Optional
 
-from kfp.dsl import Dataset, Input
+from kfp.dsl import Dataset, Input, Markdown, Output
 
 from components import visionops_component
 
@@ -12,6 +12,7 @@ from components import visionops_component
 @visionops_component
 def register_model(
     run_id: str,
+    card: Output[Markdown],
     dataset: Optional[Input[Dataset]] = None,  # noqa: UP045 (KFP needs Optional[...])
     split: str = "val",
     model_name: str = "",
@@ -22,6 +23,8 @@ def register_model(
     "RegisterOutputs", [("version", str), ("promoted", bool), ("alias", str), ("reason", str)]
 ):
     """Register run `run_id`; `promoted` tells whether it became the champion, `reason` why.
+
+    `card` is the version's model card (its MLflow description), shown in the Kubeflow UI.
 
     With `dataset`, the gate compares on that data (evaluating the run first if it was not).
     `model_name` empty means the configured registered model. The gate's `min_map50`,
@@ -44,6 +47,7 @@ def register_model(
     result = register(
         run_id, data_yaml=data_yaml, split=split, name=model_name or None, settings=settings
     )
+    Path(card.path).write_text(result.card)
     print(f"{result.name} v{result.version} -> {result.alias}: {result.reason}")
     return namedtuple("RegisterOutputs", ["version", "promoted", "alias", "reason"])(
         result.version, result.promoted, result.alias, result.reason

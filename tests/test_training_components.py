@@ -16,6 +16,8 @@ from components.evaluate import evaluate_model
 from components.register import register_model
 from components.train import train_model
 from visionops.config import Settings
+from visionops.models.artifact import read_metadata
+from visionops.training.dataset import load_data_yaml
 from visionops.training.registry import CHAMPION, Registry
 
 # Locally the steps run in this venv, not in the pipeline image KFP warns about.
@@ -66,3 +68,24 @@ def test_train_evaluate_register_pipeline(
     assert registered["alias"] == CHAMPION and registered["reason"].startswith("first champion")
     champion = Registry(settings=mlflow_settings).alias(CHAMPION)
     assert champion is not None and champion.run_id == run_id
+
+    # The model card: the version's description on the MLflow server, and register's Markdown.
+    card = next(root.rglob("register-model/card")).read_text()
+    assert Registry(settings=mlflow_settings).version(1).description == card
+    run = Registry(settings=mlflow_settings).run(run_id)
+    assert "**Gate: champion** (no champion to compare with): first champion" in card
+    assert f"- dataset hash: `{run.data.tags['visionops.dataset_hash']}`" in card
+    assert f"- products: {run.data.tags['visionops.products']}" in card
+    assert f"- git commit: `{run.data.tags['visionops.git_commit']}`" in card
+    assert f"| map50_95 | {run.data.metrics['eval.map50_95']:.4f} |" in card
+    train = load_data_yaml(tiny_data_yaml).label_statistics()["splits"]["train"]
+    for name, count in train["boxes_per_class"].items():
+        ap = run.data.metrics[f"eval.ap50_95/{name}"]
+        assert f"| {name} | {count} | " in card and f" | {ap:.4f} |" in card
+    guard = read_metadata(model_dir).variants
+    for precision in ("fp32", "int8"):
+        for engine, s in guard[precision].get("engines", {}).items():
+            served = "yes" if s["shipped"] else "no"
+            row = f"| {precision} | {engine} | {s['map50_95']:.4f} | {s['map50_95_drop']:.4f} | "
+            assert row + f"{served} |" in card
+    assert "| epochs | 1 |" in card and "| imgsz | 64 |" in card

@@ -28,7 +28,7 @@ from visionops.errors import (
     UsageError,
     VisionOpsError,
 )
-from visionops.models.artifact import MODEL_ARTIFACT_DIR
+from visionops.models.artifact import METADATA_JSON, MODEL_ARTIFACT_DIR
 from visionops.models.sources import run_model_source
 from visionops.training.dataset import load_data_yaml
 from visionops.training.evaluate import (
@@ -40,6 +40,7 @@ from visionops.training.evaluate import (
     logged_evaluation,
 )
 from visionops.training.gate import GateDecision, gate, meets_minimums
+from visionops.training.model_card import CardInputs, model_card
 from visionops.training.registry import (
     CHALLENGER,
     CHAMPION,
@@ -54,6 +55,7 @@ from visionops.training.registry import (
     is_pending,
     registration_key,
 )
+from visionops.training.train import LABEL_STATISTICS_JSON, TRAINING_ARTIFACT_DIR
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -72,6 +74,8 @@ class RegisterResult:
     reason: str
     metrics: dict[str, float]
     previous_champion: str | None = None
+    card: str = ""
+    """The model card: the version's MLflow description (Markdown)."""
 
 
 def register(
@@ -113,10 +117,12 @@ def register(
         TAG_GATE: decision.reason,
         TAG_DECISION: CHAMPION if decision.promote else CHALLENGER,
     }
+    card = model_card(_card_inputs(registry, run_id, evaluation, decision))
     if earlier:
         version = str(earlier[0].version)
         log.info("%s: finishing the interrupted registration of v%s", registry.name, version)
         registry.set_decision(version, gate_tags)
+        registry.set_description(version, card)
     else:
         tags = {
             TAG_DATASET_HASH: run.data.tags.get(TAG_DATASET_HASH, ""),
@@ -126,7 +132,7 @@ def register(
             **gate_tags,
             **{f"{TAG_METRIC}{k}": f"{v:.6f}" for k, v in evaluation.metrics.items()},
         }
-        version = registry.create_version(run_id, source, tags, key)
+        version = registry.create_version(run_id, source, tags, key, description=card)
     previous = str(champion.version) if champion else None
     try:
         if decision.promote:
@@ -147,7 +153,7 @@ def register(
     log.info("registered %s v%s as %s: %s", registry.name, version, alias, decision.reason)
     return RegisterResult(
         registry.name, version, decision.promote, alias, decision.reason, evaluation.metrics,
-        previous,
+        previous, card,
     )  # fmt: skip
 
 
@@ -162,12 +168,36 @@ def _already_registered(
     return RegisterResult(
         registry.name, version, CHAMPION in aliases, ",".join(aliases) or "none",
         f"already registered as v{version}: {reason}", evaluation.metrics,
+        card=mv.description or "",
     )  # fmt: skip
 
 
 def _holds(registry: Registry, alias: str, version: str) -> bool:
     holder = registry.alias(alias)
     return holder is not None and str(holder.version) == version
+
+
+def _card_inputs(
+    registry: Registry, run_id: str, evaluation: Evaluation, decision: GateDecision
+) -> CardInputs:
+    """What the model card shows: the run (read again when it was just evaluated), its model
+    directory's metadata and its training label statistics."""
+    run = registry.run(run_id)
+    metadata = registry.run_json(run_id, f"{MODEL_ARTIFACT_DIR}/{METADATA_JSON}") or {}
+    stats = registry.run_json(run_id, f"{TRAINING_ARTIFACT_DIR}/{LABEL_STATISTICS_JSON}") or {}
+    train = (stats.get("splits") or {}).get("train") or {}
+    return CardInputs(
+        model_name=registry.name,
+        run_id=run_id,
+        evaluation=evaluation,
+        decision=decision,
+        run_tags=run.data.tags,
+        run_params=run.data.params,
+        run_metrics=run.data.metrics,
+        class_names=list(metadata.get("names") or stats.get("names") or []),
+        train_counts={str(k): int(v) for k, v in (train.get("boxes_per_class") or {}).items()},
+        variants=metadata.get("variants") or {},
+    )
 
 
 def promote(

@@ -23,9 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionops.config import Settings, get_settings
@@ -216,6 +218,23 @@ class Registry:
         with self._errors(f"read run {run_id}"):
             return self.client.get_run(run_id)
 
+    def run_json(self, run_id: str, path: str) -> Any:
+        """The JSON artifact `path` of run `run_id`, or None if the run has no such file."""
+        directory, _, name = path.rpartition("/")
+        with self._errors(f"list the artifacts of run {run_id}"):
+            listed = {f.path for f in self.client.list_artifacts(run_id, directory or None)}
+        if path not in listed:
+            return None
+        with tempfile.TemporaryDirectory() as tmp, self._errors(f"read {path} of run {run_id}"):
+            local = self.client.download_artifacts(run_id, path, tmp)
+            try:
+                return json.loads(Path(local).read_text())
+            except (OSError, json.JSONDecodeError):
+                log.warning(
+                    "run %s: %s is not readable JSON; left off the model card", run_id, name
+                )
+                return None
+
     def version_evaluation(self, mv: ModelVersion, data_hash: str) -> dict[str, float] | None:
         """The metrics of version `mv` on the data with `data_hash`, if it was scored there."""
         raw = (mv.tags or {}).get(eval_tag(data_hash))
@@ -247,8 +266,16 @@ class Registry:
                     self.name, description="VisionOps YOLOv8n defect detector"
                 )
 
-    def create_version(self, run_id: str, source: str, tags: dict[str, str], key: str) -> str:
-        """A new version from `source` (a run's model directory), marked pending, made once.
+    def create_version(
+        self,
+        run_id: str,
+        source: str,
+        tags: dict[str, str],
+        key: str,
+        description: str | None = None,
+    ) -> str:
+        """A new version from `source` (a run's model directory), marked pending, made once;
+        `description` is the Markdown its MLflow page shows (the model card).
 
         MLflow's client repeats a create whose answer was lost, and a create may fail after the
         server acted: the versions carrying `key` are looked up afterwards, the oldest is kept and
@@ -258,7 +285,9 @@ class Registry:
         marked = {**tags, TAG_REGISTRATION_KEY: key, TAG_REGISTRATION: PENDING}
         try:
             with self._errors(f"create a version of model {self.name!r} from run {run_id}"):
-                mv = self.client.create_model_version(self.name, source, run_id=run_id, tags=marked)
+                mv = self.client.create_model_version(
+                    self.name, source, run_id=run_id, tags=marked, description=description
+                )
         except VisionOpsError as error:
             try:
                 made = self.registrations(key)
@@ -293,6 +322,11 @@ class Registry:
         """Mark a version's registration finished (its aliases have moved)."""
         with self._errors(f"mark version {version} registered"):
             self.client.set_model_version_tag(self.name, version, TAG_REGISTRATION, COMPLETE)
+
+    def set_description(self, version: str, description: str) -> None:
+        """Replace a version's description (the model card of a resumed registration)."""
+        with self._errors(f"write the model card of version {version}"):
+            self.client.update_model_version(self.name, version, description=description)
 
     def set_decision(self, version: str, tags: dict[str, str]) -> None:
         """Rewrite a resumed registration's gate tags with today's decision."""

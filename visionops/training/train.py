@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 ARCHITECTURE = "yolov8n.yaml"
 TRAINING_ARTIFACT_DIR = "training"
+LABEL_STATISTICS_JSON = "label_statistics.json"
 _PARAMS_PER_CALL = 100  # MLflow accepts at most 100 params per log_batch
 
 
@@ -419,7 +420,7 @@ def _log_outputs(
         if (save_dir / name).is_file():
             shutil.copyfile(save_dir / name, extras / name)
     stats = dataset.label_statistics()
-    (extras / "label_statistics.json").write_text(json.dumps(stats, indent=2) + "\n")
+    (extras / LABEL_STATISTICS_JSON).write_text(json.dumps(stats, indent=2) + "\n")
     log_metrics(tracking, run_id, {f"best.{k}": v for k, v in metrics.items()})
     with mlflow_errors(f"log the outputs of run {run_id}"):
         tracking.client.log_artifacts(run_id, str(extras), TRAINING_ARTIFACT_DIR)
