@@ -101,6 +101,13 @@ def session_leftovers() -> list[str]:
     return done.stdout.split("\n") if done.stdout.strip() else []
 
 
+def images_env(**extra: str) -> dict[str, str]:
+    """This process's environment for hack/images.sh, less the session's PIP_NO_INDEX: bootstrap
+    sets it so that nothing at run time reaches an index, and hack/images.sh hands pip's settings
+    to the builds, which install from indexes by design."""
+    return {**{k: v for k, v in os.environ.items() if k != "PIP_NO_INDEX"}, **extra}
+
+
 def image_present(ref: str) -> bool:
     done = subprocess.run(["docker", "image", "inspect", ref], capture_output=True, timeout=60)
     return done.returncode == 0
@@ -113,8 +120,9 @@ def build_image(name: str) -> str:
     from visionops.containers import image_refs
 
     done = subprocess.run(
-        ["bash", str(IMAGES_SCRIPT), name], capture_output=True, text=True, timeout=3600
-    )
+        ["bash", str(IMAGES_SCRIPT), name], capture_output=True, text=True, timeout=3600,
+        env=images_env(),
+    )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"hack/images.sh {name} failed:\n{done.stdout[-3000:]}\n{done.stderr}")
     return image_refs(Settings())[name]  # not the cached settings: tests change them

@@ -21,6 +21,7 @@ import pytest
 from tests.containers import (
     IMAGES_SCRIPT,
     SESSION_PREFIX,
+    images_env,
     inspect,
     memory_bytes,
     pod_container,
@@ -39,7 +40,7 @@ GB = 10**9
 def images_script(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", str(IMAGES_SCRIPT), *args], capture_output=True, text=True, timeout=1800,
-        env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+        env=images_env(**env), stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
 
