@@ -299,13 +299,16 @@ def predictor_container(
     if model_dir is not None:
         mounts = (Mount(readable_by_containers(model_dir), "/mnt/models"),)
     name = container_name("predictor")
+    workdir.mkdir(parents=True, exist_ok=True)
+    # The prediction log's spool claim (a PersistentVolumeClaim on the cluster): a host folder,
+    # writable by uid 1000 as the claim's fsGroup makes it there.
+    spool = writable_by_containers(workdir / f"spool-{name}")
     spec = spec_from_manifest(
         inference_service, "kserve-container", name=name,
         secrets=s3_secrets(s3.access_key, s3.secret_key, "s3-serving"),
         env={"VISIONOPS_S3_ENDPOINT": s3.endpoint, "VISIONOPS_S3_BUCKET": bucket, **(env or {})},
-        mounts=mounts, args=local,
+        mounts=mounts, args=local, volumes={"prediction-log-spool": spool},
     )  # fmt: skip
-    workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"predictor-container-{http_port}.log"
     process = run_container(spec, log_path)
     server = Predictor(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log_path, process)
