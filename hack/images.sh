@@ -148,7 +148,9 @@ build() {
     ((first)) || nocache=()
     first=0
     set +e
-    docker build ${nocache[@]+"${nocache[@]}"} --network host --file "${ROOT_DIR}/${dockerfile}" --tag "${tagged}" \
+    # --force-rm: a failed step's container is removed too, not left behind.
+    docker build --force-rm ${nocache[@]+"${nocache[@]}"} --network host \
+      --file "${ROOT_DIR}/${dockerfile}" --tag "${tagged}" \
       ${stage:+--target "${stage}"} --build-arg "PYTHON_IMAGE=${base}" \
       ${pip_args[@]+"${pip_args[@]}"} "$@" "${ROOT_DIR}" 2>&1 |
       tee -a "${log_file}" | grep --line-buffered -E '^Step [0-9]+/[0-9]+ : ' |
