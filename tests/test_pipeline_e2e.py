@@ -199,9 +199,14 @@ def test_a_promotion_is_deployed_to_the_running_predictor(
 ) -> None:
     from visionops.deploy import deploy
     from visionops.errors import PipelineError
+    from visionops.tracking import connect
     from visionops.training.promotion import promote, register
 
-    new = register(training.output("train-model", "run_id"), name=NAME).version
+    run_id = training.output("train-model", "run_id")
+    assert register(run_id, name=NAME).version == "1"  # the same run again: the version it made
+    client = connect().client
+    first = client.get_model_version(NAME, "1")
+    new = str(client.create_model_version(NAME, first.source, run_id=run_id).version)
     promote(new, force=True, name=NAME)
 
     result = deploy(new, target="local", predictor_url=traffic.url, name=NAME)
