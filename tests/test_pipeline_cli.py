@@ -58,8 +58,11 @@ def test_bad_parameters_name_the_problem(items: list[str], message: str) -> None
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["run", "training"], "--local or --host"),
-        (["run", "training", "--local", "--host", "http://127.0.0.1:9"], "--local or --host"),
+        (["run", "training"], "--local, --docker or --host"),
+        (
+            ["run", "training", "--local", "--host", "http://127.0.0.1:9"],
+            "--local, --docker or --host",
+        ),
         (["run", "training", "--local", "--wait"], "--wait follows a run"),
         (["run", "nightly", "--local"], "unknown pipeline 'nightly'"),
         (["run", "training", "--local", "-p", "epochs=x"], "epochs must be integer"),
