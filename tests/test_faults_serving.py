@@ -211,22 +211,31 @@ def test_sigterm_while_s3_hangs_meets_the_deadline(faults, untrained_model: Path
 def test_sigterm_under_load_answers_every_request_in_flight(
     faults, untrained_model: Path, tmp_path: Path
 ):
+    def all_arrived_some_in_flight() -> bool:
+        """Every request reached the predictor (answered or in flight) and some are in flight:
+        16 images of 640x480 a request keep the two inference workers busy for seconds."""
+        in_flight = _value(server, "visionops_inference_in_flight")
+        answered = _value(server, "visionops_requests_total")
+        return in_flight >= 1 and in_flight + answered >= 8
+
+    large = base64.b64encode(encode(textured(480, 640, seed=4), ".jpg")).decode()
+    body = {
+        **_body(),
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [16], "data": [large] * 16}],
+    }
     with _predictor(tmp_path / "predictor", untrained_model) as server:
         with ThreadPoolExecutor(8) as pool:
             futures = [
-                pool.submit(lambda: httpx.post(f"{server.http}{V2}", json=_body(8), timeout=120))
+                pool.submit(lambda: httpx.post(f"{server.http}{V2}", json=body, timeout=120))
                 for _ in range(8)
             ]
-            wait_until(
-                lambda: _value(server, "visionops_inference_in_flight") == 8,
-                timeout=60, what="8 requests in flight",
-            )  # fmt: skip
+            wait_until(all_arrived_some_in_flight, timeout=60, what="8 requests at the predictor")
             _sigterm(server)
             statuses = [f.result().status_code for f in futures]
         assert statuses == [200] * 8
         assert server.proc.returncode == 0
     stored = _stored()
-    assert len(stored) == 8 * 8
+    assert len(stored) == 8 * 16
 
 
 def test_reloads_during_outages_name_the_service_and_keep_serving(

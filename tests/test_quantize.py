@@ -45,7 +45,9 @@ def model_copy(detecting, tmp_path: Path) -> Path:
     """A copy of the trained model directory with only its fp32 variant, as export leaves it."""
     result, _ = detecting
     target = tmp_path / "model"
-    shutil.copytree(result.model_dir, target, ignore=shutil.ignore_patterns("model.int8*"))
+    target.mkdir()
+    for name in FP32_ONLY:  # not the INT8 graphs, nor MLflow's files (written after them)
+        shutil.copy2(result.model_dir / name, target / name)
     metadata = read_metadata(target)
     write_metadata(target, metadata.model_copy(update={"variants": {"fp32": {"file": MODEL_ONNX}}}))
     return target
