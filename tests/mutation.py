@@ -72,15 +72,15 @@ TARGETS: tuple[Target, ...] = (
         "drift-decision",
         "visionops/monitoring/drift.py",
         ("tests/test_drift_decision.py",),
-        functions=(
-            "xǁDriftConfigǁ*",
-            "compared_columns",
-            "_clean",
-            "_category",
-            "check_drift",
-            "_decide",
-        ),
+        functions=("xǁDriftConfigǁ*", "compared_columns", "check_drift", "_decide"),
         what="drift / no_drift / not_enough_data, the compared columns and their thresholds",
+    ),
+    Target(
+        "drift-cleaning",
+        "visionops/monitoring/drift_sample.py",
+        ("tests/test_drift_decision.py",),
+        functions=("_clean", "_category"),
+        what="which values a drift check compares, and which it refuses or leaves out",
     ),
     Target(
         "conversion-filters",

@@ -1,19 +1,17 @@
 """The drift decision: a current feature window against the reference table, at any size.
 
-Each side is read once, in batches (`FeatureTableReader`), keeping two things that do not grow
-with the window: per-column streaming statistics of every row (count, missing, mean, spread,
-range) and a seeded uniform sample of at most `sample_rows` rows (indices drawn before reading, so
-the same table and seed give the same sample, whether it comes from a file or a DataFrame). The
-columns are compared on the samples with two Evidently statistics each: a test (KS p-value by
-default) that says whether the change is real, and an effect size (normed Wasserstein by default)
-that says whether it is large enough to matter; a column drifted only when both say so. With
-windows of millions of rows a test alone flags changes of a few thousandths of a standard
-deviation; the effect size alone is noisy on small windows. Drift when the share of drifted
-columns reaches `drift_share`. Below `min_rows` usable current rows the answer is "not enough
-data" instead of a guess. Evidently's report, when asked for, is computed on the same samples and
-says so. Input problems (no feature columns, columns missing on one side, non-numeric or
-non-finite values) are a `DriftCheckError` that names them; rows with missing or infinite values
-are left out and counted, never silently compared.
+Each side is read once, in batches (`visionops.monitoring.drift_sample`): every row's streaming
+statistics and a seeded uniform sample of at most `sample_rows` usable rows. The columns are
+compared on the samples with two Evidently statistics each: a test (KS p-value by default) that
+says whether the change is real, and an effect size (normed Wasserstein by default) that says
+whether it is large enough to matter; a column drifted only when both say so. With windows of
+millions of rows a test alone flags changes of a few thousandths of a standard deviation; the
+effect size alone is noisy on small windows. Drift when the share of drifted columns reaches
+`drift_share`. Below `min_rows` usable current rows the answer is "not enough data" instead of a
+guess. Evidently's report, when asked for, is computed on the same samples and says so. Input
+problems (no feature columns, columns missing on one side, non-numeric or non-finite values) are a
+`DriftCheckError` that names them; rows with missing or infinite values are left out and counted,
+never silently compared.
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ from visionops.data.features import CATEGORICAL_COLUMNS, FEATURE_COLUMNS
 from visionops.data.files import atomic_write_text
 from visionops.data.tables import FeatureTableReader
 from visionops.errors import DriftCheckError, UsageError
+from visionops.monitoring.drift_sample import Side, read_side
 
 if TYPE_CHECKING:
     import pandas as pd  # heavy (about a second): only where a table is read
@@ -135,50 +134,6 @@ class DriftConfig:
         if column in CATEGORICAL_COLUMNS:
             return self.cat_effect, self.cat_effect_threshold
         return self.num_effect, self.num_effect_threshold
-
-
-@dataclass
-class ColumnStats:
-    """Streaming statistics of one column over every row of a side (not only the sample)."""
-
-    rows: int = 0  # finite values
-    missing: int = 0  # NaN, empty or infinite
-    mean: float = math.nan
-    std: float = math.nan
-    min: float = math.nan
-    max: float = math.nan
-    _m2: float = field(default=0.0, repr=False)
-
-    def add(self, values: Any) -> None:
-        """Fold a batch in (Chan et al.'s parallel update of mean and squared deviations)."""
-        finite = values[np.isfinite(values)]
-        self.missing += len(values) - len(finite)
-        n = len(finite)
-        if not n:
-            return
-        mean, m2 = float(finite.mean()), float(((finite - finite.mean()) ** 2).sum())
-        if self.rows == 0:
-            self.mean, self._m2, self.min, self.max = (
-                mean,
-                m2,
-                float(finite.min()),
-                float(finite.max()),
-            )
-        else:
-            total = self.rows + n
-            delta = mean - self.mean
-            self.mean += delta * n / total
-            self._m2 += m2 + delta * delta * self.rows * n / total
-            self.min, self.max = (
-                min(self.min, float(finite.min())),
-                max(self.max, float(finite.max())),
-            )
-        self.rows += n
-        self.std = math.sqrt(self._m2 / self.rows)
-
-    def to_dict(self) -> dict[str, float | int]:
-        return {"rows": self.rows, "missing": self.missing, "mean": self.mean, "std": self.std,
-                "min": self.min, "max": self.max}  # fmt: skip
 
 
 @dataclass
@@ -296,94 +251,6 @@ def compared_columns(
     return columns, notes
 
 
-def _clean(frame: pd.DataFrame, columns: list[str], side: str) -> tuple[pd.DataFrame, Any]:
-    """The compared columns as finite numbers (NaN where missing or infinite), and the mask of
-    rows to keep. Categorical columns stay labels. Float columns (a collected window's) pass as
-    numpy arrays; anything else is parsed, and a value that is not a number is an error."""
-    import pandas as pd  # heavy (about a second): only where a table is read
-
-    data: dict[str, Any] = {}
-    keep = np.ones(len(frame), bool)
-    for column in columns:
-        series = frame[column]
-        if column in CATEGORICAL_COLUMNS:
-            data[column] = series.to_numpy()
-            keep &= series.notna().to_numpy()
-            continue
-        if not pd.api.types.is_float_dtype(series.dtype):
-            coerced = pd.to_numeric(series, errors="coerce")
-            bad = coerced.isna() & series.notna()
-            if bad.any():
-                example = series[bad].iloc[0]
-                raise DriftCheckError(f"{side} column {column!r} is not numeric (e.g. {example!r})")
-            series = coerced
-        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        finite = np.isfinite(values)
-        if not finite.all():
-            values = np.where(finite, values, np.nan)
-        data[column] = values
-        keep &= finite
-    return pd.DataFrame(data, columns=columns), keep
-
-
-def _category(value: object) -> str:
-    """Labels as strings; 3.0 and 3 are the same class."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-@dataclass
-class _Side:
-    """What one pass over a table keeps: its sample of usable rows and every row's statistics."""
-
-    sample: pd.DataFrame
-    rows: int  # usable rows (every compared column finite)
-    dropped: int  # rows left out for missing or infinite values
-    stats: dict[str, ColumnStats]
-
-
-def _read_side(
-    table: FeatureTableReader, columns: list[str], config: DriftConfig, side: str
-) -> _Side:
-    """One pass in batches: streaming statistics of every row, and a seeded uniform sample of at
-    most `config.sample_rows` rows (chosen by index before reading), usable rows of it kept."""
-    import pandas as pd  # heavy (about a second): only where a table is read
-
-    total = table.num_rows
-    if total > config.sample_rows:
-        rng = np.random.default_rng(config.sample_seed)
-        wanted = np.sort(rng.choice(total, config.sample_rows, replace=False))
-    else:
-        wanted = None
-    stats = {c: ColumnStats() for c in columns if c not in CATEGORICAL_COLUMNS}
-    seen: set[str] = set()
-    parts: list[pd.DataFrame] = []
-    usable = dropped = offset = 0
-    for batch in table.batches(columns):
-        frame, keep = _clean(batch, columns, side)
-        for column, column_stats in stats.items():
-            column_stats.add(frame[column].to_numpy())
-        seen.update(c for c in columns if frame[c].notna().any())
-        usable += int(keep.sum())
-        dropped += int(len(keep) - keep.sum())
-        if wanted is not None:
-            low, high = np.searchsorted(wanted, [offset, offset + len(frame)])
-            take = np.zeros(len(frame), bool)
-            take[wanted[low:high] - offset] = True
-            keep = keep & take
-        parts.append(frame.loc[keep])
-        offset += len(frame)
-    empty = [c for c in columns if usable + dropped and c not in seen]
-    if empty:
-        raise DriftCheckError(f"{side} columns without any finite value: {empty}")
-    sample = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-    for column in columns:
-        if column in CATEGORICAL_COLUMNS:
-            sample[column] = sample[column].map(_category)
-    return _Side(sample, usable, dropped, stats)
-
-
 def _reader(table: Table) -> FeatureTableReader:
     return table if isinstance(table, FeatureTableReader) else FeatureTableReader(table)
 
@@ -409,7 +276,7 @@ def check_drift(
     columns, notes = compared_columns(
         ref_table.columns, cur_table.columns, config, cur_table.num_rows
     )
-    ref = _read_side(ref_table, columns, config, "reference")
+    ref = read_side(ref_table, columns, config.sample_rows, config.sample_seed, "reference")
     if ref.dropped:
         notes.append(f"{ref.dropped} reference rows with missing or infinite values left out")
     if ref.rows < config.min_rows:
@@ -417,9 +284,9 @@ def check_drift(
             f"the reference has {ref.rows} usable rows; at least {config.min_rows} are needed"
         )
     if cur_table.num_rows:
-        cur = _read_side(cur_table, columns, config, "current")
+        cur = read_side(cur_table, columns, config.sample_rows, config.sample_seed, "current")
     else:
-        cur = _Side(ref.sample.iloc[0:0], 0, 0, {})
+        cur = Side(ref.sample.iloc[0:0], 0, 0, {})
     if cur.dropped:
         notes.append(f"{cur.dropped} current rows with missing or infinite values left out")
 
@@ -473,7 +340,7 @@ def _statistic(method: str, threshold: float | None, kind: str):  # type: ignore
 
 
 def _decide(
-    result: DriftResult, ref: _Side, cur: _Side, columns: list[str], config: DriftConfig
+    result: DriftResult, ref: Side, cur: Side, columns: list[str], config: DriftConfig
 ) -> None:
     """Each column: the test and the effect size on the samples; drifted when both say so."""
     # Evidently takes seconds to import: only a check that compares anything loads it.
