@@ -65,9 +65,10 @@ class Settings(BaseSettings):
     mlflow_retries: int = Field(3, ge=0, le=10)
     mlflow_backoff: int = Field(1, ge=0, le=10, description="seconds; doubles per retry")
     mlflow_timeout: int = Field(30, gt=0, description="seconds per HTTP request")
-    # A version left pending by an interrupted registration is an orphan after this long; the
-    # next registration deletes it (`visionops model gc` does at once).
-    registry_orphan_after_s: int = Field(900, ge=0, description="seconds")
+    # A running registration renews its pending version's heartbeat every third of this; a
+    # pending version whose heartbeat is older is an orphan, which the next registration deletes
+    # (`visionops model gc` does at once).
+    registry_orphan_after_s: int = Field(60, ge=1, description="seconds")
     # The code version recorded with every run; default: `git rev-parse HEAD` of the checkout.
     git_commit: str | None = None
 

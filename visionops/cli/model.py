@@ -109,8 +109,8 @@ def gc_command(
         typer.Option(
             "--min-age",
             min=0,
-            help="Only versions pending for at least this many seconds (a registration running "
-            "right now holds its version pending for a few seconds).",
+            help="Spare pending versions whose registration renewed its heartbeat less than this "
+            "many seconds ago (it may still be running).",
         ),
     ] = 0,
 ) -> None:

@@ -107,7 +107,8 @@ def register(
         )
     key = registration_key(run_id, source, evaluation.data_hash)
     registry.ensure_model()
-    registry.gc(registry.settings.registry_orphan_after_s, keep_key=key)
+    stale_after = registry.settings.registry_orphan_after_s
+    registry.clear_orphans(stale_after, keep_key=key)
     earlier = registry.registrations(key)
     if earlier and not is_pending(earlier[0]):
         return _already_registered(registry, earlier[0], evaluation)
@@ -121,6 +122,7 @@ def register(
     if earlier:
         version = str(earlier[0].version)
         log.info("%s: finishing the interrupted registration of v%s", registry.name, version)
+        registry.beat(version)
         registry.set_decision(version, gate_tags)
         registry.set_description(version, card)
     else:
@@ -134,15 +136,29 @@ def register(
         }
         version = registry.create_version(run_id, source, tags, key, description=card)
     previous = str(champion.version) if champion else None
+    with registry.heartbeat(version, every_s=max(stale_after / 3, 0.2)):
+        alias = _move_aliases(registry, version, run_id, previous, promote=decision.promote)
+    log.info("registered %s v%s as %s: %s", registry.name, version, alias, decision.reason)
+    return RegisterResult(
+        registry.name, version, decision.promote, alias, decision.reason, evaluation.metrics,
+        previous, card,
+    )  # fmt: skip
+
+
+def _move_aliases(
+    registry: Registry, version: str, run_id: str, previous: str | None, *, promote: bool
+) -> str:
+    """Give the new version its alias and mark its registration complete; if the alias cannot
+    move, the version is deleted again and the error says what exists now."""
     try:
-        if decision.promote:
+        if promote:
             registry.set_champion(version, previous)
         else:
             registry.set_challenger(version)
     except VisionOpsError as error:
         now = registry.discard(version, run_id)
         raise type(error)(f"registering run {run_id} failed: {error}. Now: {now}") from error
-    alias = CHAMPION if decision.promote else CHALLENGER
+    alias = CHAMPION if promote else CHALLENGER
     try:
         registry.complete(version)
     except VisionOpsError as error:
@@ -150,11 +166,7 @@ def register(
             f"v{version} is now {alias}, but could not be marked registered: {error}. It serves "
             "as it is; registering the same run again or `visionops model gc` marks it"
         ) from error
-    log.info("registered %s v%s as %s: %s", registry.name, version, alias, decision.reason)
-    return RegisterResult(
-        registry.name, version, decision.promote, alias, decision.reason, evaluation.metrics,
-        previous, card,
-    )  # fmt: skip
+    return alias
 
 
 def _already_registered(

@@ -12,10 +12,13 @@ that is interrupted must never leave a version that looks registered. So a versi
 with an idempotency key (tag `visionops.registration_key`, from the run and the candidate) and
 marked `pending` until its aliases moved; a retried create finds the version it made (duplicates
 the client's own retries made are deleted), a retried registration resumes it, and `gc` removes
-pending versions nobody finishes (the next registration does so for those older than
-`VISIONOPS_REGISTRY_ORPHAN_AFTER_S`). The champion alias moves first and the history after; if the
-history cannot be written the alias moves back, and `gc` repairs what two failures in a row leave.
-The history never names a version that does not exist, and rollback goes only to versions that do.
+pending versions nobody finishes. A registration that is running says so: it renews the tag
+`visionops.registration_heartbeat` while its version is pending, so a pending version whose
+heartbeat is older than `VISIONOPS_REGISTRY_ORPHAN_AFTER_S` belongs to a registration that died.
+The next registration removes those, and waits (bounded) for younger ones to finish or go stale.
+The champion alias moves first and the history after; if the history cannot be written the alias
+moves back, and `gc` repairs what two failures in a row leave. The history never names a version
+that does not exist, and rollback goes only to versions that do.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ import hashlib
 import json
 import logging
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +61,7 @@ TAG_PROMOTED = f"{TAG_PREFIX}promoted"
 TAG_REGISTRATION_KEY = f"{TAG_PREFIX}registration_key"
 TAG_REGISTRATION = f"{TAG_PREFIX}registration"
 TAG_ORPHAN = f"{TAG_PREFIX}orphan"
+TAG_HEARTBEAT = f"{TAG_PREFIX}registration_heartbeat"
 PENDING = "pending"
 COMPLETE = "complete"
 
@@ -75,6 +82,16 @@ def pending_note(version: str, run_id: str) -> str:
 def is_pending(mv: ModelVersion) -> bool:
     """True for a version whose registration has not finished (no alias moved for it yet)."""
     return (mv.tags or {}).get(TAG_REGISTRATION) == PENDING
+
+
+def last_alive(mv: ModelVersion) -> float:
+    """When the registration of a pending version last showed it was running (epoch seconds):
+    its heartbeat, or its creation for versions made before heartbeats existed."""
+    created = mv.creation_timestamp / 1000
+    try:
+        return max(created, float((mv.tags or {}).get(TAG_HEARTBEAT, created)))
+    except ValueError:
+        return created
 
 
 def eval_tag(data_hash: str) -> str:
@@ -115,7 +132,7 @@ class GcReport:
     name: str
     removed: list[str]  # pending versions of interrupted registrations, deleted
     completed: list[str]  # pending versions that hold an alias: only their mark was missing
-    kept: list[str]  # pending versions too young to be orphans (a registration may be running)
+    kept: list[str]  # pending versions whose registration is alive (a recent heartbeat)
     history_before: list[str]
     history_after: list[str]
     failed: list[str] = field(default_factory=list)  # orphans that could not be deleted
@@ -282,7 +299,12 @@ class Registry:
         the client's duplicates are deleted. If the server cannot be asked, the error says that a
         pending version may exist and how to finish or remove it.
         """
-        marked = {**tags, TAG_REGISTRATION_KEY: key, TAG_REGISTRATION: PENDING}
+        marked = {
+            **tags,
+            TAG_REGISTRATION_KEY: key,
+            TAG_REGISTRATION: PENDING,
+            TAG_HEARTBEAT: f"{time.time():.3f}",
+        }
         try:
             with self._errors(f"create a version of model {self.name!r} from run {run_id}"):
                 mv = self.client.create_model_version(
@@ -317,6 +339,33 @@ class Registry:
                 with self._errors(f"delete duplicate version {extra.version}"):
                     self.client.delete_model_version(self.name, str(extra.version))
         return str(keep.version)
+
+    def beat(self, version: str) -> None:
+        """Say that the registration of pending version `version` is alive now."""
+        with self._errors(f"renew the registration heartbeat of version {version}"):
+            self.client.set_model_version_tag(
+                self.name, version, TAG_HEARTBEAT, f"{time.time():.3f}"
+            )
+
+    @contextmanager
+    def heartbeat(self, version: str, every_s: float) -> Iterator[None]:
+        """Renew version `version`'s heartbeat every `every_s` seconds while the block runs, so
+        that no other registration takes its pending version for an orphan. A beat in flight
+        when the block ends is not waited for (MLflow may be down): a late beat is harmless."""
+        stop = threading.Event()
+
+        def beating() -> None:
+            while not stop.wait(every_s):
+                try:
+                    self.beat(version)
+                except VisionOpsError as error:  # a missed beat only ages the version
+                    log.debug("%s: %s", self.name, error)
+
+        threading.Thread(target=beating, name=f"heartbeat-v{version}", daemon=True).start()
+        try:
+            yield
+        finally:
+            stop.set()
 
     def complete(self, version: str) -> None:
         """Mark a version's registration finished (its aliases have moved)."""
@@ -409,15 +458,15 @@ class Registry:
         return f" and tagged {TAG_ORPHAN}"
 
     def gc(self, min_age_s: float = 0.0, *, keep_key: str | None = None) -> GcReport:
-        """Remove the versions of interrupted registrations (pending for at least `min_age_s`),
-        finish the mark of pending versions that hold an alias, and make the champion history
-        name only existing versions, ending with the champion."""
+        """Remove the versions of interrupted registrations (pending, with no heartbeat for at
+        least `min_age_s`), finish the mark of pending versions that hold an alias, and make the
+        champion history name only existing versions, ending with the champion."""
         versions = self._search()
         existing = {str(mv.version) for mv in versions}
         holders = {alias: self.alias(alias) for alias in (CHAMPION, CHALLENGER)}
         aliased = {str(mv.version) for mv in holders.values() if mv is not None}
         raw = self._raw_history()
-        now_ms = time.time() * 1000
+        now = time.time()
         removed, completed, kept, failed = [], [], [], []
         for mv in sorted(versions, key=lambda v: int(v.version)):
             version = str(mv.version)
@@ -426,9 +475,9 @@ class Registry:
             if version in aliased or version in raw:
                 self.complete(version)
                 completed.append(version)
-            elif (keep_key and (mv.tags or {}).get(TAG_REGISTRATION_KEY) == keep_key) or (
-                now_ms - mv.creation_timestamp < min_age_s * 1000
-            ):
+            elif keep_key and (mv.tags or {}).get(TAG_REGISTRATION_KEY) == keep_key:
+                continue  # the caller's own interrupted registration: it resumes it
+            elif now - last_alive(mv) < min_age_s:
                 kept.append(version)
             else:
                 try:
@@ -450,6 +499,23 @@ class Registry:
             log.info("%s: gc removed %s, completed %s, history %s -> %s",
                      self.name, removed, completed, raw, history)  # fmt: skip
         return GcReport(self.name, removed, completed, kept, raw, history, failed)
+
+    def clear_orphans(self, stale_after_s: float, *, keep_key: str) -> GcReport:
+        """`gc` before a registration: remove the orphans of dead registrations, then wait for
+        live ones (fresh heartbeat) to finish or go stale, so that none is left behind; a
+        registration still beating after two waits is left to itself, with a warning."""
+        report = self.gc(stale_after_s, keep_key=keep_key)
+        for _ in range(2):
+            if not report.kept:
+                return report
+            log.info("%s: waiting up to %.0f s for the registration of %s to finish or go stale",
+                     self.name, stale_after_s, ", ".join(f"v{v}" for v in report.kept))  # fmt: skip
+            time.sleep(stale_after_s)
+            report = self.gc(stale_after_s, keep_key=keep_key)
+        if report.kept:
+            log.warning("%s: %s still being registered by another process; left pending",
+                        self.name, ", ".join(f"v{v}" for v in report.kept))  # fmt: skip
+        return report
 
     def rollback(self) -> AliasMove:
         """Move `champion` back to the previous champion that still exists; the history keeps
