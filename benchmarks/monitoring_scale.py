@@ -218,7 +218,7 @@ def expand_log(source: Path, target: Path, factor: int) -> Path:
     request id and a time of its own in the day, 500 records per file. DuckDB writes it: the
     writer's own path would take hours of this machine for 10M rows."""
     from visionops.data.features import IMAGE_COLUMNS, PREDICTION_COLUMNS
-    from visionops.monitoring.collect import DETECTIONS_TYPE, connect_duckdb
+    from visionops.monitoring.log_files import DETECTIONS_TYPE, connect_duckdb
 
     done = target / ".complete"
     if done.is_file():
@@ -309,7 +309,8 @@ def floor_collect(log_dir: Path, out: Path) -> int:
     COPY to Parquet, default settings (all cores, its own memory limit)."""
     import duckdb
 
-    from visionops.monitoring.collect import COLLECTED_COLUMNS, json_columns, read_json_sql
+    from visionops.monitoring.log_files import json_columns, read_json_sql
+    from visionops.monitoring.log_layout import COLLECTED_COLUMNS
 
     start, end = _window()
     files = sorted(log_dir.glob("dt=*/hour=*/*.jsonl"))
@@ -327,7 +328,8 @@ def floor_compact(log_dir: Path, out: Path) -> int:
     """DuckDB alone: every column of the same files (detections typed) into one Parquet file."""
     import duckdb
 
-    from visionops.monitoring.collect import COLLECTED_COLUMNS, json_columns, read_json_sql
+    from visionops.monitoring.log_files import json_columns, read_json_sql
+    from visionops.monitoring.log_layout import COLLECTED_COLUMNS
 
     files = sorted(log_dir.glob("dt=*/hour=*/*.jsonl"))
     con = duckdb.connect()
@@ -341,7 +343,7 @@ def floor_read_parts(log_dir: Path, out: Path) -> int:
     """DuckDB alone: the collected columns of the compacted parts into one Parquet file."""
     import duckdb
 
-    from visionops.monitoring.collect import COLLECTED_COLUMNS
+    from visionops.monitoring.log_layout import COLLECTED_COLUMNS
 
     con = duckdb.connect()
     con.execute(

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from visionops.monitoring.prediction_log import LOSS_REASONS
+from visionops.monitoring.log_layout import LOSS_REASONS
 
 if TYPE_CHECKING:
     from visionops.monitoring.prediction_log import PredictionLogWriter

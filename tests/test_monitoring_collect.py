@@ -19,8 +19,9 @@ from visionops.cli.app import app
 from visionops.data.features import FEATURE_COLUMNS
 from visionops.detections import Detections
 from visionops.errors import StorageError
-from visionops.monitoring.collect import COLLECTED_COLUMNS, collect_to_parquet
+from visionops.monitoring.collect import collect_to_parquet
 from visionops.monitoring.compact import compact_log
+from visionops.monitoring.log_layout import COLLECTED_COLUMNS
 from visionops.monitoring.prediction_log import PredictionLogWriter
 from visionops.storage import LocalStore, ObjectStore, S3Store, default_store
 
@@ -179,8 +180,8 @@ def test_a_crashed_or_overlapping_compaction_never_duplicates_rows(log_dir: Path
     assert (summary.rows, summary.covered_files, summary.raw_files) == (180, 3, 0)
 
     # A second compaction that listed only two of the three files wrote another part.
-    from visionops.monitoring.collect import connect_duckdb
     from visionops.monitoring.compact import compact_hour
+    from visionops.monitoring.log_files import connect_duckdb
 
     part = next(hour.glob("compacted-*.parquet"))
     hidden = tmp_path / part.name

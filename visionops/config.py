@@ -140,7 +140,7 @@ class Settings(BaseSettings):
     log_max_queue_mb: int = Field(256, ge=1, description="image memory waiting; more dropped")
     log_batch_size: int = Field(256, ge=1, description="records per file, at most")
     log_flush_every_s: float = Field(10.0, gt=0, description="longest a record waits for disk")
-    # Reading the log (monitoring/collect.py, compact.py): DuckDB threads; each holds a buffer.
+    # Reading the log (monitoring/log_files.py, compact.py): DuckDB threads; each holds a buffer.
     log_read_threads: int = Field(2, ge=1, description="threads reading JSON lines")
     # Compaction (monitoring/compact.py) leaves an hour alone until it ended this long ago.
     log_compact_after_s: float = Field(600.0, ge=0, description="seconds after an hour's end")

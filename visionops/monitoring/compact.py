@@ -37,27 +37,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visionops.config import get_settings
-from visionops.monitoring.collect import (
+from visionops.monitoring.log_files import (
+    CollectSummary,
+    connect_duckdb,
+    first_keys,
+    json_columns,
+    local_files,
+    read_json_sql,
+    sql_text,
+)
+from visionops.monitoring.log_layout import (
     COLLECTED_COLUMNS,
+    DETECTIONS,
     PART_PREFIX,
     PART_SUFFIX,
     RAW_SUFFIX,
     SOURCE,
     SOURCES_KEY,
-    CollectSummary,
-    _first_keys,
-    _is_part,
-    _local_files,
-    _part_sources,
-    _sql_text,
-    connect_duckdb,
-    json_columns,
+    TIMESTAMP,
+    is_part,
     open_log,
-    read_json_sql,
+    part_sources,
     resolve_window,
     window_keys,
 )
-from visionops.monitoring.prediction_log import DETECTIONS, TIMESTAMP
 from visionops.storage import LocalStore, ObjectStore
 
 if TYPE_CHECKING:
@@ -136,7 +139,7 @@ def _existing_sources(store: ObjectStore, key: str) -> list[str] | None:
     except (OSError, ValueError, pa.ArrowException) as error:
         log.warning("prediction log: unreadable part %s ignored: %s", key, error)
         return None
-    return _part_sources(schema.metadata) or None
+    return part_sources(schema.metadata) or None
 
 
 _FILE_IN_ERROR = re.compile(r'file "([^"]+)"')
@@ -154,7 +157,7 @@ def _write_part(
     while names:
         extra: dict[str, str] = {}
         for path in names.values():
-            for key in _first_keys(path):
+            for key in first_keys(path):
                 if key not in COLLECTED_COLUMNS and key != DETECTIONS:
                     extra.setdefault(key, "JSON")
         spec = json_columns([*COLLECTED_COLUMNS, DETECTIONS], extra)
@@ -162,9 +165,9 @@ def _write_part(
         sources = json.dumps(sorted(names))
         query = (
             f"COPY (SELECT * EXCLUDE (filename), parse_filename(filename) AS {SOURCE} "
-            f"FROM {source}) TO {_sql_text(str(target))} (FORMAT parquet, "
+            f"FROM {source}) TO {sql_text(str(target))} (FORMAT parquet, "
             f"ROW_GROUP_SIZE {ROW_GROUP_ROWS}, "
-            f"KV_METADATA {{{_sql_text(SOURCES_KEY.decode())}: {_sql_text(sources)}}})"
+            f"KV_METADATA {{{sql_text(SOURCES_KEY.decode())}: {sql_text(sources)}}})"
         )
         try:
             con.execute(query)
@@ -175,7 +178,7 @@ def _write_part(
                 del names[name]
             continue
         untimed = con.sql(
-            f"SELECT DISTINCT {SOURCE} FROM read_parquet({_sql_text(str(target))}) "
+            f"SELECT DISTINCT {SOURCE} FROM read_parquet({sql_text(str(target))}) "
             f"WHERE {TIMESTAMP} IS NULL"
         ).fetchall()
         if not untimed:
@@ -213,7 +216,7 @@ def compact_hour(
     hour = HourCompaction(partition)
     covered: set[str] = set()
     for key in keys:
-        if _is_part(key.rsplit("/", 1)[1]):
+        if is_part(key.rsplit("/", 1)[1]):
             covered.update(_existing_sources(store, key) or [])
     raw = {k.rsplit("/", 1)[1]: k for k in keys if k.endswith(RAW_SUFFIX)}
     for name in sorted(covered & set(raw)):  # a run that stopped before its deletes
@@ -224,7 +227,7 @@ def compact_hour(
     sink = CollectSummary(store.uri(), datetime.now(UTC), datetime.now(UTC))
     with (
         tempfile.TemporaryDirectory(prefix="visionops-compact-") as tmp,
-        _local_files(store, list(raw.values()), sink) as local,
+        local_files(store, list(raw.values()), sink) as local,
     ):
         for key, why in sink.unreadable.items():
             hour.left[key.rsplit("/", 1)[1]] = why
@@ -233,7 +236,7 @@ def compact_hour(
         names = _write_part(con, files, target, hour)
         if not names:
             return hour
-        counted = con.sql(f"SELECT count(*) FROM read_parquet({_sql_text(str(target))})")
+        counted = con.sql(f"SELECT count(*) FROM read_parquet({sql_text(str(target))})")
         hour.rows = int(counted.fetchall()[0][0])
         hour.part = part_key(partition, names)
         store.upload_file(target, hour.part)

@@ -6,13 +6,15 @@ check compares) and cuts the records into batches, one object per hour partition
 
     <store>/dt=YYYY-MM-DD/hour=HH/<YYYYmmddTHHMMSSffffff>Z-<uuid>.jsonl
 
-A second thread writes the batches to the store. A batch's key is chosen once, when it is cut, so
-every retry, every spool and every re-ship writes the same object: a write that is repeated never
-duplicates records. While the store is down, batches wait in memory (at most `max_pending`
-records) and then in the local spool (`visionops.monitoring.log_spool`, on the pod's volume);
-`close()` spools whatever the store has not taken by its deadline, and the next start ships it.
+A second thread (`visionops.monitoring.log_shipping`) writes the batches to the store. A batch's
+key is chosen once, when it is cut, so every retry, every spool and every re-ship writes the same
+object: a write that is repeated never duplicates records. While the store is down, batches wait
+in memory (at most `max_pending` records) and then in the local spool
+(`visionops.monitoring.log_spool`, on the pod's volume); `close()` spools whatever the store has
+not taken by its deadline, and the next start ships it.
 Nothing is lost silently: every record is written, spooled, or counted in `lost` with a reason
 (a full queue, a full spool, no features). Nothing here ever raises into a request.
+The layout (record columns, partitions, loss reasons) is `visionops.monitoring.log_layout`'s;
 `visionops.monitoring.collect` reads the records of a time window back.
 """
 
@@ -28,7 +30,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +38,19 @@ import numpy as np
 
 from visionops.data.features import feature_row
 from visionops.errors import UsageError
-from visionops.monitoring.log_spool import RESCAN_EVERY_S
+from visionops.monitoring.log_layout import (
+    DETECTIONS,
+    LOSS_REASONS,
+    MODEL_NAME,
+    MODEL_VERSION,
+    NO_FEATURES,
+    QUEUE_FULL,
+    REQUEST_ID,
+    SHUTDOWN_TIMEOUT,
+    TIMESTAMP,
+    partition_key,
+)
+from visionops.monitoring.log_shipping import Batch, BatchShipper, Marker
 from visionops.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -45,30 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TIMESTAMP = "timestamp"
-REQUEST_ID = "request_id"
-MODEL_NAME = "model_name"
-MODEL_VERSION = "model_version"
-DETECTIONS = "detections"
-RECORD_COLUMNS: tuple[str, ...] = (TIMESTAMP, REQUEST_ID, MODEL_NAME, MODEL_VERSION)
-"""Columns every record has besides the features (and `detections` unless dropped)."""
-
-# Why a record was lost (the `reason` label of visionops_prediction_log_dropped_total).
-QUEUE_FULL = "queue_full"  # submit found the queue full (or the writer closed)
-NO_FEATURES = "no_features"  # its feature row could not be computed
-SPOOL_FULL = "spool_full"  # the store was down and the spool had no room (or no spool)
-SHUTDOWN_TIMEOUT = "shutdown_timeout"  # still queued when close()'s deadline passed
-LOSS_REASONS = (QUEUE_FULL, NO_FEATURES, SPOOL_FULL, SHUTDOWN_TIMEOUT)
-
-MAX_RETRY_WAIT_S = 30.0
-"""Longest pause between two tries of a store that keeps failing."""
-
-
-def partition_key(moment: datetime) -> str:
-    """`dt=YYYY-MM-DD/hour=HH` of a UTC moment: the folder its records are written to."""
-    moment = moment.astimezone(UTC)
-    return f"dt={moment:%Y-%m-%d}/hour={moment:%H}"
-
 
 @dataclass
 class _Pending:
@@ -76,32 +66,6 @@ class _Pending:
     detections: Detections | None
     timestamp: datetime
     meta: dict[str, Any]
-
-
-@dataclass
-class _Batch:
-    """One object the log writes, under a key chosen once (idempotent retries and re-ships).
-
-    `records` counts the log records it holds; an object that is not a JSON-lines file of records
-    (an image kept beside its record, say) would be a batch with none.
-    """
-
-    seq: int
-    key: str
-    body: bytes
-    records: int
-    oldest: datetime
-    newest: datetime
-
-
-@dataclass
-class _Marker:
-    """Queued by flush()/close(): everything queued before it is written when it is reached."""
-
-    done: threading.Event = field(default_factory=threading.Event)
-    stop: bool = False
-    seq: int = 0  # the last batch cut before the marker: what the caller waits for
-    ok: bool = False
 
 
 class Activity:
@@ -169,31 +133,26 @@ class PredictionLogWriter:
         self.max_pending = max_pending or max_queue
         self.on_drop = on_drop
         self.activity = activity
-        self.written = 0  # records the store took
-        self.write_errors = 0  # writes the store refused (each try of each object)
-        self.spooled = 0  # records this process put in the spool
-        self.shipped = 0  # records shipped from the spool to the store
         self.feature_errors = 0
         self.lost: collections.Counter[str] = collections.Counter(dict.fromkeys(LOSS_REASONS, 0))
-        self._queue: queue.Queue[_Pending | _Marker] = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue[_Pending | Marker] = queue.Queue(maxsize=max_queue)
         self._queued_bytes = 0
         self._lock = threading.Lock()  # submit's bookkeeping and the loss counters
         self._closed = False
         self._deadline = float("inf")  # close(): past it, queued records are counted lost
         self._buffer: list[dict[str, Any]] = []  # features thread only
-        self._seq = 0
-        self._pending: collections.deque[_Batch] = collections.deque()
-        self._requests: collections.deque[_Marker] = collections.deque()
-        self._cond = threading.Condition()  # guards _pending, _requests, _abandoned
-        self._abandoned = False  # close() spooled what the uploader still held
         self._late: tuple[datetime, datetime, int] | None = None  # records past close()'s deadline
-        self._count_earlier_losses()
-        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
-        self._uploader = threading.Thread(
-            target=self._upload, name="prediction-log-upload", daemon=True
+        self._shipper = BatchShipper(
+            store,
+            spool,
+            max_pending=self.max_pending,
+            retry_every_s=flush_every_s,
+            on_lost=self._lose,
         )
+        self._shipper.count_earlier_losses()
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
-        self._uploader.start()
+        self._shipper.start()
 
     # -- request path ---------------------------------------------------------------------------
 
@@ -251,6 +210,11 @@ class PredictionLogWriter:
                     log.exception("prediction log: on_drop callback failed")
         return False
 
+    def _lose(self, reason: str, count: int) -> None:
+        """Count records the store and the spool did not take (the upload thread's losses)."""
+        with self._lock:
+            self._drop(reason, count)
+
     # -- state ----------------------------------------------------------------------------------
 
     @property
@@ -271,13 +235,32 @@ class PredictionLogWriter:
     @property
     def pending(self) -> int:
         """Records cut into batches that the store has not taken yet (in memory)."""
-        with self._cond:
-            return sum(b.records for b in self._pending)
+        return self._shipper.pending
+
+    @property
+    def written(self) -> int:
+        """Records the store took."""
+        return self._shipper.written
+
+    @property
+    def write_errors(self) -> int:
+        """Writes the store refused (each try of each object)."""
+        return self._shipper.write_errors
+
+    @property
+    def spooled(self) -> int:
+        """Records this process put in the spool."""
+        return self._shipper.spooled
+
+    @property
+    def shipped(self) -> int:
+        """Records shipped from the spool to the store."""
+        return self._shipper.shipped
 
     def oldest_unwritten(self) -> datetime | None:
         """When the oldest record not yet in the store (in memory or spooled) was made."""
-        with self._cond:
-            stamps = [b.oldest for b in self._pending]
+        pending = self._shipper.oldest()
+        stamps = [pending] if pending is not None else []
         buffer = self._buffer
         if buffer:
             with suppress(IndexError, KeyError, ValueError):
@@ -294,7 +277,7 @@ class PredictionLogWriter:
         all of it within `timeout` (False as soon as the store refuses)."""
         if not self._thread.is_alive():
             return False
-        marker = _Marker()
+        marker = Marker()
         try:
             self._queue.put(marker, timeout=timeout)
         except queue.Full:
@@ -314,7 +297,7 @@ class PredictionLogWriter:
             self._closed = True
         deadline = time.monotonic() + timeout
         self._deadline = deadline
-        marker = _Marker(stop=True)
+        marker = Marker(stop=True)
         try:
             self._queue.put(marker, timeout=max(0.0, deadline - time.monotonic()))
         except queue.Full:
@@ -322,18 +305,12 @@ class PredictionLogWriter:
         # Leave a little of the budget to spool what the store did not take.
         reserve = min(2.0, timeout / 4)
         self._thread.join(max(0.0, deadline - reserve - time.monotonic()))
-        self._uploader.join(max(0.0, deadline - reserve - time.monotonic()))
-        with self._cond:
-            leftover = list(self._pending)
-            self._pending.clear()
-            self._abandoned = True
-        if leftover:
-            log.warning("prediction log: the store did not take %d batches in time", len(leftover))
-            self._keep(leftover, at_shutdown=True)
+        self._shipper.join(max(0.0, deadline - reserve - time.monotonic()))
+        self._shipper.abandon()
         # Past the deadline the features thread only counts what is left, and spools what it
         # still cuts; the uploader may be spooling too.
         self._thread.join(max(0.0, deadline - time.monotonic()) + reserve)
-        self._uploader.join(max(0.0, deadline - time.monotonic()))
+        self._shipper.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             log.error("prediction log: features still running at the deadline")
         if self._late and self.spool is not None:  # this process's metrics die with it
@@ -376,14 +353,11 @@ class PredictionLogWriter:
                 if deadline is None:
                     deadline = time.monotonic() + self.flush_every_s
             due = deadline is not None and time.monotonic() >= deadline
-            if isinstance(item, _Marker) or due or len(self._buffer) >= self.batch_size:
+            if isinstance(item, Marker) or due or len(self._buffer) >= self.batch_size:
                 self._cut()
                 deadline = None
-            if isinstance(item, _Marker):
-                with self._cond:
-                    item.seq = self._seq
-                    self._requests.append(item)
-                    self._cond.notify_all()
+            if isinstance(item, Marker):
+                self._shipper.request(item)
                 if item.stop:
                     return
 
@@ -426,7 +400,7 @@ class PredictionLogWriter:
                            for r in records)  # fmt: skip
             stamps = [r[TIMESTAMP] for r in records]
             batches.append(
-                _Batch(
+                Batch(
                     0,
                     f"{partition}/{stamp}-{uuid.uuid4().hex[:12]}.jsonl",
                     body.encode("utf-8"),
@@ -436,164 +410,7 @@ class PredictionLogWriter:
                 )
             )
         self._buffer = []
-        with self._cond:
-            late = self._abandoned  # close() is past its deadline: nobody uploads any more
-            for batch in batches if not late else ():
-                self._seq += 1
-                batch.seq = self._seq
-                self._pending.append(batch)
-            self._cond.notify_all()
-        if late:
-            self._keep(batches, at_shutdown=True)
-
-    # -- upload thread --------------------------------------------------------------------------
-
-    def _upload(self) -> None:
-        failures = 0
-        retry_at = 0.0  # monotonic time before which a failing store is left alone
-        while True:
-            request = self._next_request(retry_at)
-            stopping = request is not None and request.stop
-            ok = self._write_pending()
-            if ok and not stopping:
-                ok = self._ship_spool(everything=request is not None)
-            if ok:
-                failures, retry_at = 0, 0.0
-            else:
-                failures += 1
-                retry_at = time.monotonic() + min(MAX_RETRY_WAIT_S, self.flush_every_s * failures)
-                if not stopping:
-                    self._overflow()
-            if request is None:
-                continue
-            with self._cond:
-                self._requests.popleft()
-                leftover = [] if self._abandoned or not stopping else list(self._pending)
-                if stopping:
-                    self._pending.clear()
-            if leftover:
-                self._keep(leftover, at_shutdown=True)
-            request.ok = ok
-            request.done.set()
-            if stopping:
-                return
-
-    def _next_request(self, retry_at: float) -> _Marker | None:
-        """Wait for something to do: a flush/close request (returned), or batches and spooled
-        objects to write once the store may be tried again (None)."""
-        with self._cond:
-            while True:
-                if self._requests:
-                    return self._requests[0]
-                work = bool(self._pending) or self._spool_waiting()
-                now = time.monotonic()
-                if work and now >= retry_at:
-                    return None
-                idle = RESCAN_EVERY_S if self.spool is not None else None  # look for others'
-                self._cond.wait(retry_at - now if work else idle)
-
-    def _write_pending(self) -> bool:
-        """Write the waiting batches, oldest first; stop at the first refusal (False)."""
-        while True:
-            with self._cond:
-                if not self._pending:
-                    return True
-                batch = self._pending[0]
-            try:
-                self.store.write_bytes(batch.key, batch.body)
-            except Exception as error:
-                self.write_errors += 1
-                log.error("prediction log: writing %s failed: %s", self.store.uri(batch.key), error)
-                return False
-            with self._cond:
-                if self._pending and self._pending[0] is batch:
-                    self._pending.popleft()
-                    self.written += batch.records
-
-    def _spool_waiting(self) -> bool:
-        spool = self.spool
-        if spool is None:
-            return False
-        spool.refresh()
-        return bool(spool.entries() or spool.unshipped_losses())
-
-    def _ship_spool(self, *, everything: bool) -> bool:
-        """Ship spooled objects and loss notes (a few per round unless `everything`); False when
-        the store refuses."""
-        spool = self.spool
-        if spool is None:
-            return True
-        entries = spool.entries()
-        for entry in entries if everything else entries[:8]:
-            try:
-                if spool.ship(entry):
-                    self.shipped += entry.records
-                    log.info("prediction log: shipped spooled %s (%d records)", entry.key,
-                             entry.records)  # fmt: skip
-            except Exception as error:
-                self.write_errors += 1
-                log.error("prediction log: shipping spooled %s failed: %s", entry.key, error)
-                return False
-        for path in spool.unshipped_losses():
-            try:
-                spool.ship_loss(path)
-            except Exception as error:
-                self.write_errors += 1
-                log.error("prediction log: shipping loss note %s failed: %s", path.name, error)
-                return False
-        return True
-
-    def _overflow(self) -> None:
-        """Keep memory bounded while the store is down: the oldest batches beyond `max_pending`
-        records move to the spool (or are counted lost without one)."""
-        moved = []
-        with self._cond:
-            while self._pending and sum(b.records for b in self._pending) > self.max_pending:
-                moved.append(self._pending.popleft())
-        if moved:
-            self._keep(moved, at_shutdown=False)
-
-    def _keep(self, batches: list[_Batch], *, at_shutdown: bool) -> None:
-        """Spool batches the store did not take; count (and note) what the spool refuses."""
-        lost: list[_Batch] = []
-        for batch in batches:
-            if self.spool is not None and self.spool.put(batch.key, batch.body):
-                self.spooled += batch.records
-            else:
-                lost.append(batch)
-        if self.spool is not None and batches != lost:
-            log.warning(
-                "prediction log: spooled %d records in %d objects to %s",
-                sum(b.records for b in batches if b not in lost), len(batches) - len(lost),
-                self.spool.dir,
-            )  # fmt: skip
-        if not lost:
-            return
-        count = sum(b.records for b in lost)
-        with self._lock:
-            self._drop(SPOOL_FULL, count)
-        log.error(
-            "prediction log: %d records lost: the store did not take them and the spool %s",
-            count, "is full" if self.spool is not None else "is off",
-        )  # fmt: skip
-        if self.spool is not None:
-            oldest = min(b.oldest for b in lost)
-            newest = max(b.newest for b in lost)
-            # At shutdown this process's metrics die with it: the next start counts the note.
-            self.spool.note_loss(count, SPOOL_FULL, oldest, newest, reported=not at_shutdown)
-
-    def _count_earlier_losses(self) -> None:
-        """Losses that an earlier process could only note on its way out count here."""
-        if self.spool is None:
-            return
-        for note in self.spool.take_losses():
-            reason = note.reason if note.reason in LOSS_REASONS else SPOOL_FULL
-            with self._lock:
-                self._drop(reason, note.records)
-            log.error(
-                "prediction log: an earlier process lost %d records (%s) made %s .. %s",
-                note.records, note.reason, note.oldest, note.newest,
-            )  # fmt: skip
+        self._shipper.add(batches)
 
 
 def _json_default(value: object) -> object:
