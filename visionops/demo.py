@@ -308,7 +308,7 @@ def drift_check(run: LocalRun) -> DriftCheck:
 # ---------------------------------------------------------------- the demo
 
 
-class _Demo:
+class DemoSession:
     """The demo's state as it goes: where it writes, what it timed, the reports it kept."""
 
     def __init__(
@@ -420,7 +420,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the whole demo (see the module docstring) with `pipelines` (`training` and
     `monitoring`: KFP pipeline objects); returns what the summary shows."""
-    demo = _Demo(config, pipelines, events or DemoEvents(), settings or get_settings())
+    demo = DemoSession(config, pipelines, events or DemoEvents(), settings or get_settings())
     name, root, log_dir = demo.name, demo.root, demo.root / "prediction-log"
     with demo.stage("data"):
         data = prepare_data(config, root, demo.events)
@@ -478,70 +478,3 @@ def served_version(url: str, name: str) -> str:
         return str(_http(f"{url}/v2/models/{name}")["parameters"]["model_version"])
     except (OSError, KeyError, VisionOpsError) as error:
         raise PipelineError(f"cannot ask the predictor which version it serves: {error}") from error
-
-
-# ---------------------------------------------------------------- the small loop
-
-SMALL = DemoConfig(
-    products=2, train=8, val=8, inference=8, imgsz=64, epochs=1, batch=8, drift_severity=1.0,
-    min_map50=0.0,
-)  # fmt: skip
-"""The small loop's sizes: tiny, as the pipeline tests train; every step still runs for real."""
-
-
-@dataclass(frozen=True)
-class SmallLoopResult:
-    """What the small loop did: the version it trained, what each engine answered, the check."""
-
-    version: str
-    sent: int
-    answered: dict[str, int]
-    drift_decision: str
-    drift_mlflow_run: str | None
-
-
-def run_small_loop(
-    pipelines: Mapping[str, Any],
-    events: DemoEvents | None = None,
-    settings: Settings | None = None,
-) -> SmallLoopResult:
-    """Each part of the platform that a library could phone home from, once and small: the
-    training pipeline run locally (training, the INT8 accuracy guard on both engines, evaluation,
-    registration), the predictor on ONNX Runtime and on OpenVINO under traffic, and a drift check
-    (Evidently) recorded in MLflow. What `visionops doctor offline --small` runs; the quick demo
-    does all of it and more, in about three times as long."""
-    from visionops.data.tables import load_feature_table
-    from visionops.monitoring.drift import DriftConfig
-    from visionops.monitoring.publish import check_and_publish
-    from visionops.monitoring.reference import resolve_reference
-
-    demo = _Demo(SMALL, pipelines, events or DemoEvents(), settings or get_settings())
-    name, root = demo.name, demo.root
-    with demo.stage("data"):
-        data = prepare_data(SMALL, root, demo.events)
-        reset_model(name, demo.settings)
-    with demo.stage("train"):
-        version = demo.train_first(data)
-    images = inference_images(data.vision) + inference_images(data.drifted)
-    answered: dict[str, int] = {}
-    log_dir = root / "prediction-log"
-    start = datetime.now(UTC)
-    for engine in ("onnxruntime", "openvino"):
-        with (
-            demo.stage(f"serve + traffic: {engine}"),
-            predictor(name, log_dir, root, engine) as url,
-        ):
-            answered[engine] = send_images(url, name, images)
-    end = datetime.now(UTC)
-    wait_for_log(log_dir, start, end, sum(answered.values()))
-    with demo.stage("drift check"):
-        reference = load_feature_table(resolve_reference(f"models:/{name}@champion", demo.settings))
-        check = check_and_publish(
-            reference, read_window(LocalStore(log_dir), start, end),
-            config=DriftConfig.from_settings(demo.settings, min_rows=10),
-            report_dir=root / "drift-check", model_name=name, log_to_mlflow=True,
-            settings=demo.settings,
-        )  # fmt: skip
-    return SmallLoopResult(
-        version, len(images), answered, check.result.decision, check.mlflow_run_id
-    )

@@ -7,7 +7,7 @@ and the host (`visionops/offline/`). Needs root. What it runs by default is the 
 training pipeline with training, the INT8 accuracy guard on both engines, evaluation and
 registration, the predictor on ONNX Runtime under traffic, the monitoring pipeline with its drift
 checks, the re-submitted training run), then the predictor on OpenVINO under the same traffic.
-`--small` runs `visionops.demo.run_small_loop` instead (what `make test` checks).
+`--small` runs `visionops.small_loop.run_small_loop` instead (what `make test` checks).
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ def offline_scenario(small: Annotated[bool, typer.Option("--small")] = False) ->
 
 def _small_loop() -> None:
     from pipelines import PIPELINES, load_pipeline  # kfp: loaded by this command only
-    from visionops.demo import DemoEvents, run_small_loop
+    from visionops.demo import DemoEvents
+    from visionops.small_loop import run_small_loop
 
     with StepPrinter(indent="    ") as printer:
         events = DemoEvents(
