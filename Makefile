@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 IMAGES ?=
 MUTATION_TARGETS ?=
 
-.PHONY: help install tools images demo offline-check test test-containers lint format lock clean mutation
+.PHONY: help install tools images demo offline-check offline-check-images test test-containers lint format lock clean mutation
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ demo: $(STAMP) ## Generate data, train, serve and monitor on one machine
 offline-check: $(STAMP) tools ## As root: the quick demo, both engines, no network route; lists any DNS query or connection out
 	$(BIN)/visionops doctor offline
 
+offline-check-images: $(STAMP) tools ## As root: the predictor and pipeline images with no network route (tests/test_offline_containers.py)
+	VISIONOPS_REQUIRE_DOCKER=1 $(BIN)/python -m pytest tests/test_offline_containers.py -rA $(PYTEST_ARGS)
+
 lint: $(STAMP) tools ## ruff check + format check, import contracts, shellcheck, hadolint, actionlint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -66,8 +69,8 @@ test: lint ## Lint, then the whole test suite (unit, integration with real serve
 test-containers: $(STAMP) ## All three images, then every container test, the pipeline image's included
 	hack/images.sh
 	VISIONOPS_REQUIRE_DOCKER=1 VISIONOPS_BUILD_PIPELINE_IMAGE=1 $(BIN)/python -m pytest \
-	  tests/test_containers.py tests/test_pipeline_docker.py tests/test_serving_server.py \
-	  tests/test_serving_sources.py -k 'not process' $(PYTEST_ARGS)
+	  tests/test_containers.py tests/test_pipeline_docker.py tests/test_offline_containers.py \
+	  tests/test_serving_server.py tests/test_serving_sources.py -k 'not process' $(PYTEST_ARGS)
 
 mutation: $(STAMP) ## Mutation score of the modules that decide (mutmut; slow, not part of `make test`)
 	$(BIN)/python -m tests.mutation $(MUTATION_TARGETS)

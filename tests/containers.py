@@ -260,27 +260,28 @@ def s3_secrets(access_key: str, secret_key: str, *names: str) -> dict[tuple[str,
     }
 
 
-@contextmanager
-def predictor_container(
+def predictor_spec(
     inference_service: Doc,
     workdir: Path,
     *,
     s3: Any,
     bucket: str,
+    http_port: int,
+    grpc_port: int,
     model_dir: Path | None = None,
     model_args: list[str] | None = None,
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
-    wait_ready: bool = True,
-) -> Iterator[Predictor]:
-    """The predictor image as the InferenceService runs it, on free 127.0.0.1 ports.
+) -> ContainerSpec:
+    """The predictor image as the InferenceService runs it, on `http_port` and `grpc_port` of
+    127.0.0.1.
 
     `model_dir` is mounted read-only at /mnt/models (where KServe's storage initializer leaves
     the model); `model_args` replace `--model-dir=/mnt/models` (e.g. `--model-uri=s3://...`), and
     the manifest's own value of any flag they give as `--flag=value`.
-    The prediction log goes where the manifest's env sends it: the S3 bucket `bucket`.
+    The prediction log goes where the manifest's env sends it: the S3 bucket `bucket` of `s3`
+    (anything with `endpoint`, `access_key` and `secret_key`).
     """
-    http_port, grpc_port = free_port(), free_port()
 
     def local(argv: list[str]) -> list[str]:
         argv = replace_flag(argv, "--http_port", str(http_port))
@@ -303,12 +304,35 @@ def predictor_container(
     # The prediction log's spool claim (a PersistentVolumeClaim on the cluster): a host folder,
     # writable by uid 1000 as the claim's fsGroup makes it there.
     spool = writable_by_containers(workdir / f"spool-{name}")
-    spec = spec_from_manifest(
+    return spec_from_manifest(
         inference_service, "kserve-container", name=name,
         secrets=s3_secrets(s3.access_key, s3.secret_key, "s3-serving"),
         env={"VISIONOPS_S3_ENDPOINT": s3.endpoint, "VISIONOPS_S3_BUCKET": bucket, **(env or {})},
         mounts=mounts, args=local, volumes={"prediction-log-spool": spool},
     )  # fmt: skip
+
+
+@contextmanager
+def predictor_container(
+    inference_service: Doc,
+    workdir: Path,
+    *,
+    s3: Any,
+    bucket: str,
+    model_dir: Path | None = None,
+    model_args: list[str] | None = None,
+    extra_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
+) -> Iterator[Predictor]:
+    """`predictor_spec` running on free 127.0.0.1 ports, once it answers; stopped after."""
+    http_port, grpc_port = free_port(), free_port()
+    spec = predictor_spec(
+        inference_service, workdir, s3=s3, bucket=bucket, http_port=http_port,
+        grpc_port=grpc_port, model_dir=model_dir, model_args=model_args, extra_args=extra_args,
+        env=env,
+    )  # fmt: skip
+    name = spec.name
     log_path = workdir / f"predictor-container-{http_port}.log"
     process = run_container(spec, log_path)
     server = Predictor(f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log_path, process)

@@ -11,12 +11,17 @@ The asking process is found while it still waits for the answer: its socket's in
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import logging
 import os
+import signal
 import socket
 import struct
+import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -166,6 +171,12 @@ class DnsRecorder:
         for thread in self._threads:
             thread.join(timeout=5)
 
+    def save(self, path: Path) -> None:
+        """What arrived, as a JSON list of queries (what `read_report` reads)."""
+        with self._lock:
+            queries = [query.asdict() for query in self.queries]
+        path.write_text(json.dumps(queries, indent=1))
+
     def _record(self, message: bytes, transport: str, peer: tuple[str, int]) -> bytes | None:
         try:
             _, name, qtype, end = parse_question(message)
@@ -216,3 +227,27 @@ def _read_exactly(connection: socket.socket, count: int) -> bytes:
             raise OSError("connection closed mid-message")
         data += chunk
     return data
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Record until SIGTERM, then write the queries to `--queries`: the recorder of a container's
+    network namespace, started in it with `nsenter --net` (visionops/offline/containers.py).
+    Prints `ready` once it listens."""
+    parser = argparse.ArgumentParser(description="A DNS recorder that answers NXDOMAIN.")
+    parser.add_argument("--host", default="127.0.0.53")
+    parser.add_argument("--port", type=int, default=53)
+    parser.add_argument("--queries", type=Path, required=True)
+    arguments = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with DnsRecorder(arguments.host, arguments.port) as recorder:
+        print("ready", flush=True)
+        while not stop.wait(0.5):
+            pass
+    recorder.save(arguments.queries)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -143,8 +143,7 @@ def run_offline(
     if problem:
         raise SandboxUnavailable(f"the offline check {problem}")
     work_dir.mkdir(parents=True, exist_ok=True)
-    resolv = work_dir / "resolv.conf"
-    resolv.write_text(f"nameserver {RECORDER[0]}\noptions timeout:1 attempts:1\n")
+    resolv = write_resolv_conf(work_dir / "resolv.conf")
     trace, queries = work_dir / "strace.log", work_dir / "dns-queries.json"
     for stale in (trace, queries):
         stale.unlink(missing_ok=True)
@@ -170,6 +169,31 @@ def run_offline(
         raise SandboxUnavailable(
             f"the offline check could not run {command[0]} in its namespaces (exit {exit_code})"
         )
+    return read_report(command, exit_code, trace, queries)
+
+
+def write_resolv_conf(path: Path) -> Path:
+    """A resolv.conf that sends every lookup to the recorder, once, with a short timeout."""
+    path.write_text(f"nameserver {RECORDER[0]}\noptions timeout:1 attempts:1\n")
+    path.chmod(0o644)
+    return path
+
+
+def strace_argv(
+    trace: str | Path, command: Sequence[str], strace: Sequence[str] = ("strace",)
+) -> list[str]:
+    """`command` under `strace` (a command line that runs it), logging to `trace` every call
+    `read_trace` reads, from every process and thread it starts."""
+    return [
+        *strace, "-f", "--seccomp-bpf", "-qq", "-e", "signal=none", "-s", "256",
+        "-e", "trace=" + ",".join(TRACED_CALLS), "-o", str(trace), "--", *command,
+    ]  # fmt: skip
+
+
+def read_report(
+    command: Sequence[str], exit_code: int, trace: Path, queries: Path
+) -> OfflineReport:
+    """The report of a run, from its strace log and the recorder's queries (a JSON list)."""
     recorded = json.loads(queries.read_text())
     with trace.open(errors="replace") as log:
         summary = read_trace(log, allowed_dns=RECORDER)
@@ -302,11 +326,7 @@ def _wait_for_command(tracer: subprocess.Popen[bytes]) -> None:
 def _inside(arguments: argparse.Namespace) -> int:
     _loopback_up()
     _bind_mount(arguments.resolv_conf, RESOLV_CONF)
-    strace = [
-        "strace", "-f", "--seccomp-bpf", "-qq", "-e", "signal=none", "-s", "256",
-        "-e", "trace=" + ",".join(TRACED_CALLS), "-o", str(arguments.trace), "--",
-        *arguments.command,
-    ]  # fmt: skip
+    strace = strace_argv(arguments.trace, arguments.command)
     signal.signal(signal.SIGTERM, _stopped)
     stopped = False
     with DnsRecorder(*RECORDER) as recorder:
@@ -321,7 +341,7 @@ def _inside(arguments: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             tracer.kill()
             exit_code = tracer.wait()
-    arguments.queries.write_text(json.dumps([q.asdict() for q in recorder.queries], indent=1))
+    recorder.save(arguments.queries)
     return TIMED_OUT if stopped else exit_code
 
 
