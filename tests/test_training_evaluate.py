@@ -7,26 +7,30 @@ it on labels made from its own detections (shifted, some dropped): a real, non-t
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 from typer.testing import CliRunner
 
+from tests import headless_chromium
 from tests.trained import ObservedTraining
 from visionops.cli.app import app
-from visionops.config import Settings
+from visionops.config import Settings, get_settings
 from visionops.data.features import FEATURE_COLUMNS, read_image
 from visionops.errors import DataError, ModelNotFound
 from visionops.inference import Detector
 from visionops.tracking import connect
 from visionops.training.dataset import label_path, load_data_yaml
-from visionops.training.evaluate import evaluate
+from visionops.training.evaluate import EvaluationResult, evaluate
 
 runner = CliRunner()
 
@@ -68,12 +72,13 @@ def test_cli_evaluates_and_logs_everything_to_the_run(
     assert {
         f"evaluation/{n}"
         for n in ("detections.json", "ground_truth.json", "metrics.json", "report.md",
-                  "reference_features.parquet")
+                  "report.html", "reference_features.parquet")
     } <= logged  # fmt: skip
 
 
-def _pseudo_labeled(data_yaml: Path, model_dir: Path, root: Path) -> Path:
-    """A copy of the val split whose labels are the model's own top detections, perturbed."""
+def _pseudo_labeled(data_yaml: Path, model_dir: Path, root: Path, *, relabel: int = 0) -> Path:
+    """A copy of the val split whose labels are the model's own top detections, perturbed
+    (with `relabel`, every `relabel`-th of them gets another class)."""
     dataset = load_data_yaml(data_yaml)
     detector = Detector.from_model_dir(model_dir)
     rng = np.random.default_rng(0)
@@ -91,6 +96,8 @@ def _pseudo_labeled(data_yaml: Path, model_dir: Path, root: Path) -> Path:
                 continue  # some detections become false positives
             size = np.tile(box[2:] - box[:2], 2)
             x1, y1, x2, y2 = box + rng.normal(0, 0.06, 4) * size  # IoUs spread over 0.5..1
+            if relabel and len(rows) % relabel == relabel - 1:
+                cls = (cls + 1) % len(dataset.names)
             rows.append(
                 f"{cls} {(x1 + x2) / 2 / width} {(y1 + y2) / 2 / height} "
                 f"{(x2 - x1) / width} {(y2 - y1) / height}"
@@ -150,3 +157,101 @@ def test_an_unknown_model_is_a_clear_error(mlflow_settings: Settings, tiny_data_
         app, ["evaluate", "--model", "models:/no-such-model/3", "--data", str(tiny_data_yaml)]
     )
     assert result.exit_code == 1 and "not found" in result.output
+
+
+SECTIONS = ("summary", "per-class", "pr-curves", "confusion", "per-product", "gallery",
+            "gallery-missed", "gallery-false-alarms", "gallery-wrong-class")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def html_report(
+    trained: ObservedTraining, tiny_data_yaml: Path, tmp_path_factory: pytest.TempPathFactory
+) -> EvaluationResult:
+    """A real evaluation whose pictures all have something to show: labels made from the model's
+    own detections (some moved, dropped, given another class, some objects it does not see),
+    scored at the evaluation's own confidence, where all its detections count."""
+    root = tmp_path_factory.mktemp("report")
+    data = _pseudo_labeled(tiny_data_yaml, trained.result.model_dir, root / "pseudo", relabel=2)
+    settings = get_settings().model_copy(update={"serve_conf": 0.001})
+    return evaluate(
+        trained.result.model_dir, data, log_run=False, out_dir=root / "eval", settings=settings
+    )
+
+
+def _data_uris(page: str) -> list[str]:
+    return re.findall(r'<img src="(data:[^"]+)"', page)
+
+
+def test_every_evaluation_writes_a_self_contained_html_report(html_report: EvaluationResult):
+    page = html_report.files["report_html"].read_text()
+    assert html_report.files["report_html"] == html_report.out_dir / "report.html"
+    for section in SECTIONS:
+        assert f'id="{section}"' in page, section
+    # Offline by construction: no URL of any kind, no script; every picture is embedded.
+    text = re.sub(r'src="data:[^"]+"', 'src=""', page)
+    assert not re.search(r"https?:|//[a-z]|<script|<link|@import|url\(", text, re.IGNORECASE)
+    assert re.findall(r"<img [^>]*src=\"([^\"]*)\"", page) == _data_uris(page)
+    uris = _data_uris(page)
+    gallery = page[page.index('id="gallery"') :]
+    assert len(_data_uris(gallery)) >= 3  # missed, false alarms and wrong class each have one
+    assert "None on this data" not in gallery
+    for uri in uris:  # every picture decodes, and is not one flat colour
+        header, payload = uri.split(",", 1)
+        assert header in ("data:image/png;base64", "data:image/jpeg;base64")
+        with Image.open(io.BytesIO(base64.b64decode(payload))) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and pixels.std() > 5
+    m = html_report.metrics
+    for name, n in m.instances.items():  # the per-class table shows what metrics.json holds
+        ap = m.ap50_95[name]
+        assert f"<td>{name}</td><td>{n}</td>" in page
+        assert ap is None or f"<td>{ap:.4f}</td>" in page
+
+
+def test_the_report_agrees_with_the_metrics_it_draws(html_report: EvaluationResult):
+    m = html_report.metrics
+    # Each precision-recall curve is the one whose mean is the class's AP50.
+    assert set(m.pr_curves) == {n for n, v in m.ap50.items() if v is not None}
+    for name, curve in m.pr_curves.items():
+        assert len(curve) == 101 and np.mean(curve) == pytest.approx(m.ap50[name], abs=1e-12)
+    # Per product: the images and instances add up, and the error counts are the confusion
+    # matrix's background column (missed), row (false alarms) and off-diagonal (wrong class).
+    written = json.loads(html_report.files["metrics"].read_text())["per_product"]
+    assert set(written) == {"Cable", "Screw"}
+    assert sum(p["images"] for p in written.values()) == html_report.images
+    assert sum(p["instances"] for p in written.values()) == sum(m.instances.values())
+    matrix = np.array(m.confusion)
+    classes = matrix[:-1, :-1]
+    assert sum(p["missed"] for p in written.values()) == matrix[:-1, -1].sum()
+    assert sum(p["false_alarms"] for p in written.values()) == matrix[-1, :-1].sum()
+    wrong = classes.sum() - np.trace(classes)
+    assert sum(p["wrong_class"] for p in written.values()) == wrong > 0
+    for product in html_report.products:  # the same scoring, restricted to that product's images
+        assert f"<td>{product.product}</td><td>{product.images}</td>" in (
+            html_report.files["report_html"].read_text()
+        )
+    assert "| product | images | mAP50 | mAP50-95 |" in html_report.files["report"].read_text()
+
+
+@pytest.mark.skipif(not headless_chromium.available(), reason="chromium is not installed")
+def test_the_report_renders_in_headless_chromium_without_reaching_out(
+    html_report: EvaluationResult, tmp_path: Path
+):
+    page = html_report.files["report_html"]
+    rendered = headless_chromium.render(page, tmp_path / "chromium")
+    assert rendered.external() == []
+    for section in SECTIONS:
+        assert f'id="{section}"' in rendered.dom, section
+    assert len(re.findall(r"<img ", rendered.dom)) == len(_data_uris(page.read_text()))
+    shot = rendered.screenshot
+    assert shot.shape[0] > 1000 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 200
+    assert (shot < 250).any(axis=2).mean() > 0.05  # not a blank page: text, plots, images
+
+
+@pytest.mark.skipif(not headless_chromium.available(), reason="chromium is not installed")
+def test_the_chromium_check_sees_a_page_that_reaches_out(tmp_path: Path):
+    page = tmp_path / "page.html"
+    page.write_text('<html><body><img src="https://cdn.invalid/x.png"></body></html>')
+    assert headless_chromium.render(page, tmp_path / "c", height=300).external() == [
+        "https://cdn.invalid/x.png"
+    ]

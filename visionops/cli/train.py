@@ -52,13 +52,22 @@ def train_command(
 
 
 def evaluate_command(
+    data: DataOption,
     model: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--model", help="runs:/ID/model, models:/NAME@ALIAS, s3://... or a model directory."
         ),
-    ],
-    data: DataOption,
+    ] = None,
+    compare: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            "--compare",
+            metavar="FIRST SECOND",
+            help="Two models side by side on the same data, with the gate's decision between "
+            "them (e.g. models:/NAME/1 models:/NAME/2); logs nothing.",
+        ),
+    ] = None,
     split: Annotated[str, typer.Option("--split", help="Split of data.yaml to score.")] = "val",
     out: Annotated[
         Path | None, typer.Option("--out", help="Output folder; default under the data dir.")
@@ -67,12 +76,29 @@ def evaluate_command(
         str | None, typer.Option("--run-id", help="Log to this run; default: the model's run.")
     ] = None,
 ) -> None:
-    """Score the served ONNX model: mAP, precision, recall, per-class AP, confusion matrix."""
-    from visionops.training.evaluate import evaluate  # cv2, MLflow: this command only
+    """Score the served ONNX model: mAP, precision, recall, per-class AP, confusion matrix, and
+    report.html (curves, heatmap, per product, worst images)."""
+    from visionops.errors import UsageError
 
+    if (model is None) == (compare is None):
+        raise UsageError("give either --model or --compare FIRST SECOND")
+    if compare is not None and run_id:
+        raise UsageError("--run-id logs one model's evaluation; --compare logs nothing")
+    # cv2, MLflow: this command only
+    from visionops.training.evaluate import compare as compare_models
+    from visionops.training.evaluate import evaluate
+
+    if compare is not None:
+        with progress(f"comparing on {split}") as callback:
+            both = compare_models(*compare, data, split=split, out_dir=out, progress=callback)
+        console.print(both.markdown(), highlight=False)
+        console.print(f"wrote {both.files['report_html']}", highlight=False)
+        return
+    assert model is not None
     with progress(f"evaluating on {split}") as callback:
         result = evaluate(model, data, split=split, out_dir=out, run_id=run_id, progress=callback)
     console.print(result.markdown(), highlight=False)
     console.print(json.dumps(result.metrics.summary()), highlight=False)
     logged = f"logged to run {result.run_id}" if result.run_id else "not logged to MLflow"
     console.print(f"wrote {result.out_dir} ({logged})", highlight=False)
+    console.print(f"report {result.files['report_html']}", highlight=False)

@@ -7,8 +7,13 @@ so the numbers describe what users get. Outputs, in one folder and in the MLflow
     detections.json             COCO results (any COCO tool can re-score them)
     metrics.json                mAP50, mAP50-95, precision, recall, per-class AP, confusion matrix
     report.md                   the same as a Markdown table
+    report.html                 the page a person looks at: precision-recall curves, confusion
+                                heatmap, per-product rows, the worst images with boxes drawn
     reference_features.parquet  one feature row per image (monitoring's features): the drift
                                 reference of this model
+
+`compare` scores two models on the same split and writes one page with both side by side and the
+promotion gate's decision between them.
 """
 
 from __future__ import annotations
@@ -29,10 +34,20 @@ from visionops.detections import Detections
 from visionops.errors import DataError
 from visionops.inference import Detector
 from visionops.models.artifact import read_metadata
-from visionops.models.sources import resolve_model
+from visionops.models.sources import ResolvedModel, is_registry_uri, resolve_model
 from visionops.progress import ProgressCallback, no_progress
 from visionops.tracking import TAG_PREFIX, connect, log_metrics, mlflow_errors
 from visionops.training.dataset import LabeledImage, YoloDataset, load_data_yaml
+from visionops.training.evaluation_report import (
+    ProductScore,
+    ReportSubject,
+    ScoredImage,
+    comparison_html,
+    image_product,
+    product_scores,
+    report_html,
+)
+from visionops.training.gate import GateDecision, gate
 from visionops.training.metrics import DetectionMetrics, GroundTruth, detection_metrics
 
 if TYPE_CHECKING:
@@ -47,6 +62,7 @@ GROUND_TRUTH_JSON = "ground_truth.json"
 DETECTIONS_JSON = "detections.json"
 METRICS_JSON = "metrics.json"
 REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
 REFERENCE_FEATURES = "reference_features.parquet"
 FILE_COLUMN = "file_name"
 EVAL_METRIC_PREFIX = "eval."
@@ -95,6 +111,22 @@ class EvaluationResult:
     out_dir: Path
     run_id: str | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    model: str = ""  # what was asked for: models:/NAME/VERSION, runs:/ID/model, a directory
+    products: list[ProductScore] = field(default_factory=list)
+
+    def subject(self) -> ReportSubject:
+        """This evaluation as the HTML report shows it."""
+        facts = [
+            ("model", self.model or str(self.model_dir)),
+            ("MLflow run", self.run_id or "-"),
+            ("data", str(self.data_yaml)),
+            ("split", f"{self.split} ({self.images} images)"),
+            ("data hash", self.data_hash),
+            ("served confidence", f"{self.conf:g}"),
+        ]
+        return ReportSubject(
+            self.model or str(self.model_dir), facts, self.metrics, self.conf, self.products
+        )
 
     def to_dict(self) -> dict[str, Any]:
         m = self.metrics
@@ -112,6 +144,7 @@ class EvaluationResult:
                 for name, n in m.instances.items()
             },
             "confusion_matrix": {"labels": m.confusion_labels, "matrix": m.confusion},
+            "per_product": {p.product: p.to_dict() for p in self.products},
         }
 
     def markdown(self) -> str:
@@ -133,6 +166,17 @@ class EvaluationResult:
             ap50, ap = m.ap50[name], m.ap50_95[name]
             shown = ("-", "-") if ap50 is None or ap is None else (f"{ap50:.4f}", f"{ap:.4f}")
             lines.append(f"| {name} | {n} | {shown[0]} | {shown[1]} |")
+        if self.products:
+            lines += [
+                "",
+                "| product | images | mAP50 | mAP50-95 | missed | false alarms | wrong class |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            ]
+            lines += [
+                f"| {p.product} | {p.images} | {p.metrics.map50:.4f} | {p.metrics.map50_95:.4f} "
+                f"| {p.missed} | {p.false_alarms} | {p.wrong_class} |"
+                for p in self.products
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -174,6 +218,13 @@ def evaluate(
         detector, labeled, conf=conf, settings=settings, progress=progress
     )
     metrics = detection_metrics(truths, detections, dataset.names, conf=conf)
+    scored = [
+        ScoredImage(
+            item.path, item.relative, image_product(item.relative, t, dataset.names,
+                                                    dataset.products), t, d,
+        )
+        for item, t, d in zip(labeled, truths, detections, strict=True)
+    ]  # fmt: skip
     result = EvaluationResult(
         model_dir=model_dir,
         data_yaml=dataset.data_yaml,
@@ -184,8 +235,10 @@ def evaluate(
         conf=conf,
         out_dir=out_dir,
         run_id=run_id,
+        model=str(model),
+        products=product_scores(scored, dataset.names, conf),
     )
-    files = _write_outputs(result, dataset, labeled, truths, detections, sizes, rows)
+    files = _write_outputs(result, dataset, labeled, scored, sizes, rows)
     result = EvaluationResult(**{**result.__dict__, "files": files})
     if run_id and log_run:
         _log_to_run(result, settings)
@@ -195,6 +248,122 @@ def evaluate(
         metrics.map50, metrics.map50_95, metrics.precision, metrics.recall,
     )  # fmt: skip
     return result
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two models scored on the same data, and what the promotion gate decides between them
+    (`second` the candidate, `first` the champion)."""
+
+    first: EvaluationResult
+    second: EvaluationResult
+    decision: GateDecision
+    out_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "first": {"model": self.first.model, **self.first.metrics.summary()},
+            "second": {"model": self.second.model, **self.second.metrics.summary()},
+            "data_yaml": str(self.first.data_yaml),
+            "split": self.first.split,
+            "data_hash": self.first.data_hash,
+            "gate": {"promote": self.decision.promote, "reason": self.decision.reason},
+        }
+
+    def markdown(self) -> str:
+        """Headline metrics side by side, then the gate's decision."""
+        a, b = self.first, self.second
+        lines = [
+            f"## {a.model} vs {b.model} on `{a.split}` ({a.images} images, data "
+            f"{a.data_hash[:12]})",
+            "",
+            f"| metric | {a.model} | {b.model} | change |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for key, value in a.metrics.summary().items():
+            other = b.metrics.summary()[key]
+            lines.append(f"| {key} | {value:.4f} | {other:.4f} | {other - value:+.4f} |")
+        verdict = "would replace" if self.decision.promote else "would not replace"
+        lines += ["", f"Gate: {b.model} {verdict} {a.model}: {self.decision.reason}"]
+        return "\n".join(lines) + "\n"
+
+
+def compare(
+    first: str | Path,
+    second: str | Path,
+    data_yaml: Path,
+    *,
+    split: str = "val",
+    out_dir: Path | None = None,
+    progress: ProgressCallback = no_progress,
+    settings: Settings | None = None,
+) -> Comparison:
+    """Score `first` and `second` on the same `split` and write one side-by-side report.
+
+    Both models and the data are checked before anything is scored, so a missing version or
+    unreadable data fails with nothing written. Nothing is logged to the models' runs (a
+    comparison is a look, not a new evaluation of record); each model's own evaluation files and
+    report are written under `first/` and `second/` of the output folder.
+    """
+    settings = settings or get_settings()
+    dataset = load_data_yaml(data_yaml)
+    dataset.images(split)  # an unknown or empty split fails here
+    resolved = [resolve_model(model, settings) for model in (first, second)]
+    labels = [
+        _label(str(model), found) for model, found in zip((first, second), resolved, strict=True)
+    ]
+    if labels[0] == labels[1]:
+        labels = [f"{labels[0]} (first)", f"{labels[1]} (second)"]
+    data_hash = dataset.split_hash(split)
+    out = Path(
+        out_dir or settings.data_dir / "evaluations" / "compare" / f"{split}-{data_hash[:12]}"
+    )
+    total = 2 * len(dataset.images(split))
+    results = []
+    for index, (model, label) in enumerate(zip((first, second), labels, strict=True)):
+        offset = index * total // 2
+
+        def step(done: int, _: int, offset: int = offset) -> None:
+            progress(offset + done, total)
+
+        result = evaluate(
+            model, data_yaml, split=split, out_dir=out / ("first", "second")[index],
+            log_run=False, progress=step, settings=settings,
+        )  # fmt: skip
+        results.append(EvaluationResult(**{**result.__dict__, "model": label}))
+    a, b = results
+    version = resolved[0].version if is_registry_uri(str(first)) else labels[0]
+    decision = gate(b.metrics.summary(), a.metrics.summary(), settings, champion_version=version)
+    comparison = Comparison(a, b, decision, out)
+    facts = [
+        ("data", str(a.data_yaml)),
+        ("split", f"{split} ({a.images} images)"),
+        ("data hash", data_hash),
+        ("served confidence", f"{a.conf:g}"),
+        ("gate", f"margin {settings.gate_margin:g}, minimums mAP50 {settings.gate_min_map50:g}, "
+                 f"mAP50-95 {settings.gate_min_map50_95:g}"),
+    ]  # fmt: skip
+    files = {
+        "report": out / REPORT_MD,
+        "report_html": out / REPORT_HTML,
+        "comparison": out / "comparison.json",
+    }
+    page = comparison_html(
+        a.subject(), b.subject(), dataset.names, facts=facts, promote=decision.promote,
+        reason=decision.reason,
+    )  # fmt: skip
+    atomic_write_text(files["report_html"], page)
+    atomic_write_text(files["report"], comparison.markdown())
+    atomic_write_text(files["comparison"], json.dumps(comparison.to_dict(), indent=2) + "\n")
+    return Comparison(a, b, decision, out, files)
+
+
+def _label(model: str, resolved: ResolvedModel) -> str:
+    """How a report names a model: its URI (with the version an alias stood for), or its path."""
+    if model.startswith("models:/") and "@" in model:
+        return f"{model} (v{resolved.version})"
+    return model if is_registry_uri(model) else str(resolved.path)
 
 
 def score_detector(
@@ -324,8 +493,7 @@ def _write_outputs(
     result: EvaluationResult,
     dataset: YoloDataset,
     labeled: list[LabeledImage],
-    truths: list[GroundTruth],
-    detections: list[Detections],
+    scored: list[ScoredImage],
     sizes: list[tuple[int, int]],
     rows: list[dict[str, object]],
 ) -> dict[str, Path]:
@@ -337,13 +505,16 @@ def _write_outputs(
         "detections": out / DETECTIONS_JSON,
         "metrics": out / METRICS_JSON,
         "report": out / REPORT_MD,
+        "report_html": out / REPORT_HTML,
         "reference_features": out / REFERENCE_FEATURES,
     }
+    truths = [image.truth for image in scored]
     ground_truth = coco_ground_truth(dataset.names, labeled, truths, sizes)
     atomic_write_text(files["ground_truth"], json.dumps(ground_truth))
-    atomic_write_text(files["detections"], json.dumps(coco_results(detections)))
+    atomic_write_text(files["detections"], json.dumps(coco_results([i.detections for i in scored])))
     atomic_write_text(files["metrics"], json.dumps(result.to_dict(), indent=2) + "\n")
     atomic_write_text(files["report"], result.markdown())
+    atomic_write_text(files["report_html"], report_html(result.subject(), scored, dataset.names))
     write_feature_table(pd.DataFrame.from_records(rows), files["reference_features"])
     return files
 

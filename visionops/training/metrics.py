@@ -9,7 +9,7 @@ are taken at the confidence threshold the predictor serves with, so they describ
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,6 +42,9 @@ class DetectionMetrics:
     instances: dict[str, int]
     confusion_labels: list[str]  # class names, then "background"
     confusion: list[list[int]]  # [true][predicted]
+    # Per class with ground truth: COCO's interpolated precision at `RECALL_POINTS`, IoU 0.5 (its
+    # mean is the class's AP50): the precision-recall curve the evaluation report draws.
+    pr_curves: dict[str, list[float]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, float]:
         return {
@@ -82,13 +85,19 @@ def _match(ious: np.ndarray, threshold: float) -> np.ndarray:
     return matched
 
 
-def _average_precision(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> np.ndarray:
-    """COCO AP per IoU threshold from concatenated detections: `tp` is [T, N]."""
+def _average_precision(
+    scores: np.ndarray, tp: np.ndarray, n_gt: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """COCO AP per IoU threshold from concatenated detections: `tp` is [T, N].
+
+    Also returns the interpolated precision at each of `RECALL_POINTS` per threshold ([T, 101]):
+    AP is its mean."""
     order = np.argsort(-scores, kind="mergesort")
     tp = tp[:, order]
     tp_sum = np.cumsum(tp, axis=1, dtype=np.float64)
     fp_sum = np.cumsum(~tp, axis=1, dtype=np.float64)
     ap = np.zeros(len(tp))
+    curves = np.zeros((len(tp), len(RECALL_POINTS)))
     for t in range(len(tp)):
         if not tp.shape[1]:
             continue
@@ -100,7 +109,8 @@ def _average_precision(scores: np.ndarray, tp: np.ndarray, n_gt: int) -> np.ndar
         valid = index < len(precision)
         q[valid] = precision[index[valid]]
         ap[t] = q.mean()
-    return ap
+        curves[t] = q
+    return ap, curves
 
 
 def detection_metrics(
@@ -121,6 +131,7 @@ def detection_metrics(
     instances: dict[str, int] = {}
     precisions: list[float] = []
     recalls: list[float] = []
+    pr_curves: dict[str, list[float]] = {}
     for k, name in enumerate(names):
         scores: list[np.ndarray] = []
         matches: list[np.ndarray] = []
@@ -143,8 +154,9 @@ def detection_metrics(
         tp = (
             np.concatenate(matches, axis=1) if matches else np.zeros((len(IOU_THRESHOLDS), 0), bool)
         )
-        ap = _average_precision(score, tp, n_gt)
+        ap, curves = _average_precision(score, tp, n_gt)
         ap_all.append(ap)
+        pr_curves[name] = [float(v) for v in curves[0]]
         ap50[name], ap50_95[name] = float(ap[0]), float(ap.mean())
         served = score >= conf
         true_positives = int(tp[0][served].sum())
@@ -162,6 +174,41 @@ def detection_metrics(
         instances=instances,
         confusion_labels=[*names, BACKGROUND],
         confusion=[[int(v) for v in row] for row in matrix],
+        pr_curves=pr_curves,
+    )
+
+
+@dataclass(frozen=True)
+class BoxPairing:
+    """One image's ground truth paired with its served detections (score >= conf), as the
+    confusion matrix counts them. Indices of detections are into `served`."""
+
+    served: np.ndarray  # indices into the image's detections with score >= conf
+    pairs: list[tuple[int, int]]  # (ground-truth index, served index), IoU >= iou
+    missed: list[int]  # ground truth without a detection
+    false_alarms: list[int]  # served detections without ground truth
+
+
+def pair_boxes(gt: GroundTruth, det: Detections, *, conf: float, iou: float) -> BoxPairing:
+    """Pair boxes one to one, highest IoU first, regardless of class; unpaired ones are left."""
+    served = np.flatnonzero(det.scores >= conf)
+    ious = box_iou(gt.boxes, det.boxes[served])
+    candidates = np.argwhere(ious >= iou)
+    order = np.argsort(-ious[candidates[:, 0], candidates[:, 1]], kind="mergesort")
+    used_gt: set[int] = set()
+    used_det: set[int] = set()
+    pairs: list[tuple[int, int]] = []
+    for g, d in candidates[order]:
+        if g in used_gt or d in used_det:
+            continue
+        used_gt.add(int(g))
+        used_det.add(int(d))
+        pairs.append((int(g), int(d)))
+    return BoxPairing(
+        served=served,
+        pairs=pairs,
+        missed=sorted(set(range(len(gt.boxes))) - used_gt),
+        false_alarms=sorted(set(range(len(served))) - used_det),
     )
 
 
@@ -175,27 +222,18 @@ def confusion_matrix(
 ) -> np.ndarray:
     """[true][predicted] counts with a background row and column, at confidence `conf`.
 
-    Detections and ground truth are paired one to one, highest IoU first, regardless of class: a
-    pair counts at (true class, predicted class), an unpaired box against background.
+    Detections and ground truth are paired by `pair_boxes`: a pair counts at (true class,
+    predicted class), an unpaired box against background.
     """
     bg = num_classes
     matrix = np.zeros((num_classes + 1, num_classes + 1), np.int64)
     for gt, det in zip(ground_truth, detections, strict=True):
-        served = det.scores >= conf
-        boxes, classes = det.boxes[served], det.class_ids[served]
-        ious = box_iou(gt.boxes, boxes)
-        pairs = np.argwhere(ious >= iou)
-        pairs = pairs[np.argsort(-ious[pairs[:, 0], pairs[:, 1]], kind="mergesort")]
-        used_gt: set[int] = set()
-        used_det: set[int] = set()
-        for g, d in pairs:
-            if g in used_gt or d in used_det:
-                continue
-            used_gt.add(int(g))
-            used_det.add(int(d))
+        pairing = pair_boxes(gt, det, conf=conf, iou=iou)
+        classes = det.class_ids[pairing.served]
+        for g, d in pairing.pairs:
             matrix[gt.class_ids[g], classes[d]] += 1
-        for g in set(range(len(gt.boxes))) - used_gt:
+        for g in pairing.missed:
             matrix[gt.class_ids[g], bg] += 1
-        for d in set(range(len(boxes))) - used_det:
+        for d in pairing.false_alarms:
             matrix[bg, classes[d]] += 1
     return matrix
