@@ -78,11 +78,11 @@ def test_cli_evaluates_and_logs_everything_to_the_run(
 
 def _pseudo_labeled(data_yaml: Path, model_dir: Path, root: Path, *, relabel: int = 0) -> Path:
     """A copy of the val split whose labels are the model's own top detections, perturbed
-    (with `relabel`, every `relabel`-th of them gets another class)."""
+    (with `relabel`, the first label of every `relabel`-th image gets another class)."""
     dataset = load_data_yaml(data_yaml)
     detector = Detector.from_model_dir(model_dir)
     rng = np.random.default_rng(0)
-    for image_path in dataset.images("val"):
+    for number, image_path in enumerate(dataset.images("val")):
         relative = image_path.relative_to(dataset.root)
         target = root / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def _pseudo_labeled(data_yaml: Path, model_dir: Path, root: Path, *, relabel: in
                 continue  # some detections become false positives
             size = np.tile(box[2:] - box[:2], 2)
             x1, y1, x2, y2 = box + rng.normal(0, 0.06, 4) * size  # IoUs spread over 0.5..1
-            if relabel and len(rows) % relabel == relabel - 1:
+            if relabel and number % relabel == 0 and not rows:
                 cls = (cls + 1) % len(dataset.names)
             rows.append(
                 f"{cls} {(x1 + x2) / 2 / width} {(y1 + y2) / 2 / height} "
@@ -255,3 +255,88 @@ def test_the_chromium_check_sees_a_page_that_reaches_out(tmp_path: Path):
     assert headless_chromium.render(page, tmp_path / "c", height=300).external() == [
         "https://cdn.invalid/x.png"
     ]
+
+
+def _two_versions(settings: Settings, trained: ObservedTraining) -> str:
+    """Versions 1 and 2 of this test's registered model, both made from the session's run."""
+    client = connect(settings).client
+    run = client.get_run(trained.result.run_id)
+    name = settings.model_name
+    client.create_registered_model(name)
+    for _ in range(2):
+        client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    return name
+
+
+def test_compare_puts_two_versions_and_the_gates_decision_side_by_side(
+    mlflow_settings: Settings, trained: ObservedTraining, tiny_data_yaml: Path, tmp_path: Path
+):
+    name = _two_versions(mlflow_settings, trained)
+    client = connect(mlflow_settings).client
+    before = client.get_run(trained.result.run_id).data
+    out = tmp_path / "compare"
+    result = runner.invoke(
+        app,
+        ["evaluate", "--compare", f"models:/{name}/1", f"models:/{name}/2",
+         "--data", str(tiny_data_yaml), "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out / 'report.html'}" in result.output.replace("\n", "")
+    markdown = (out / "report.md").read_text()
+    assert f"| metric | models:/{name}/1 | models:/{name}/2 | change |" in markdown
+    comparison = json.loads((out / "comparison.json").read_text())
+    first = json.loads((out / "first" / "metrics.json").read_text())
+    second = json.loads((out / "second" / "metrics.json").read_text())
+    assert first["data_hash"] == second["data_hash"] == comparison["data_hash"]
+    # The same weights twice: equal scores, and equal is not better for the gate.
+    assert comparison["first"]["map50_95"] == first["map50_95"] == second["map50_95"]
+    assert comparison["gate"]["promote"] is False
+    reason = comparison["gate"]["reason"]
+    assert reason.startswith("does not beat the champion") and "champion v1" in reason
+
+    page = (out / "report.html").read_text()
+    for section in ("gate", "summary", "per-class", "per-product", "pr-curves", "confusion"):
+        assert f'id="{section}"' in page, section
+    assert f"models:/{name}/1 stays; models:/{name}/2 would not be promoted" in page
+    assert reason.replace("&", "&amp;") in page
+    for product in ("Cable", "Screw"):
+        assert f"<td>{product}</td>" in page
+    assert len(_data_uris(page)) == 4  # curves and heatmap of each version
+    text = re.sub(r'src="data:[^"]+"', 'src=""', page)
+    assert not re.search(r"https?:|<script|<link|url\(", text, re.IGNORECASE)
+    assert (out / "first" / "report.html").is_file() and (out / "second" / "report.html").is_file()
+    # A comparison is a look: the versions' run keeps the evaluation it had.
+    after = client.get_run(trained.result.run_id).data
+    assert (after.metrics, after.tags) == (before.metrics, before.tags)
+
+
+def test_compare_with_a_missing_version_or_bad_data_says_so_in_one_line(
+    mlflow_settings: Settings, trained: ObservedTraining, tiny_data_yaml: Path, tmp_path: Path
+):
+    name = _two_versions(mlflow_settings, trained)
+    out = tmp_path / "compare"
+    missing = runner.invoke(
+        app,
+        ["evaluate", "--compare", f"models:/{name}/1", f"models:/{name}/7",
+         "--data", str(tiny_data_yaml), "--out", str(out)],
+    )  # fmt: skip
+    assert missing.exit_code == 1
+    (line,) = [line for line in missing.output.splitlines() if line.startswith("error:")]
+    assert "not found" in line and f"models:/{name}/7" in line, missing.output
+    garbage = tmp_path / "data.yaml"
+    garbage.write_bytes(b"names: [unclosed\n\x00\xff")
+    unreadable = runner.invoke(
+        app,
+        ["evaluate", "--compare", f"models:/{name}/1", f"models:/{name}/2",
+         "--data", str(garbage), "--out", str(out)],
+    )  # fmt: skip
+    assert unreadable.exit_code == 1
+    (line,) = [line for line in unreadable.output.splitlines() if line.startswith("error:")]
+    assert str(garbage) in line, unreadable.output
+    assert not out.exists()  # nothing half-written
+    both = runner.invoke(
+        app,
+        ["evaluate", "--model", f"models:/{name}/1", "--compare", f"models:/{name}/1",
+         f"models:/{name}/2", "--data", str(tiny_data_yaml)],
+    )  # fmt: skip
+    assert both.exit_code == 2 and "either --model or --compare" in both.output

@@ -270,6 +270,7 @@ def annotated_jpeg(image: ScoredImage, names: Sequence[str], conf: float) -> str
         left, top, right, bottom = draw.textbbox((x1, y1), text, font=font)
         height = bottom - top
         y = y2 if below else max(0.0, y1 - height - 2)
+        y = min(y, picture.height - height - 2)  # a box at the bottom edge: label inside it
         draw.rectangle((x1, y, x1 + right - left + 4, y + height + 2), fill=colour)
         draw.text((x1 + 2, y), text, fill=(255, 255, 255), font=font)
 
