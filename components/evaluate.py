@@ -4,7 +4,7 @@
 
 from typing import NamedTuple
 
-from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components import visionops_component
 
@@ -16,12 +16,15 @@ def evaluate_model(
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
     report: Output[Markdown],
+    report_html: Output[HTML],
     reference: Output[Dataset],
     split: str = "val",
     run_id: str = "",
 ) -> NamedTuple("EvaluationOutputs", [("map50", float), ("map50_95", float)]):  # type: ignore[valid-type]
     """mAP, precision, recall, per-class AP (`metrics`), the confusion matrix, a Markdown table,
-    and the reference feature table for drift monitoring (`reference`, parquet).
+    the report a person looks at (`report_html`: curves, heatmap, per product, worst images; the
+    Kubeflow UI shows it) and the reference feature table for drift monitoring (`reference`,
+    parquet).
 
     Everything is also logged to the MLflow run (`run_id`, default: the model's training run).
     """
@@ -46,6 +49,7 @@ def evaluate_model(
             metrics.log_metric(f"ap50_95/{name}", value)
     confusion.log_confusion_matrix(m.confusion_labels, m.confusion)
     Path(report.path).write_text(result.markdown(), encoding="utf-8")
+    shutil.copyfile(result.files["report_html"], report_html.path)
     shutil.copyfile(result.files["reference_features"], reference.path)
     reference.metadata.update({"format": "parquet", "rows": result.images})
     for artifact in (metrics, reference):

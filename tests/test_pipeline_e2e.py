@@ -120,9 +120,15 @@ def test_the_training_pipeline_trains_evaluates_registers(training: LocalRun) ->
     assert {"map50", "map50_95", "precision", "recall"} <= set(metrics)
     confusion = training.artifact("evaluate-model", "confusion")["metadata"]
     assert "confusionMatrix" in confusion
-    reports = {label: path.read_text() for label, path in training.reports()}
-    assert "| mAP50 | mAP50-95 |" in reports["Evaluate"]
-    assert reports["Validate data"].startswith("#")
+    reports: dict[str, list[str]] = {}
+    for label, path in training.reports():
+        reports.setdefault(label, []).append(path.read_text())
+    assert any("| mAP50 | mAP50-95 |" in text for text in reports["Evaluate"])
+    assert any(
+        text.startswith("<!DOCTYPE html>") and 'id="gallery"' in text
+        for text in reports["Evaluate"]
+    )  # the evaluation's report.html, the step's HTML output
+    assert reports["Validate data"][0].startswith("#")
 
     champion = _champion()
     assert str(champion.version) == "1"

@@ -17,6 +17,7 @@ from components.register import register_model
 from components.train import train_model
 from visionops.config import Settings
 from visionops.models.artifact import read_metadata
+from visionops.tracking import connect
 from visionops.training.dataset import load_data_yaml
 from visionops.training.registry import CHAMPION, Registry
 
@@ -60,6 +61,13 @@ def test_train_evaluate_register_pipeline(
     assert names[-1] == "background" and len(confusion["rows"]) == len(names)
     report = next(root.rglob("evaluate-model/report")).read_text()
     assert "| class | instances | AP50 | AP50-95 |" in report
+    # The HTML output the Kubeflow UI shows: the evaluation's own report.html, as logged to MLflow.
+    page = next(root.rglob("evaluate-model/report_html")).read_text()
+    assert page.startswith("<!DOCTYPE html>") and 'id="confusion"' in page
+    logged = connect(mlflow_settings).client.download_artifacts(
+        run_id, "evaluation/report.html", str(root / "logged")
+    )
+    assert Path(logged).read_text() == page
     reference = pd.read_parquet(next(root.rglob("evaluate-model/reference")))
     assert len(reference) == 8
 

@@ -349,6 +349,14 @@ class DemoSession:
         shutil.copyfile(artifact["path"], target)
         self.reports.append((label, target))
 
+    def keep_evaluation(self, run: LocalRun, version: object) -> None:
+        """Keep the evaluate step's Markdown table and its HTML report (the pictures)."""
+        for output, what, suffix in (("report", "", "md"), ("report_html", ", pictures", "html")):
+            self.keep_report(
+                f"evaluation v{version}{what}", run.artifact("evaluate-model", output),
+                f"evaluation-v{version}.{suffix}",
+            )  # fmt: skip
+
     def stop_spawned(self) -> None:
         """Stop training runs that monitoring started during this demo and that still run (after
         a failure or Ctrl-C; a finished run is gone already)."""
@@ -369,10 +377,7 @@ class DemoSession:
         run = run_local("training", self.pipelines["training"], params, on_step=self.events.step)
         version = str(run.output("register-model", "version"))
         self.keep_report("validation", run.artifact("validate-dataset", "summary"), "validation.md")
-        self.keep_report(
-            f"evaluation v{version}", run.artifact("evaluate-model", "report"),
-            f"evaluation-v{version}.md",
-        )  # fmt: skip
+        self.keep_evaluation(run, version)
         if not run.output("register-model", "promoted"):
             raise PipelineError(
                 "the first model did not become the champion: "
@@ -405,10 +410,7 @@ class DemoSession:
             self.pipelines["training"], Path(submission.run_dir), submission.pid, self.events.step
         )
         version = run.output("register-model", "version")
-        self.keep_report(
-            f"evaluation v{version}", run.artifact("evaluate-model", "report"),
-            f"evaluation-v{version}.md",
-        )  # fmt: skip
+        self.keep_evaluation(run, version)
         return run
 
 
