@@ -11,8 +11,10 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from typer.testing import CliRunner
 
 from tests.servers import S3Server, free_port
@@ -103,6 +105,23 @@ def test_results_and_label_statistics_are_the_runs_own(trained: ObservedTraining
     stats = json.loads((local / "label_statistics.json").read_text())
     assert stats["splits"]["train"]["images"] == 16 and stats["splits"]["val"]["images"] == 8
     assert sum(stats["splits"]["train"]["boxes_per_class"].values()) > 0
+
+
+def test_the_run_holds_its_training_curves_and_ultralytics_plots(
+    trained: ObservedTraining, tmp_path: Path
+):
+    client = connect(trained.settings).client
+    local = Path(client.download_artifacts(trained.result.run_id, "training", str(tmp_path)))
+    # Ours, drawn from results.csv: two panels (losses, metrics) of real pixels.
+    with Image.open(local / "training_curves.png") as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.shape[1] > 800 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
+    # Ultralytics' own, with `plots` on (offline: its fonts are local, see bootstrap).
+    plots = {p.name for p in (local / "plots").iterdir()}
+    assert {"results.png", "labels.jpg", "train_batch0.jpg"} <= plots, plots
+    for name in plots:
+        with Image.open(local / "plots" / name) as image:
+            image.verify()
 
 
 def test_nan_losses_fail_the_run_and_nothing_is_registered(

@@ -3,7 +3,9 @@
 The run holds every hyperparameter, the dataset hash and products, the git commit and library
 versions; per-epoch losses and metrics are logged from Ultralytics' `on_fit_epoch_end` callback as
 each epoch ends. When training succeeds the run gets the model directory (ONNX exported from the
-best weights, metadata, weights), `results.csv` and label statistics, and ends FINISHED. Any
+best weights, metadata, weights), `results.csv`, the training curves drawn from it, Ultralytics'
+own plots (results, labels, train batches, validation curves) and label statistics, and ends
+FINISHED. Any
 failure (NaN losses included) ends it FAILED with the reason in a tag, so nothing half-trained is
 ever registered.
 """
@@ -45,6 +47,7 @@ from visionops.tracking import (
     log_metrics,
     mlflow_errors,
 )
+from visionops.training.curves import TRAINING_CURVES_PNG, write_training_curves
 from visionops.training.dataset import YoloDataset, load_data_yaml
 from visionops.training.export import export_model_dir
 from visionops.training.quantize import add_int8_variant
@@ -54,6 +57,8 @@ log = logging.getLogger(__name__)
 ARCHITECTURE = "yolov8n.yaml"
 TRAINING_ARTIFACT_DIR = "training"
 LABEL_STATISTICS_JSON = "label_statistics.json"
+PLOTS_DIR = "plots"  # Ultralytics' pictures, under the run's training/ artifacts
+_PICTURES = (".png", ".jpg")
 _PARAMS_PER_CALL = 100  # MLflow accepts at most 100 params per log_batch
 
 
@@ -347,7 +352,7 @@ def _train_in_run(
             "seed": seed,
             "deterministic": True,
             "workers": workers,
-            "plots": False,
+            "plots": True,  # offline: the fonts are in place (bootstrap)
             "amp": not device.startswith("cpu"),
             "project": str(workdir),
             "name": "ultralytics",
@@ -413,12 +418,18 @@ def _log_outputs(
     model_dir: Path,
     metrics: dict[str, float],
 ) -> None:
-    """The model directory, results.csv, args.yaml, label statistics and the final metrics."""
+    """The model directory, results.csv and its curves, Ultralytics' plots, args.yaml, label
+    statistics and the final metrics."""
     extras = save_dir.parent / "visionops-extras"
-    extras.mkdir(parents=True, exist_ok=True)
+    (extras / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
     for name in ("results.csv", "args.yaml"):
         if (save_dir / name).is_file():
             shutil.copyfile(save_dir / name, extras / name)
+    if (save_dir / "results.csv").is_file():
+        write_training_curves(save_dir / "results.csv", extras / TRAINING_CURVES_PNG)
+    for picture in sorted(save_dir.iterdir()):
+        if picture.suffix in _PICTURES and picture.is_file():
+            shutil.copyfile(picture, extras / PLOTS_DIR / picture.name)
     stats = dataset.label_statistics()
     (extras / LABEL_STATISTICS_JSON).write_text(json.dumps(stats, indent=2) + "\n")
     log_metrics(tracking, run_id, {f"best.{k}": v for k, v in metrics.items()})
