@@ -30,12 +30,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP) ## Create .venv and install the project with every extra
 
-tools: ## System tools the tests use (shellcheck, promtool, prometheus, pushgateway, strace), via apt if missing
-	@missing=""; for t in shellcheck promtool prometheus prometheus-pushgateway strace; do command -v $$t >/dev/null || missing=1; done; \
+tools: ## System tools the tests use (shellcheck, promtool, prometheus, pushgateway, strace, chromium for the HTML reports), via apt if missing
+	@missing=""; for t in shellcheck promtool prometheus prometheus-pushgateway strace chromium; do command -v $$t >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
-	  echo ">> installing shellcheck, prometheus (promtool), prometheus-pushgateway and strace with apt"; \
+	  echo ">> installing shellcheck, prometheus (promtool), prometheus-pushgateway, strace and chromium with apt"; \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends shellcheck prometheus prometheus-pushgateway strace >/dev/null; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends shellcheck prometheus prometheus-pushgateway strace chromium >/dev/null; \
 	fi
 
 images: ## Build the pipeline, predictor and MLflow images (hack/images.sh; IMAGES="predictor mlflow" for some)
