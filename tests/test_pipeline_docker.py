@@ -241,7 +241,7 @@ def test_monitoring_in_containers_detects_drift_and_resubmits_training_once(
     assert [s.key for s in list_submissions(settings) if s.key not in before] == [submission.key]
 
 
-def test_docker_runs_need_an_mlflow_and_an_s3_server() -> None:
+def test_docker_runs_and_the_docker_demo_need_an_mlflow_and_an_s3_server(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from visionops.cli.app import app
@@ -255,6 +255,12 @@ def test_docker_runs_need_an_mlflow_and_an_s3_server() -> None:
     assert both.exit_code == 2 and "choose where to run: --local, --docker or --host URL" in (
         both.output
     )
+    # The demo checks it before it generates anything (`demo --docker` runs these pipelines).
+    out = tmp_path / "demo"
+    demo = CliRunner().invoke(app, ["demo", "--docker", "--quick", "--out", str(out)])
+    assert demo.exit_code == 2
+    assert "set VISIONOPS_MLFLOW_TRACKING_URI (an MLflow server)" in " ".join(demo.output.split())
+    assert not out.exists()  # nothing generated
 
 
 def test_steps_get_the_hardened_runner_and_their_inputs_read_only(tmp_path: Path) -> None:

@@ -41,12 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from visionops.config import Settings, get_settings
+from visionops.containers import readable_by_containers, stop_container
 from visionops.data.convert import convert
 from visionops.data.synth import synthesize
 from visionops.errors import ModelNotFound, PipelineError, VisionOpsError
 from visionops.monitoring.collect import read_window
 from visionops.monitoring.reference import image_files
 from visionops.monitoring.simulate import simulate_split
+from visionops.orchestration.docker import predictor_in_container, run_in_containers
 from visionops.orchestration.local import LocalRun, StepCallback, alive, follow_run, run_local
 from visionops.orchestration.resubmit import list_submissions
 from visionops.storage import LocalStore
@@ -77,6 +79,7 @@ class DemoConfig:
     min_map50: float | None = None  # the first model's gate minimum; None: the pipeline default
     out_dir: Path | None = None
     model_name: str | None = None
+    docker: bool = False  # every step in the pipeline image, the predictor in its image
 
 
 @dataclass(frozen=True)
@@ -223,22 +226,29 @@ def stop_process(process: subprocess.Popen[bytes] | int, timeout: float = 20) ->
 
 
 @contextmanager
-def predictor(name: str, log_dir: Path, work: Path, engine: str = "onnxruntime") -> Iterator[str]:
-    """The KServe predictor on `models:/<name>@champion`, on 127.0.0.1; yields its URL."""
+def predictor(
+    name: str, log_dir: Path, work: Path, engine: str = "onnxruntime", docker: bool = False
+) -> Iterator[str]:
+    """The KServe predictor on `models:/<name>@champion`, on 127.0.0.1 (`docker`: the predictor
+    image); yields its URL."""
     port, grpc = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = work / "predictor.log"
-    env = {**os.environ, "VISIONOPS_LOG_FLUSH_EVERY_S": "1"}
-    with log_path.open("ab") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "serving", "--model-uri", f"models:/{name}@champion",
-                f"--model_name={name}", "--host", "127.0.0.1", f"--http_port={port}",
-                f"--grpc_port={grpc}", "--prediction-log", str(log_dir), "--engine", engine,
-            ],
-            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,
-        )  # fmt: skip
+    args = [
+        "--model-uri", f"models:/{name}@champion", f"--model_name={name}", "--host", "127.0.0.1",
+        f"--http_port={port}", f"--grpc_port={grpc}", "--prediction-log", str(log_dir),
+        "--engine", engine,
+    ]  # fmt: skip
+    container = None
+    if docker:
+        container, process = predictor_in_container(get_settings(), args, log_dir, log_path)
+    else:
+        with log_path.open("ab") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "serving", *args], stdin=subprocess.DEVNULL, stdout=output,
+                stderr=subprocess.STDOUT, env={**os.environ, "VISIONOPS_LOG_FLUSH_EVERY_S": "1"},
+                start_new_session=True,
+            )  # fmt: skip
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -255,7 +265,10 @@ def predictor(name: str, log_dir: Path, work: Path, engine: str = "onnxruntime")
                 time.sleep(0.5)
         yield url
     finally:
-        stop_process(process)
+        if container is None:
+            stop_process(process)
+        else:
+            stop_container(container.name, process)
 
 
 def send_images(url: str, name: str, images: list[Path], per_request: int = 8) -> int:
@@ -320,6 +333,7 @@ class DemoSession:
     ) -> None:
         self.config, self.events, self.settings = config, events, settings
         self.pipelines = pipelines
+        self.run_pipeline = run_in_containers if config.docker else run_local
         self.name = config.model_name or f"{settings.model_name}-demo"
         self.root = (config.out_dir or settings.data_dir / "demo").expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -374,7 +388,9 @@ class DemoSession:
         }  # fmt: skip
         if config.min_map50 is not None:
             params["min_map50"] = config.min_map50
-        run = run_local("training", self.pipelines["training"], params, on_step=self.events.step)
+        run = self.run_pipeline(
+            "training", self.pipelines["training"], params, on_step=self.events.step
+        )
         version = str(run.output("register-model", "version"))
         self.keep_report("validation", run.artifact("validate-dataset", "summary"), "validation.md")
         self.keep_evaluation(run, version)
@@ -390,7 +406,7 @@ class DemoSession:
     ) -> tuple[LocalRun, DriftCheck]:
         """The monitoring pipeline on [start, end) of the prediction log."""
         with self.stage(f"monitor: {window} window"):
-            run = run_local(
+            run = self.run_pipeline(
                 "monitoring", self.pipelines["monitoring"],
                 {**params, "start": start.isoformat(), "end": end.isoformat()},
                 on_step=self.events.step,
@@ -426,13 +442,15 @@ def run_demo(
     name, root, log_dir = demo.name, demo.root, demo.root / "prediction-log"
     with demo.stage("data"):
         data = prepare_data(config, root, demo.events)
+        if config.docker:  # the steps read it as uid 1000 (synthesis writes 0700 folders)
+            readable_by_containers(data.vision), readable_by_containers(data.drifted)
         reset_model(name, demo.settings)
     with demo.stage("train"):
         first_version = demo.train_first(data)
     with contextlib.ExitStack() as running:
         running.callback(demo.stop_spawned)
         with demo.stage("serve + traffic"):
-            url = running.enter_context(predictor(name, log_dir, root))
+            url = running.enter_context(predictor(name, log_dir, root, docker=config.docker))
             demo.events.info(f"predictor {url} serves {name} v{first_version}")
             clean_start = datetime.now(UTC)
             sent = send_images(url, name, inference_images(data.vision))

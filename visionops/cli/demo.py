@@ -47,15 +47,33 @@ def demo(
         bool, typer.Option("--quick", help="Tiny sizes, a few minutes (a smoke test).")
     ] = False,
     seed: SeedOption = 0,
+    docker: Annotated[
+        bool,
+        typer.Option(
+            "--docker",
+            help="Every pipeline step in the pipeline image, the predictor in its image (needs "
+            "an MLflow and an S3 server: README, Run in containers).",
+        ),
+    ] = False,
 ) -> None:
     """The whole loop on generated data: train, serve, drift, retrain, promote if better."""
     from pipelines import PIPELINES, load_pipeline  # kfp: loaded by this command only
     from visionops.demo import DemoConfig, DemoEvents, run_demo  # every library module
 
+    if docker:  # before any work: the servers, the engine and both images
+        from visionops.config import get_settings
+        from visionops.containers import require_images
+        from visionops.orchestration.docker import require_servers
+
+        settings = get_settings()
+        require_servers(settings)
+        require_images(settings.pipeline_image, settings.predictor_image)
     sizes = {"train": train, "imgsz": imgsz, "epochs": epochs, "retrain_epochs": retrain_epochs}
     if quick:
         sizes = QUICK
-    config = DemoConfig(products=products, drift_severity=severity, seed=seed, out_dir=out, **sizes)
+    config = DemoConfig(
+        products=products, drift_severity=severity, seed=seed, out_dir=out, docker=docker, **sizes
+    )
     with StepPrinter(indent="    ") as printer:
         events = DemoEvents(
             stage=lambda title: console.rule(title),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,11 @@ from visionops.containers import (
     TMPFS_OPTIONS,
     UID,
     USER,
+    ContainerSpec,
+    Mount,
     docker_binary,
     require_images,
+    run_container,
     writable_by_containers,
 )
 from visionops.errors import ContainerError, DataError, PipelineError, UsageError
@@ -214,6 +218,22 @@ def run_in_containers(
     if name == "monitoring":
         start_requested_training(run, settings)
     return run
+
+
+def predictor_in_container(
+    settings: Settings, args: list[str], log_dir: Path, log_path: Path
+) -> tuple[ContainerSpec, subprocess.Popen[bytes]]:
+    """The predictor image serving `args` (`python -m serving`'s) on the host's network, hardened
+    as every container, with this process's settings as the steps get them and `log_dir` (its
+    prediction log) the one writable mount, at the same path; stop it with `stop_container`."""
+    require_servers(settings)
+    require_images(settings.predictor_image)
+    spec = ContainerSpec(
+        image=settings.predictor_image, name=f"visionops-predictor-{secrets.token_hex(3)}",
+        args=tuple(args), env={**step_environment(settings), "VISIONOPS_LOG_FLUSH_EVERY_S": "1"},
+        mounts=(Mount(writable_by_containers(log_dir), str(log_dir), read_only=False),),
+    )  # fmt: skip
+    return spec, run_container(spec, log_path)
 
 
 def stop_on_sigterm() -> None:
