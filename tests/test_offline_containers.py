@@ -134,7 +134,7 @@ def test_the_pipeline_image_with_no_route_runs_the_training_pipeline_and_asks_fo
     readable_by_containers(data.vision)
     params = {"dataset": data.vision, "epochs": 1, "imgsz": 64, "batch": 8, "min_map50": 0,
               "model_name": "offline-pipeline", "deploy_target": "none"}  # fmt: skip
-    args = ["pipeline", "run", "training", "--run-name", "offline-training"]
+    args = ["pipeline", "run", "training", "--local", "--run-name", "offline-training"]
     for key, value in params.items():
         args += ["-p", f"{key}={value}"]
     spec = ContainerSpec(
