@@ -52,6 +52,19 @@ TARGETS: tuple[Target, ...] = (
         what="the promotion rule",
     ),
     Target(
+        "promotion",
+        "visionops/training/promotion.py",
+        ("tests/test_promotion_decision.py",),
+        functions=(
+            "promote",
+            "decide",
+            "_evaluate_version",
+            "_evaluation_on",
+            "_version_evaluation",
+        ),
+        what="which data the gate compares on, and promotion by hand",
+    ),
+    Target(
         "request-validation",
         "serving/protocol.py",
         ("tests/test_serving_protocol.py",),
