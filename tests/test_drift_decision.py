@@ -10,6 +10,7 @@ next to 0), columns whose current values are the reference's own values reordere
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -17,9 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from visionops.config import Settings
+from visionops.config import Settings, get_settings
 from visionops.errors import DriftCheckError, UsageError
-from visionops.monitoring.drift import DriftConfig, check_drift
+from visionops.monitoring.drift import DriftConfig, check_drift, compared_columns
 
 SHIFTED, CALM = "brightness_mean", ["contrast", "sharpness", "noise_sigma"]  # the table order
 COLUMNS = [SHIFTED, *CALM]
@@ -46,24 +47,35 @@ def _tables(current_rows: int = 120) -> tuple[pd.DataFrame, pd.DataFrame]:
         ({"drift_share": 0.0}, "drift share must be in (0, 1], got 0.0"),
         ({"drift_share": 1.01}, "drift share must be in (0, 1], got 1.01"),
         ({"min_rows": 1}, "the minimum window must be at least 2 rows, got 1"),
-        ({"num_threshold": 0.0}, "drift threshold num_threshold must be a positive number"),
-        ({"cat_threshold": -1.0}, "drift threshold cat_threshold must be a positive number"),
-        ({"num_threshold": math.inf}, "drift threshold num_threshold must be a positive number"),
+        ({"num_threshold": 0.0},
+         "drift threshold num_threshold must be a positive number, got 0.0"),
+        ({"cat_threshold": -1.0},
+         "drift threshold cat_threshold must be a positive number, got -1.0"),
+        ({"num_threshold": math.inf},
+         "drift threshold num_threshold must be a positive number, got inf"),
         ({"column_thresholds": {"sharpness": 0.0}},
          "drift threshold sharpness must be a positive number, got 0.0"),
         ({"column_thresholds": {"sharpness": math.nan}},
          "drift threshold sharpness must be a positive number, got nan"),
+        ({"sample_rows": 49, "min_rows": 50},
+         "the sample (49 rows) must hold at least the minimum window (50 rows)"),
+        ({"num_effect_threshold": 0.0},
+         "drift num_effect_threshold must be a positive number, got 0.0"),
+        ({"cat_effect_threshold": math.inf},
+         "drift cat_effect_threshold must be a positive number, got inf"),
     ],
 )  # fmt: skip
 def test_bad_configuration_is_a_usage_error_naming_it(values: dict, message: str) -> None:
     with pytest.raises(UsageError) as caught:
         DriftConfig(**values)
-    assert str(caught.value).startswith(message), str(caught.value)
+    assert str(caught.value) == message
 
 
 def test_edges_of_the_configuration_are_accepted() -> None:
     config = DriftConfig(drift_share=1.0, min_rows=2, num_threshold=None, cat_threshold=1e-300)
     assert (config.drift_share, config.min_rows, config.num_threshold) == (1.0, 2, None)
+    exact = DriftConfig(sample_rows=50, min_rows=50, num_effect_threshold=1e-300)
+    assert (exact.sample_rows, exact.min_rows, exact.num_effect_threshold) == (50, 50, 1e-300)
 
 
 def test_the_defaults_are_the_calibrated_ones() -> None:
@@ -189,8 +201,9 @@ def test_a_non_numeric_reference_is_named_as_the_reference() -> None:
     reference, current = _tables()
     reference = reference.astype(object)
     reference.loc[4, "sharpness"] = "n/a"
-    with pytest.raises(DriftCheckError, match=r"reference column 'sharpness' is not numeric"):
+    with pytest.raises(DriftCheckError) as caught:
         check_drift(reference, current, config=DriftConfig(min_rows=10))
+    assert str(caught.value) == "reference column 'sharpness' is not numeric (e.g. 'n/a')"
 
 
 # -- columns --------------------------------------------------------------------------------------
@@ -293,3 +306,178 @@ def test_reports_are_written_for_every_decision(tmp_path: Path) -> None:
     assert "Drift check: not enough data" in page and few.reason in page
     assert json.loads((tmp_path / "b" / "drift.json").read_text())["evidently"] is None
     assert few.to_dict()["report_html"] == str(tmp_path / "b" / "drift_report.html")
+
+
+# -- settings from the environment, sampling, what a result says -----------------------------------
+
+
+def test_the_environments_columns_and_thresholds_are_honoured(
+    settings_env: pytest.MonkeyPatch,
+) -> None:
+    """VISIONOPS_DRIFT_COLUMNS picks and orders the compared columns (the class first here);
+    VISIONOPS_DRIFT_COLUMN_THRESHOLDS gives the shifted one a threshold below its p-value."""
+    reference, current = _tables()
+    reference["top_class"] = np.resize([0, 1, 2], len(reference))
+    current["top_class"] = np.resize([2, 1, 0], len(current))
+    settings_env.setenv("VISIONOPS_DRIFT_COLUMNS", json.dumps(["top_class", SHIFTED, "contrast"]))
+    settings_env.setenv("VISIONOPS_DRIFT_COLUMN_THRESHOLDS", json.dumps({SHIFTED: 1e-300}))
+    settings_env.setenv("VISIONOPS_DRIFT_MIN_ROWS", "10")
+    result = check_drift(reference, current)
+    assert [(c.column, c.kind, c.threshold) for c in result.columns] == [
+        ("top_class", "categorical", 0.001),
+        (SHIFTED, "numerical", 1e-300),
+        ("contrast", "numerical", 0.001),
+    ]
+    assert (result.decision, result.drifted_columns, result.min_rows) == ("no_drift", [], 10)
+    assert result.notes == [
+        "not compared (absent from the reference or not configured): ['sharpness', 'noise_sigma']"
+    ]
+    settings_env.delenv("VISIONOPS_DRIFT_COLUMN_THRESHOLDS")
+    get_settings.cache_clear()
+    assert check_drift(reference, current).drifted_columns == [SHIFTED]
+
+
+def test_what_a_result_says_beside_the_decision() -> None:
+    """Scores and effect sizes as scipy computes them on the same columns, the statistics of
+    every row as numpy computes them; a class column has no statistics."""
+    from scipy.stats import ks_2samp, wasserstein_distance
+
+    reference, current = _tables()
+    reference["top_class"] = np.resize([0, 1, 2, -1], len(reference))
+    current["top_class"] = np.resize([0.0, 1.0, 2.0, -1.0], len(current))
+    config = DriftConfig(drift_share=0.2, min_rows=10, sample_seed=7)
+    result = check_drift(reference, current, config=config)
+    assert (result.drift_share_threshold, result.min_rows, result.sample_seed) == (0.2, 10, 7)
+    assert (result.reference_sample, result.current_sample) == (120, 120)
+    for column in result.columns[:-1]:
+        a, b = reference[column.column].to_numpy(), current[column.column].to_numpy()
+        assert column.score == pytest.approx(ks_2samp(a, b).pvalue, rel=1e-9, abs=1e-300)
+        assert column.effect == pytest.approx(wasserstein_distance(a, b) / a.std(), abs=1e-9)
+        assert (column.effect_method, column.effect_threshold) == ("wasserstein", 0.4)
+        for side, values in (("reference", a), ("current", b)):
+            assert getattr(column, side) == pytest.approx(
+                {"rows": 120, "missing": 0, "mean": values.mean(), "std": values.std(),
+                 "min": values.min(), "max": values.max()}
+            )  # fmt: skip
+    shifted, calm = result.columns[0], result.columns[1]
+    assert (shifted.significant, shifted.large, shifted.drifted) == (True, True, True)
+    assert (calm.significant, calm.large, calm.drifted) == (False, False, False)
+    top = result.columns[-1]
+    assert (top.effect_method, top.effect_threshold, top.effect) == ("psi", 0.1, 0.0)
+    assert (top.reference, top.current) == ({}, {})
+
+
+def test_a_real_change_too_small_to_matter_is_not_drift() -> None:
+    """Both must say so: the shifted column's test is significant, but its effect (about 10
+    reference standard deviations) is under an effect threshold of 100."""
+    reference, current = _tables()
+    config = DriftConfig(drift_share=0.25, min_rows=10, num_effect_threshold=100.0)
+    result = check_drift(reference, current, config=config)
+    shifted = result.columns[0]
+    assert (shifted.significant, shifted.large, shifted.drifted) == (True, False, False)
+    assert (result.decision, result.drifted_share) == ("no_drift", 0.0)
+
+
+def test_a_sample_is_seeded_and_said() -> None:
+    """Only the current window is sampled here (100 of 120 rows); the note says what was
+    compared, and the same seed always compares the same rows."""
+    reference, current = _tables()
+    config = DriftConfig(drift_share=0.25, min_rows=10, sample_rows=100, sample_seed=3)
+    result = check_drift(reference.head(80), current, config=config)
+    assert (result.reference_sample, result.current_sample, result.current_rows) == (80, 100, 120)
+    assert result.notes == [
+        "compared a seeded uniform sample (seed 3): 100 of 120 current and 80 of 80 reference rows"
+    ]
+    # Both sides sampled: the seed decides which rows, on both sides.
+    both = [check_drift(reference, current, config=config).scores() for _ in range(2)]
+    other = DriftConfig(drift_share=0.25, min_rows=10, sample_rows=100, sample_seed=4)
+    assert both[0] == both[1] != check_drift(reference, current, config=other).scores()
+
+
+def test_the_decision_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    reference, current = _tables()
+    with caplog.at_level(logging.INFO, logger="visionops.monitoring.drift"):
+        check_drift(reference, current, config=DriftConfig(drift_share=0.25, min_rows=10))
+    assert caplog.messages == [
+        f"drift check: drift: 1 of 4 columns drifted (share 0.25, drift at >= 0.25): {SHIFTED}"
+    ]
+
+
+def test_an_empty_window_lacking_columns_is_not_enough_data() -> None:
+    """No rows: nothing to compare, so a column it lacks is no error (and nothing is counted)."""
+    reference, _ = _tables()
+    result = check_drift(reference, pd.DataFrame({"contrast": []}), config=DriftConfig(min_rows=10))
+    assert (result.decision, result.current_rows, result.current_sample) == (
+        "not_enough_data",
+        0,
+        0,
+    )
+    assert (result.reference_sample, result.notes) == (120, [])
+    assert result.reason == "not enough data: 0 usable current rows, at least 10 needed"
+
+
+def test_compared_columns_of_tables_count_their_rows() -> None:
+    """Called with two tables, a current table with rows must have every compared column."""
+    reference, current = _tables()
+    config = DriftConfig(min_rows=10)
+    assert compared_columns(reference, current, config) == (COLUMNS, [])
+    with pytest.raises(DriftCheckError) as caught:
+        compared_columns(reference, current.drop(columns=["sharpness"]), config)
+    assert str(caught.value) == (
+        "reference and current have different columns: current lacks ['sharpness']"
+    )
+    assert compared_columns(reference, current.head(0).drop(columns=["sharpness"]), config)[0]
+
+
+@pytest.mark.parametrize(
+    ("reference_columns", "shown"),
+    [([], "none"), ([f"c{i}" for i in range(13)], ", ".join(f"c{i}" for i in range(12)))],
+)
+def test_a_reference_without_feature_columns_says_what_it_has(
+    reference_columns: list[str], shown: str
+) -> None:
+    """At most the first 12 of its columns are shown."""
+    with pytest.raises(DriftCheckError) as caught:
+        compared_columns(reference_columns, COLUMNS, DriftConfig(), current_rows=60)
+    assert str(caught.value) == (
+        f"the reference has no feature columns (it has: {shown}); build it with "
+        "`visionops drift features` or the evaluation step"
+    )
+
+
+# -- cleaning -------------------------------------------------------------------------------------
+
+
+def test_a_missing_class_is_left_out_like_a_missing_number() -> None:
+    reference, current = _tables()
+    reference["top_class"] = np.resize([0, 1, 2], len(reference))
+    current["top_class"] = np.resize([0.0, 1.0, 2.0], len(current))
+    current.loc[5, "sharpness"] = np.nan
+    current.loc[7, "top_class"] = np.nan
+    result = check_drift(reference, current, config=DriftConfig(drift_share=0.2, min_rows=10))
+    assert (result.current_rows, result.current_sample) == (118, 118)
+    assert result.notes == ["2 current rows with missing or infinite values left out"]
+
+
+def test_the_first_value_that_is_not_a_number_is_named() -> None:
+    reference, current = _tables()
+    current = current.astype(object)
+    current.loc[3, "contrast"] = "loud"
+    current.loc[7, "contrast"] = "quiet"
+    with pytest.raises(DriftCheckError) as caught:
+        check_drift(reference, current, config=DriftConfig(min_rows=10))
+    assert str(caught.value) == "current column 'contrast' is not numeric (e.g. 'loud')"
+
+
+def test_numbers_written_as_text_or_integers_are_compared_as_numbers() -> None:
+    """A CSV read without types: numeric strings and integers (with a missing one) parse."""
+    reference, current = _tables()
+    whole = np.round(current["sharpness"].to_numpy()).astype(int)
+    current = current.astype(object)
+    current["contrast"] = [f"{v:.17g}" for v in current["contrast"]]
+    current["sharpness"] = pd.array(whole, dtype="Int64")
+    current.loc[9, "sharpness"] = pd.NA
+    result = check_drift(reference, current, config=DriftConfig(drift_share=0.25, min_rows=10))
+    assert (result.current_rows, result.drifted_columns) == (119, [SHIFTED])
+    contrast = next(c for c in result.columns if c.column == "contrast")
+    assert contrast.current["mean"] == pytest.approx(reference["contrast"].mean())
