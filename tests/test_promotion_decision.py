@@ -113,13 +113,14 @@ def _hash(data_yaml: Path, split: str = "val") -> str:
     return load_data_yaml(data_yaml).split_hash(split)
 
 
-def _model_dir(out: Path, box: tuple[float, ...], run_id: str | None) -> Path:
-    """A model directory whose ONNX head outputs `box` as class 0 (score 0.9) for any input."""
+def _model_dir(out: Path, box: tuple[float, ...], run_id: str | None, cls: int = 0) -> Path:
+    """A model directory whose ONNX head outputs `box` as class `cls` (score 0.9) for any
+    input."""
     from onnx import TensorProto, helper, numpy_helper, save
 
     head = np.zeros((1, 4 + len(NAMES), 2), np.float32)
     head[0, :4, 0] = box
-    head[0, 4, 0] = 0.9
+    head[0, 4 + cls, 0] = 0.9
     graph = helper.make_graph(
         [
             helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=1),
@@ -152,14 +153,16 @@ def _run(
     split: str | None = None,
     map50: float = 0.9,
     own_run: bool = True,
+    cls: int = 0,
 ) -> str:
     """A FINISHED run holding a fixed-box model; `evaluated` = (data hash, mAP50-95) logs an
     evaluation as `visionops evaluate` does, with the data and split tags when given. The
-    model's metadata names the run when `own_run` (as training writes it)."""
+    model's metadata names the run when `own_run` (as training writes it); `cls` is the class
+    its box is."""
     tracking = connect(settings)
     run_id = tracking.client.create_run(tracking.experiment_id).info.run_id
     model_dir = settings.data_dir / f"model-{run_id}"
-    model = _model_dir(model_dir, box, run_id if own_run else None)
+    model = _model_dir(model_dir, box, run_id if own_run else None, cls)
     for name in (MODEL_ONNX, METADATA_JSON):
         tracking.client.log_artifact(run_id, str(model / name), MODEL_ARTIFACT_DIR)
     if evaluated is not None:
@@ -351,6 +354,20 @@ def test_registering_with_data_scores_the_champion_on_it(settings: Settings, dat
     }  # fmt: skip
 
 
+def test_registering_on_a_split_scores_the_champion_on_that_split(
+    settings: Settings, data_yaml: Path
+):
+    """On `test` the box is class 1: a class-1 model hits it, the class-0 champion misses."""
+    register(_run(settings, ON_TARGET, evaluated=(OLD_DATA, 0.9)), settings=settings)
+    candidate = _run(settings, ON_TARGET, cls=1)
+    result = register(candidate, data_yaml=data_yaml, split="test", settings=settings)
+    assert (result.promoted, result.reason) == (
+        True,
+        f"beats the champion: map50_95 1.0000 vs champion v1 0.0000 {MARGIN_WORDS}",
+    )
+    assert _scores(settings, "1", _hash(data_yaml, "test"))["map50_95"] == 0.0
+
+
 def test_promote_goes_through_the_gate_unless_forced(settings: Settings):
     s = settings
     register(_run(s, OFF_TARGET, evaluated=(OLD_DATA, 0.4)), settings=s)
@@ -419,3 +436,36 @@ def test_promote_refuses_what_cannot_be_gated(settings: Settings):
         "again to finish it, or `visionops model gc` to remove it"
     )
     assert _champion(s) is None
+
+
+def test_promote_acts_on_the_model_it_names(settings: Settings, caplog: pytest.LogCaptureFixture):
+    """Another registered model than the settings' one; its first champion was set out of band
+    (no history): promoting by hand still records it, so a rollback returns to it."""
+    from visionops.training.registry import rollback
+
+    s = settings
+    for score in (0.4, 0.3):
+        register(_run(s, OFF_TARGET, evaluated=(OLD_DATA, score)), name="line-b", settings=s)
+    client = Registry("line-b", settings=s).client
+    client.delete_registered_model_tag("line-b", TAG_HISTORY)
+    with caplog.at_level(logging.INFO, logger="visionops.training.promotion"):
+        move = promote(2, force=True, name="line-b", settings=s)
+    forced = "promoted by hand with --force (gate skipped)"
+    assert move == AliasMove("line-b", "2", "1", forced)
+    assert f"line-b: champion v1 -> v2 ({forced})" in caplog.messages
+    assert _champion(s) is None  # the settings' model was never touched
+    history = client.get_registered_model("line-b").tags[TAG_HISTORY]
+    assert json.loads(history) == ["1", "2"]
+    assert rollback("line-b", settings=s).version == "1"
+
+
+def test_forcing_the_first_champion(settings: Settings):
+    registry = Registry(settings=settings)
+    registry.ensure_model()
+    run_id = _run(settings, OFF_TARGET)
+    source = f"{registry.run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_DIR}"
+    version = registry.create_version(run_id, source, {}, key="by-hand")
+    registry.complete(version)
+    forced = "promoted by hand with --force (gate skipped)"
+    assert promote(version, force=True, settings=settings) == AliasMove("gated", "1", None, forced)
+    assert _champion(settings) == "1"
