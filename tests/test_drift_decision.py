@@ -286,7 +286,11 @@ def test_the_class_column_is_categorical_and_three_is_three_point_zero() -> None
         "top_class", "categorical", "chisquare", False,
     )  # fmt: skip
     current["top_class"] = 7.0  # a class the reference never saw
-    assert check_drift(reference, current, config=config).drifted_columns == [SHIFTED, "top_class"]
+    unseen = check_drift(reference, current, config=config)
+    assert unseen.drifted_columns == [SHIFTED, "top_class"]
+    assert unseen.reason == (
+        f"drift: 2 of 5 columns drifted (share 0.40, drift at >= 0.20): {SHIFTED}, top_class"
+    )
 
 
 # -- reports --------------------------------------------------------------------------------------
@@ -481,3 +485,39 @@ def test_numbers_written_as_text_or_integers_are_compared_as_numbers() -> None:
     assert (result.current_rows, result.drifted_columns) == (119, [SHIFTED])
     contrast = next(c for c in result.columns if c.column == "contrast")
     assert contrast.current["mean"] == pytest.approx(reference["contrast"].mean())
+
+
+def test_a_constant_column_is_compared_without_warnings() -> None:
+    """Zero spread on both sides (the same value): the same distribution, no drift, and nothing
+    printed or raised on the way (warnings are errors here)."""
+    import warnings
+
+    reference, current = _tables()
+    reference["contrast"] = 5.0
+    current["contrast"] = 5.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = check_drift(reference, current, config=DriftConfig(drift_share=0.25, min_rows=10))
+    contrast = result.columns[1]
+    assert (contrast.column, contrast.drifted, contrast.current["std"]) == ("contrast", False, 0.0)
+    assert result.drifted_columns == [SHIFTED]
+
+
+def test_psi_bins_a_numeric_column() -> None:
+    """PSI as a numeric column's test and as the numeric effect size bins the values (Evidently
+    treats each distinct value as a class only for categories): every value moved by a hair
+    changes no bin, the shifted column empties every bin it had."""
+    reference, current = _tables()
+    current["contrast"] = reference["contrast"] + 1e-9
+    config = DriftConfig(
+        drift_share=0.25, min_rows=10, column_methods={"contrast": "psi"}, num_effect="psi",
+        num_effect_threshold=0.1, num_threshold=0.1,
+    )  # fmt: skip
+    result = check_drift(reference, current, config=config)
+    by_column = {c.column: c for c in result.columns}
+    contrast = by_column["contrast"]
+    assert (contrast.method, contrast.effect_method) == ("psi", "psi")
+    assert contrast.score == pytest.approx(0.0, abs=1e-9)
+    assert contrast.effect == pytest.approx(0.0, abs=1e-9)
+    assert not contrast.significant and not contrast.large
+    assert by_column[SHIFTED].large and result.drifted_columns == [SHIFTED]

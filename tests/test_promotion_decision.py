@@ -398,11 +398,15 @@ def test_promote_goes_through_the_gate_unless_forced(settings: Settings):
     assert json.loads(history) == ["1", "2", "1"]
 
 
-def test_promote_scores_the_champion_on_the_versions_data(settings: Settings, data_yaml: Path):
-    """v1 was evaluated on today's data (its run names the data, no split: `val`); champion v2
-    was not, and misses there."""
-    s, today = settings, _hash(data_yaml)
-    register(_run(s, ON_TARGET, evaluated=(today, 0.5), data_yaml=str(data_yaml)), settings=s)
+@pytest.mark.parametrize("split", [None, "test"])
+def test_promote_scores_the_champion_on_the_versions_data(
+    settings: Settings, data_yaml: Path, split: str | None
+):
+    """v1 was evaluated on today's data (its run names the data and the split, or no split:
+    `val`); champion v2 was not, and misses there."""
+    s, today = settings, _hash(data_yaml, split or "val")
+    v1 = _run(s, ON_TARGET, evaluated=(today, 0.5), data_yaml=str(data_yaml), split=split)
+    register(v1, settings=s)
     register(_run(s, OFF_TARGET, evaluated=(OLD_DATA, 0.2)), settings=s)
     promote(2, force=True, settings=s)
     move = promote(1, settings=s)
@@ -414,6 +418,21 @@ def test_promote_scores_the_champion_on_the_versions_data(settings: Settings, da
     assert _scores(s, "2", today) == {
         "map50": 0.0, "map50_95": 0.0, "precision": 0.0, "recall": 0.0,
     }  # fmt: skip
+
+
+def test_promote_gates_a_version_made_without_a_run_on_its_tags(settings: Settings):
+    """A version created in MLflow by hand, with an evaluation tag but no run."""
+    s = settings
+    register(_run(s, OFF_TARGET, evaluated=(OLD_DATA, 0.4)), settings=s)
+    registry = Registry(settings=s)
+    scores = {"map50": 0.9, "map50_95": 0.5}
+    tags = {TAG_EVAL_HASH: OLD_DATA, eval_tag(OLD_DATA): json.dumps(scores)}
+    registry.client.create_model_version("gated", registry.version(1).source, tags=tags)
+    assert promote(2, settings=s) == AliasMove(
+        "gated", "2", "1",
+        f"promoted by hand: beats the champion: map50_95 0.5000 vs champion v1 0.4000 "
+        f"{MARGIN_WORDS}",
+    )  # fmt: skip
 
 
 def test_promote_refuses_what_cannot_be_gated(settings: Settings):
