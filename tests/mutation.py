@@ -167,6 +167,9 @@ EQUIVALENT: dict[str, str] = {
         (f"visionops.training.promotion.x__version_evaluation__mutmut_{n}" for n in (3, 5, 7, 10)),
         "no evaluation hash tag: '', None or 'XXXX' all find no evaluation (hashes are hex)",
     ),
+    "visionops.training.promotion.x__evaluate_version__mutmut_23": (
+        "log_run=None is as false as log_run=False"
+    ),
     "visionops.training.promotion.x__version_evaluation__mutmut_28": (
         "the split left out: Evaluation's own default is 'val', the same"
     ),
@@ -191,6 +194,17 @@ EQUIVALENT: dict[str, str] = {
     **dict.fromkeys(
         (f"visionops.monitoring.drift.x__decide__mutmut_{n}" for n in (1, 2, 3, 4)),
         "numpy's floating-point warnings are RuntimeWarnings, ignored by the filter either way",
+    ),
+    "visionops.monitoring.drift_sample.x__clean__mutmut_14": (
+        "float columns parsed too: to_numeric returns them as they are, nothing is refused"
+    ),
+    **dict.fromkeys(
+        (f"visionops.monitoring.drift_sample.x__clean__mutmut_{n}" for n in (29, 30, 31, 32)),
+        "pandas 2.3 gives the same float64 array with NaN for every numeric dtype left here",
+    ),
+    **dict.fromkeys(
+        (f"visionops.monitoring.drift_sample.x__clean__mutmut_{n}" for n in (47, 49)),
+        "the dict's keys are the columns in order: naming them again changes nothing",
     ),
     "visionops.monitoring.drift.x__decide__mutmut_10": (
         "a filter of category None: nothing warns in the block (numpy's warnings are off there)"

@@ -237,7 +237,7 @@ def test_the_champion_is_scored_on_the_candidates_data_once(
         "1",
     )
     assert decision.champion_metrics == pytest.approx(PERFECT)
-    assert f"re-evaluating v1 on {data_yaml} (val)" in caplog.text
+    assert f"re-evaluating v1 on {data_yaml} (val)" in caplog.messages
     assert _scores(settings, "1", today) == pytest.approx(PERFECT)
     # Scoring the champion is not an evaluation of its run: the run keeps what it logged.
     run = Registry(settings=settings).run(champion_run)
