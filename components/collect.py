@@ -36,6 +36,8 @@ def collect(
     )
     features.metadata["format"] = "parquet"
     features.metadata["rows"] = summary.rows
+    features.metadata["start"] = summary.start.isoformat()
+    features.metadata["end"] = summary.end.isoformat()
     features.metadata["problems"] = summary.problems()
     features.metadata["other_columns"] = summary.other_columns
     for line in summary.problems():

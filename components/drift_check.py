@@ -21,7 +21,8 @@ def drift_check(
     min_rows: int = 0,
     model_name: str = "",
     log_to_mlflow: bool = True,
-) -> NamedTuple("DriftOutputs", [("decision", str), ("drift_detected", bool)]):  # type: ignore[valid-type]
+    monitoring_run_id: str = "",
+) -> NamedTuple("DriftOutputs", [("decision", str), ("drift_detected", bool), ("lineage", str)]):  # type: ignore[valid-type]
     """Decide drift / no_drift / not_enough_data; use `decision` in `dsl.If`.
 
     The reference is the `reference` table if given, else `reference_uri`: `champion` (the
@@ -32,8 +33,11 @@ def drift_check(
     per-column scores as Metrics; with `log_to_mlflow` the report and scores also go to an MLflow
     run. `drift_share`/`min_rows` of 0 mean the settings' values. With VISIONOPS_PUSHGATEWAY_URL
     set, the drift gauges are pushed there for the "drift detected" alert; a failed push is logged
-    and recorded in the result's metadata, it does not stop the decision.
+    and recorded in the result's metadata, it does not stop the decision. `lineage` (JSON) names
+    this check's MLflow run, its window (from `current`'s metadata), the reference version and
+    `monitoring_run_id`: what a retraining it starts records as where it came from.
     """
+    import json
     import math
     import shutil
     import tempfile
@@ -45,23 +49,31 @@ def drift_check(
     settings = bootstrap()
     from visionops.data.tables import FeatureTableReader
     from visionops.monitoring.drift import REPORT_HTML, REPORT_JSON, DriftConfig
-    from visionops.monitoring.publish import check_and_publish
-    from visionops.monitoring.reference import resolve_reference
+    from visionops.monitoring.publish import CheckContext, check_and_publish
+    from visionops.monitoring.reference import Reference, resolve_reference_source
 
     def table(artifact: Dataset):  # type: ignore[no-untyped-def]
         return FeatureTableReader(Path(artifact.path), artifact.metadata.get("format", "parquet"))
 
     if reference is not None:
         reference_table = table(reference)
+        source = Reference(Path(reference.path))
     else:
-        reference_table = FeatureTableReader(resolve_reference(reference_uri, settings))
+        source = resolve_reference_source(reference_uri, settings, name=model_name or None)
+        reference_table = FeatureTableReader(source.path)
+    context = CheckContext(
+        window_start=str(current.metadata.get("start", "")),
+        window_end=str(current.metadata.get("end", "")),
+        reference=source,
+        pipeline_run=monitoring_run_id,
+    )
 
     config = DriftConfig.from_settings(drift_share=drift_share or None, min_rows=min_rows or None)
     with tempfile.TemporaryDirectory() as tmp:
         check = check_and_publish(
             reference_table, table(current), config=config, report_dir=Path(tmp),
             model_name=model_name, log_to_mlflow=log_to_mlflow,
-            pushgateway=settings.pushgateway_url, settings=settings,
+            pushgateway=settings.pushgateway_url, settings=settings, context=context,
         )  # fmt: skip
         shutil.copyfile(Path(tmp) / REPORT_HTML, report.path)
         shutil.copyfile(Path(tmp) / REPORT_JSON, result.path)
@@ -82,6 +94,6 @@ def drift_check(
         print(f"WARNING: drift metrics not pushed: {check.push_error}")
         result.metadata["push_error"] = str(check.push_error)
     print(f"{outcome.decision}: {outcome.reason}")
-    return namedtuple("DriftOutputs", ["decision", "drift_detected"])(
-        outcome.decision, outcome.drift_detected
+    return namedtuple("DriftOutputs", ["decision", "drift_detected", "lineage"])(
+        outcome.decision, outcome.drift_detected, json.dumps(check.lineage())
     )

@@ -22,12 +22,14 @@ def retrain(
     weights: str = "",
     training_params: str = "{}",
     mode: str = "auto",
+    lineage: str = "",
 ) -> NamedTuple("RetrainOutputs", [("run_name", str), ("run_id", str), ("already", bool)]):  # type: ignore[valid-type]
     """Start the training pipeline on `dataset` plus `new_data` (labeled data of the drifted
     window, comma-separated VISION roots), at most once for `monitoring_run_id` even when this
     step is retried. `epochs`/`imgsz` of 0 and empty `weights` keep the training pipeline's
     defaults; `training_params` (a JSON object) sets any other of its parameters. `mode`: auto
-    (cluster inside a pod, else a local run in its own process), cluster or local.
+    (cluster inside a pod, else a local run in its own process), cluster or local. `lineage`
+    (the drift check's JSON output) goes to the training run, and on to the version it registers.
     """
     import json
     from collections import namedtuple
@@ -42,7 +44,7 @@ def retrain(
     submission = retrain_after_drift(
         monitoring_run_id, drift_result, training_params=training_params, mode=mode,
         dataset=dataset, new_data=new_data, products=products, epochs=epochs, imgsz=imgsz,
-        weights=weights,
+        weights=weights, lineage=lineage,
     )  # fmt: skip
     where = submission.url or submission.run_dir
     Path(summary.path).write_text(

@@ -20,6 +20,8 @@ def train_model(
     device: str = "auto",
     seed: int = 0,
     train_args: str = "",
+    lineage: str = "",
+    pipeline_run_id: str = "",
 ) -> NamedTuple("TrainOutputs", [("run_id", str), ("map50_95", float)]):  # type: ignore[valid-type]
     """Train on `dataset` (a folder holding data.yaml); `model.path` is the model directory.
 
@@ -28,6 +30,8 @@ def train_model(
     MLflow run id is an output and in the model's metadata, for `evaluate_model` and
     `register_model`. `train_args`: a JSON object of further Ultralytics train arguments (e.g.
     `{"nbs": 16, "warmup_epochs": 0}`, which small datasets learn much faster with).
+    `lineage` (JSON, `visionops.training.lineage.FIELDS`) and `pipeline_run_id` (this training
+    pipeline's run) are tagged on the MLflow run, and copied to the version it registers.
     """
     import json
     import shutil
@@ -38,12 +42,16 @@ def train_model(
 
     bootstrap()
     from visionops.errors import UsageError
+    from visionops.training.lineage import parse_lineage
     from visionops.training.train import train
 
     try:
         overrides = dict(json.loads(train_args or "{}"))
     except (TypeError, ValueError) as error:
         raise UsageError(f"train_args must be a JSON object: {error}") from error
+    links = parse_lineage(lineage)
+    if pipeline_run_id:
+        links["training_pipeline_run"] = pipeline_run_id
     data_yaml = Path(dataset.path) / dataset.metadata.get("data_yaml", "data.yaml")
     result = train(
         data_yaml,
@@ -54,6 +62,7 @@ def train_model(
         device=device,
         seed=seed,
         overrides=overrides,
+        lineage=links,
     )
     shutil.copytree(result.model_dir, model.path, dirs_exist_ok=True)
     model.metadata.update(

@@ -45,6 +45,7 @@ def training_pipeline(
     deploy_target: str = "auto",
     predictor_url: str = "",
     canary_traffic_percent: int = 0,
+    lineage: str = "",
 ) -> None:
     """`dataset`: a VISION root (folder, s3://bucket/prefix or `synthetic[?products=2&...]`);
     `extra_data`: more labeled VISION roots merged in (comma-separated), e.g. drifted production
@@ -52,7 +53,8 @@ def training_pipeline(
     `train_args`: more Ultralytics train arguments as JSON (e.g. {"nbs": 8, "warmup_epochs": 0});
     `products`: comma-separated, empty for all; the gate promotes only a model above the minimums
     that beats the champion by `gate_margin` mAP50-95; `deploy_target`: auto, cluster, local,
-    none; `canary_traffic_percent` > 0 deploys as a canary (KServe Serverless mode)."""
+    none; `canary_traffic_percent` > 0 deploys as a canary (KServe Serverless mode); `lineage`:
+    what started this run (JSON, a retraining's from its drift check), tagged on run and version."""
     data = step(
         fetch_dataset(sources=dataset, products=products), "Fetch data", retries=2, memory="2Gi"
     )
@@ -80,6 +82,8 @@ def training_pipeline(
             device=device,
             seed=seed,
             train_args=train_args,
+            lineage=lineage,
+            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         ),
         "Train YOLOv8n",
         cpu="2",

@@ -35,6 +35,27 @@ def test_settings_read_prefixed_environment(settings_env: pytest.MonkeyPatch, tm
     assert "s3cr3t-value" not in json.dumps(shown, default=str)
 
 
+def test_config_prints_each_variable_and_one_tracking_uri(
+    settings_env: pytest.MonkeyPatch, tmp_path: Path
+):
+    settings_env.setenv("VISIONOPS_DATA_DIR", str(tmp_path / "d"))
+    settings_env.setenv("VISIONOPS_S3_SECRET_KEY", "s3cr3t-value")
+    settings_env.setenv("VISIONOPS_S3_ACCESS_KEY", "key")
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    names = [line.split()[0] for line in lines]
+    assert all(name.startswith("VISIONOPS_") for name in names), names
+    assert "VISIONOPS_DATA_DIR" in names and "VISIONOPS_DRIFT_SHARE" in names
+    tracking = [line.split() for line in lines if "mlflow.db" in line or "TRACKING" in line]
+    store = f"sqlite:///{(tmp_path / 'd' / 'mlflow' / 'mlflow.db').resolve()}"
+    assert tracking == [
+        ["VISIONOPS_MLFLOW_TRACKING_URI", store, "(unset:", "the", "embedded", "store)"]
+    ]
+    assert "s3cr3t-value" not in result.output
+    assert ["VISIONOPS_S3_SECRET_KEY", "********"] in [line.split() for line in lines]
+
+
 @pytest.mark.parametrize(
     ("env", "needle"),
     [

@@ -42,8 +42,9 @@ def drift_branches(log_location: str, reference_uri: str, marker: str, start: st
     )
     window = collect(log_location=log_location, start=start, end=end)
     check = drift_check(
-        reference=reference.output, current=window.outputs["features"], model_name="m"
-    )
+        reference=reference.output, current=window.outputs["features"], model_name="m",
+        monitoring_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    )  # fmt: skip
     with dsl.If(check.outputs["decision"] == "drift"):
         mark(marker=marker, branch="retrain")
     with dsl.Else():
@@ -115,6 +116,17 @@ def test_pipeline_branches_on_the_drift_decision(
     tracking = connect()  # the step recorded the check in MLflow
     run = tracking.client.get_run(metadata["mlflow_run_id"])
     assert run.data.tags["visionops.drift.decision"] == result["decision"]
+    # Named after its window: two checks of different windows never share a name.
+    start, end = T0.isoformat(), (T0 + timedelta(hours=1)).isoformat()
+    assert run.data.tags["mlflow.runName"] == f"drift m {start} .. {end}"
+    assert run.data.tags["visionops.drift.window_start"] == start
+    assert run.data.tags["visionops.drift.pipeline_run"]  # the local run's id
+    lineage = json.loads(executor["parameterValues"]["lineage"])
+    assert lineage == {
+        "trigger": "drift", "drift_run": run.info.run_id, "drift_window": f"{start} .. {end}",
+        "drift_decision": result["decision"],
+        "monitoring_pipeline_run": run.data.tags["visionops.drift.pipeline_run"],
+    }  # fmt: skip
     logged = {f.path for f in tracking.client.list_artifacts(run.info.run_id, "drift")}
     assert logged == {"drift/drift_report.html", "drift/drift.json"}
 

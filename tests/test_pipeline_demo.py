@@ -46,18 +46,29 @@ def test_the_summary_shows_scores_drift_gate_and_what_serves(
         timings={"train": 300.0, "retrain (re-submitted run)": 240.0},
     )
     monkeypatch.setattr(console, "width", 200)  # one line per row, as on a wide terminal
+    gate = {"1": {"map50_95": 0.195, "map50": 0.4}, "2": {"map50_95": 0.32, "map50": 0.62}}
     with console.capture() as captured:
-        print_summary(result)
+        print_summary(result, gate)
     text = captured.get()
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
 
-    assert "v1 first" in text and "0.310 (0.610)" in text and "0.080 (0.200)" in text
-    assert "v2 retrained" in text and "0.290 (0.580)" in text
+    # Each column holds both versions on the same data, the gate's data included.
+    assert rows["v1"] == ["v1", "first", "0.310", "(0.610)", "0.080", "(0.200)", "0.195", "(0.400)"]
+    assert rows["v2"] == [
+        "v2", "retrained", "0.350", "(0.660)", "0.290", "(0.580)", "0.320", "(0.620)"
+    ]  # fmt: skip
+    assert "gate's data" in text
     assert "no_drift" in text and "drift" in text and "40%" in text
     # Drifted columns with their method and score; the others are not listed.
     assert "brightness_mean (ks 1e-20)" in text and "contrast (ks" not in text
     assert "promoted: beats the champion" in text
     assert "now serving: visionops-yolov8n-demo v2" in text
     assert "/demo/reports/drift.html" in text and "took 9.0 min" in text
+    # The next steps name the demo's model, so they work as printed.
+    assert "model list --name visionops-yolov8n-demo" in text
+    assert "model show 2 --name visionops-yolov8n-demo" in text
+    assert "drift check --name visionops-yolov8n-demo --reference champion" in text
+    assert "#/experiments/" in text and "/runs?viewStateShareKey=visionops" in text
     assert "mlflow ui --backend-store-uri sqlite:///" in text
 
 

@@ -248,6 +248,12 @@ def test_embedded_store_needs_no_server(
     assert (mlflow_dir / "mlflow.db").is_file()
     assert list((mlflow_dir / "artifacts").rglob(f"model/{MODEL_ONNX}"))
     assert list(tmp_path.iterdir()) == []
+    # A model-training experiment (MLflow 3 opens it on the runs table, not the GenAI view),
+    # with the runs table's VisionOps columns as a shared view.
+    experiment = connect(settings).client.get_experiment_by_name("embedded")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(experiment.tags["mlflow.sharedViewState.visionops"])
+    assert "metrics.`eval.map50_95`" in view["selectedColumns"]
 
 
 def _run_holding(settings: Settings, model_dir: Path) -> str:
@@ -294,3 +300,91 @@ def test_a_known_better_model_is_promoted_and_a_known_worse_one_is_not(
         "on the same evaluation data (margin 0.0050)"
     )
     assert _champion(mlflow_settings) == "2"
+
+
+def _with_lineage(settings: Settings, run_id: str, **lineage: str) -> str:
+    """Tag a candidate run with lineage, as the training component does."""
+    client = connect(settings).client
+    for key, value in lineage.items():
+        client.set_tag(run_id, f"visionops.lineage.{key}", value)
+    return run_id
+
+
+def test_lineage_the_gate_tags_and_the_fair_table_after_a_retraining(
+    mlflow_settings: Settings, trained: ObservedTraining, tiny_data_yaml: Path
+):
+    """A first model, then one fine-tuned from it after a drift check: the version carries its
+    run's lineage, the replaced champion says when and by what, `model show` prints the chain and
+    `model list` puts both versions' scores on the same data in one column, in 80 columns."""
+    s, t = mlflow_settings, trained
+    first_run = _with_lineage(
+        s, _candidate(s, t, 0.9, data_hash=OLD_DATA), trigger="manual", training_pipeline_run="p1"
+    )
+    register(first_run)
+    today = load_data_yaml(tiny_data_yaml).split_hash("val")
+    window = "2026-12-07T10:00:00+00:00 .. 2026-12-07T11:00:00+00:00"
+    second_run = _with_lineage(
+        s, _candidate(s, t, 0.5, data_hash=today, data_yaml=str(tiny_data_yaml)),
+        trigger="drift", parent_model=s.model_name, parent_version="1", drift_run="d0c",
+        drift_window=window, drift_reference=f"{s.model_name} v1",
+        monitoring_pipeline_run="m1", training_pipeline_run="p2",
+    )  # fmt: skip
+    assert register(second_run).promoted
+
+    registry = Registry()
+    second, first = registry.version(2).tags, registry.version(1).tags
+    assert second["visionops.lineage.parent_version"] == "1"
+    assert second["visionops.lineage.drift_window"] == window
+    assert second["visionops.gate.decision"] == CHAMPION
+    assert first["visionops.gate.decision"] == "replaced"
+    assert first["visionops.replaced"].startswith("by v2 at 20")
+    assert f"registration of run {second_run}" in first["visionops.replaced"]
+
+    shown = runner.invoke(app, ["model", "show", "2"])
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert f"model {s.model_name} (VISIONOPS_MODEL_NAME) v2" in text
+    assert (
+        f"v2: fine-tuned from v1 of {s.model_name} after drift check d0c on window {window} "
+        f"against {s.model_name} v1 (training run {second_run}, training pipeline p2, "
+        "monitoring pipeline m1)"
+    ) in text
+    assert f"v1: trained from scratch (training run {first_run}, training pipeline p1)" in text
+
+    listed = runner.invoke(app, ["model", "list"])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert f"model {s.model_name} (VISIONOPS_MODEL_NAME)" in lines[0]  # a name as long as it is
+    assert max(len(line) for line in lines[1:]) <= 80, listed.output
+    header = next(line for line in lines if "version" in line)
+    assert header.split("┃")[4].strip() == f"data {today[:6]}"  # the data both were scored on
+    rows = {line.split("│")[1].strip(): line.split("│") for line in lines if line.startswith("│")}
+    assert rows["2"][4].strip() == "0.500 (0.900)"
+    assert float(rows["1"][4].split()[0]) < 0.5  # v1 re-evaluated there by the gate
+    assert any(line.startswith("v2 gate: beats the champion") for line in lines)
+
+    other = runner.invoke(app, ["model", "list", "--name", "nothing-here"])
+    assert other.exit_code == 0, other.output
+    said = " ".join(other.output.split())
+    assert "model nothing-here (--name)" in said
+    # The registry the session shares holds other tests' models too: each is listed, with the flag.
+    assert "no registered versions of nothing-here" in said and "this registry holds" in said
+    assert f"{s.model_name} (2 versions, champion v2)" in said and "pass --name " in said
+
+
+def test_lineage_fields_are_checked_and_a_chain_stops_at_a_missing_parent():
+    from visionops.training.lineage import chain, parse_lineage
+
+    assert parse_lineage('{"trigger": "drift", "drift_run": ""}') == {"trigger": "drift"}
+    with pytest.raises(UsageError, match="unknown lineage fields \\['parent'\\]"):
+        parse_lineage('{"parent": "1"}')
+    with pytest.raises(UsageError, match="JSON object"):
+        parse_lineage("[1]")
+    tags = {
+        "3": {"visionops.lineage.parent_version": "2"},
+        "2": {"visionops.lineage.parent_version": "1"},
+    }
+    links = chain("3", lambda v: (f"r{v}", tags[v]) if v in tags else None)
+    assert [link.version for link in links] == ["3", "2"]  # v1 was deleted
+    loop = {"1": {"visionops.lineage.parent_version": "1"}}
+    assert len(chain("1", lambda v: (None, loop[v]))) == 1

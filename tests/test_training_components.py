@@ -88,7 +88,7 @@ def test_train_evaluate_register_pipeline(
     assert f"| map50_95 | {run.data.metrics['eval.map50_95']:.4f} |" in card
     train = load_data_yaml(tiny_data_yaml).label_statistics()["splits"]["train"]
     for name, count in train["boxes_per_class"].items():
-        ap = run.data.metrics[f"eval.ap50_95/{name}"]
+        ap = run.data.metrics[f"eval.per_class/ap50_95.{name.replace('/', '.')}"]
         assert f"| {name} | {count} | " in card and f" | {ap:.4f} |" in card
     guard = read_metadata(model_dir).variants
     for precision in ("fp32", "int8"):

@@ -7,6 +7,7 @@ third-party libraries read from the environment themselves (MLflow, boto3, KServ
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from visionops.errors import ConfigError
 
+ENV_PREFIX = "VISIONOPS_"
 DEFAULT_MODEL_NAME = "visionops-yolov8n"
 IMAGE_REGISTRY = "localhost:5001"
 IMAGE_TAG = "0.1.0"
@@ -26,7 +28,7 @@ class Settings(BaseSettings):
     """VisionOps configuration; each field is the env var `VISIONOPS_<FIELD>`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="VISIONOPS_", extra="ignore", frozen=True, validate_default=True
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, validate_default=True
     )
 
     # Where everything local goes: datasets, MLflow store, Ultralytics config, caches, reports.
@@ -204,6 +206,23 @@ class Settings(BaseSettings):
             shown[name] = value
         shown["tracking_uri"] = self.tracking_uri
         return shown
+
+    def environment_view(self) -> list[tuple[str, str]]:
+        """What `visionops config` prints: each setting under its variable `VISIONOPS_*`, secrets
+        masked, with the tracking URI in effect (not an unset one beside the derived one)."""
+        rows = []
+        for name, value in self.model_dump().items():
+            shown = "********" if isinstance(value, SecretStr) else value
+            if name == "mlflow_tracking_uri" and value is None:
+                shown = f"{self.tracking_uri} (unset: the embedded store)"
+            elif name == "log_spool_dir" and value is None:
+                shown = f"{self.log_spool_path} (unset: in the data dir)"
+            elif isinstance(value, (dict, list)):
+                shown = json.dumps(value)
+            elif value is None:
+                shown = "(unset)"
+            rows.append((f"{ENV_PREFIX}{name.upper()}", str(shown)))
+        return rows
 
 
 @lru_cache(maxsize=1)

@@ -10,6 +10,7 @@ MLflow's own bounded retries; nothing ever falls back to local storage silently.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -53,6 +54,43 @@ _S3_CODES = {
     "AccessDenied": "S3 access denied (check the credentials and the bucket policy)",
     "NoSuchBucket": "the S3 bucket does not exist",
 }
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""MLflow 3's experiment type: its UI opens a `custom_model_development` experiment on the runs
+table, where an untyped one may open the GenAI view (traces)."""
+RUNS_VIEW = "visionops"
+"""The shared view of the runs table (`runs_table_url`): the key of an experiment tag
+`mlflow.sharedViewState.<key>` holding the table's columns, which the UI reads from the URL."""
+RUNS_VIEW_COLUMNS = (
+    "metrics.`eval.map50_95`",
+    "metrics.`eval.map50`",
+    "metrics.`eval.precision`",
+    "metrics.`eval.recall`",
+    "metrics.`drift.share`",
+    "tags.`visionops.drift.decision`",
+    "tags.`visionops.lineage.parent_version`",
+    "tags.`visionops.lineage.trigger`",
+    "tags.`visionops.dataset_hash`",
+)
+EXPERIMENT_TAGS = {
+    EXPERIMENT_KIND_TAG: "custom_model_development",
+    f"mlflow.sharedViewState.{RUNS_VIEW}": json.dumps(
+        {
+            "selectedColumns": list(RUNS_VIEW_COLUMNS),
+            "orderByKey": "attributes.start_time",
+            "orderByAsc": False,
+        }
+    ),
+}
+
+
+def runs_table_url(base_url: str, experiment_id: str) -> str:
+    """The MLflow UI's runs table of the experiment, with VisionOps' columns (mAP, drift share,
+    lineage): what the CLI and the demo print."""
+    return (
+        f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW}"
+    )
 
 
 @dataclass(frozen=True)
@@ -230,10 +268,15 @@ def connect(settings: Settings | None = None) -> Tracking:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             location = None if remote else artifact_root(settings)
-            experiment_id = client.create_experiment(name, artifact_location=location)
+            experiment_id = client.create_experiment(
+                name, artifact_location=location, tags=EXPERIMENT_TAGS
+            )
             log.info("created MLflow experiment %r at %s", name, uri)
         else:
             experiment_id = experiment.experiment_id
+            for key, value in EXPERIMENT_TAGS.items():  # an experiment made before these existed
+                if experiment.tags.get(key) != value:
+                    client.set_experiment_tag(experiment_id, key, value)
             expected = artifact_root(settings)
             if not remote and experiment.artifact_location != expected:
                 raise ConfigError(

@@ -18,6 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from visionops.config import get_settings
 from visionops.progress import ProgressCallback
 
 console = Console()
@@ -32,6 +33,22 @@ ProductsOption = Annotated[
         help="Products to use (repeat or comma-separate); default: all found.",
     ),
 ]
+
+NameOption = Annotated[
+    str | None,
+    typer.Option("--name", help="Registered model (default: VISIONOPS_MODEL_NAME)."),
+]
+
+
+def model_name(name: str | None) -> tuple[str, str]:
+    """The registered model a command uses, and where that name came from (said beside it, so a
+    user who expected another model sees how to pass it)."""
+    if name:
+        return name, "--name"
+    settings = get_settings()
+    if "model_name" in settings.model_fields_set:
+        return settings.model_name, "VISIONOPS_MODEL_NAME"
+    return settings.model_name, "the default; another with --name NAME"
 
 
 def split_products(values: list[str] | None) -> list[str] | None:

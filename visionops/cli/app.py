@@ -83,8 +83,10 @@ def _main(
 @app.command("config")
 def show_config() -> None:
     """Show the settings in effect (environment variables VISIONOPS_*), secrets masked."""
-    for name, value in get_settings().public_dict().items():
-        console.print(f"{name:<22} {value}", highlight=False)
+    rows = get_settings().environment_view()
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        console.print(f"{name:<{width}}  {value}", highlight=False, soft_wrap=True)
 
 
 app.command("demo")(demo)

@@ -6,6 +6,7 @@ and prints the summary table at the end.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,10 +15,9 @@ from rich.table import Table
 
 from visionops.cli._common import SeedOption, console, err_console
 from visionops.cli.pipeline import StepPrinter, mlflow_ui_command
-from visionops.config import get_settings
 
 if TYPE_CHECKING:
-    from visionops.demo import DemoResult, Scores
+    from visionops.demo import DemoResult
 
 QUICK = {"train": 16, "imgsz": 128, "epochs": 3, "retrain_epochs": 1, "min_map50": 0.0}
 """`--quick`: a smoke run in a few minutes; the models learn next to nothing, so the first one
@@ -81,27 +81,85 @@ def demo(
             info=lambda text: err_console.print(f"  {text}", highlight=False),
         )
         result = run_demo(config, {name: load_pipeline(name) for name in PIPELINES}, events)
-    print_summary(result)
+    print_summary(result, gate_scores(result))
 
 
-def _row(label: str, scores: Scores | None, key: str) -> list[str]:
-    if scores is None:
-        return [label, "-", "-"]
-    return [label, f"{scores.clean[key]:.3f}", f"{scores.drifted[key]:.3f}"]
+def _cell(metrics: dict[str, float] | None) -> str:
+    if not metrics or "map50_95" not in metrics:
+        return "-"
+    return f"{metrics['map50_95']:.3f} ({metrics.get('map50', float('nan')):.3f})"
 
 
-def print_summary(result: DemoResult) -> None:
-    """The table the demo ends with (see README "Quick start")."""
+def gate_scores(result: DemoResult) -> dict[str, dict[str, float]]:
+    """Each demo version's mAP on the data the gate compared them on (the retrained version's
+    evaluation data: clean + drifted val), from the registry's evaluation tags."""
+    # MLflow: loaded only once the demo is over
+    from visionops.training.registry import list_versions
+
+    if result.retrained is None:
+        return {}
+    versions = {v.version: v for v in list_versions(result.model_name)}
+    retrained = versions.get(result.retrained.version)
+    if retrained is None or not retrained.eval_data_hash:
+        return {}
+    data = retrained.eval_data_hash[:16]
+    return {
+        version: v.evaluations[data]
+        for version, v in versions.items()
+        if data in v.evaluations and version in (result.first.version, result.retrained.version)
+    }
+
+
+def next_steps(result: DemoResult) -> list[str]:
+    """Commands to look further, each runnable as printed from where the demo ran."""
+    name, root = result.model_name, result.out_dir
+    cli = _tool("visionops")
+    window = root / "window.parquet"
+    return [
+        f"{cli} model list --name {name}",
+        f"{cli} model show {result.serving_version} --name {name}",
+        f"{cli} drift collect --log {root / 'prediction-log'} --hours 24 --out {window}",
+        f"{cli} drift check --name {name} --reference champion --current {window} "
+        f"--report-dir {root / 'reports' / 'drift-now'}",
+        f"MLflow UI: {mlflow_ui_command()}",
+    ]
+
+
+def _tool(name: str) -> str:
+    """The console script `name` beside this interpreter, relative to here when it is below."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        return name
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def print_summary(result: DemoResult, gate: dict[str, dict[str, float]] | None = None) -> None:
+    """The table the demo ends with (see README "Quick start"): every version scored on the same
+    data in each column, the gate's data included (`gate`: version -> metrics there)."""
 
     first, retrained = result.first, result.retrained
-    table = Table("model", "clean val", "drifted val", title="mAP50-95 (mAP50)", box=None)
+    gate = gate or {}
+    table = Table(
+        "model", "clean val", "drifted val", "gate's data", title="mAP50-95 (mAP50)", box=None
+    )
     for label, scores in ((f"v{first.version} first", first), ("retrained", retrained)):
-        if scores is not None and scores is retrained:
+        if scores is None:
+            table.add_row(label, "-", "-", "-")
+            continue
+        if scores is retrained:
             label = f"v{scores.version} retrained"
-        row = _row(label, scores, "map50_95")
-        row50 = _row(label, scores, "map50")
-        table.add_row(row[0], f"{row[1]} ({row50[1]})", f"{row[2]} ({row50[2]})")
+        table.add_row(
+            label, _cell(scores.clean), _cell(scores.drifted), _cell(gate.get(scores.version))
+        )
     console.print(table)
+    console.print(
+        "each column: both versions on the same images; gate's data: clean + drifted val, "
+        "what the promotion compared",
+        highlight=False,
+    )
 
     checks = Table("window", "decision", "drifted share", "drifted columns (score)", box=None)
     for label, check in (("clean", result.clean_check), ("drifted", result.drift_check)):
@@ -123,4 +181,6 @@ def print_summary(result: DemoResult) -> None:
         console.print(f"report, {label}: {path}", highlight=False)
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in result.timings.items())
     console.print(f"took {sum(result.timings.values()) / 60:.1f} min: {timings}", highlight=False)
-    console.print(f"MLflow UI: {mlflow_ui_command(get_settings().tracking_uri)}", highlight=False)
+    console.print("next steps:", highlight=False)
+    for line in next_steps(result):
+        console.print(f"  {line}", highlight=False, soft_wrap=True)

@@ -14,7 +14,14 @@ from typing import Annotated
 
 import typer
 
-from visionops.cli._common import SeedOption, console, err_console, progress
+from visionops.cli._common import (
+    NameOption,
+    SeedOption,
+    console,
+    err_console,
+    model_name,
+    progress,
+)
 from visionops.config import get_settings
 from visionops.data.tables import FeatureTableReader, write_feature_table
 from visionops.errors import UsageError
@@ -175,19 +182,52 @@ def check(
             "(default: VISIONOPS_PUSHGATEWAY_URL, unset: no push).",
         ),
     ] = None,
+    name: NameOption = None,
+    reference_images: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference-images",
+            help="Images of the reference (e.g. the evaluation split): "
+            "thumbnails on the drift page.",
+        ),
+    ] = None,
+    current_images: Annotated[
+        Path | None,
+        typer.Option("--current-images", help="Images of the window: thumbnails on the page."),
+    ] = None,
 ) -> None:
     """Decide drift / no drift / not enough data; the result is JSON on stdout (exit 0)."""
     # cv2, numpy, and MLflow or Evidently when used: loaded by this command only
     from visionops.monitoring.drift import DriftConfig
-    from visionops.monitoring.publish import check_and_publish
-    from visionops.monitoring.reference import resolve_reference
+    from visionops.monitoring.publish import CheckContext, check_and_publish
+    from visionops.monitoring.reference import (
+        image_files,
+        is_registry_reference,
+        resolve_reference_source,
+    )
 
     config = DriftConfig.from_settings(drift_share=drift_share, min_rows=min_rows)
-    table = resolve_reference(reference)
+    model, origin = model_name(name)
+    if is_registry_reference(reference):
+        err_console.print(
+            f"reference: {reference} of model {model} ({origin})"
+            if not reference.startswith("models:/")
+            else f"reference: {reference}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    source = resolve_reference_source(reference, name=model)
+    if source.version:
+        err_console.print(f"reference version: {source.describe()}", highlight=False)
     check = check_and_publish(
-        FeatureTableReader(table), FeatureTableReader(current), config=config,
+        FeatureTableReader(source.path), FeatureTableReader(current), config=config,
         report_dir=report_dir, log_to_mlflow=mlflow,
         pushgateway=pushgateway or get_settings().pushgateway_url,
+        model_name=source.model_name or model, context=CheckContext(
+            reference=source,
+            reference_images=tuple(image_files(reference_images)) if reference_images else (),
+            current_images=tuple(image_files(current_images)) if current_images else (),
+        ),
     )  # fmt: skip
     result = check.result
     payload = result.to_dict()

@@ -7,6 +7,8 @@ visionops pipeline compile --out build/pipelines
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -84,14 +86,30 @@ def print_local_run(run: LocalRun) -> None:
         console.print(f"  report ({step}): {path}", highlight=False)
     console.print(f"  run folder: {run.run_dir} (log: {run.log_path})", highlight=False)
     console.print(f"  took {run.seconds:.0f}s", highlight=False)
-    console.print(f"  MLflow UI: {mlflow_ui_command(get_settings().tracking_uri)}", highlight=False)
+    console.print(f"  MLflow UI: {mlflow_ui_command()}", highlight=False, soft_wrap=True)
 
 
-def mlflow_ui_command(tracking_uri: str) -> str:
-    """How to look at the runs: the server itself, or `mlflow ui` on the local store."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"open {tracking_uri}"
-    return f".venv/bin/mlflow ui --backend-store-uri {tracking_uri} --port 5000"
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def mlflow_ui_command() -> str:
+    """How to look at the runs: the runs table (with VisionOps' columns) on the server, or
+    `mlflow ui` on the local store and the same page there."""
+    # MLflow: loaded once there are runs to look at
+    from visionops.tracking import connect, runs_table_url
+
+    settings = get_settings()
+    tracking = connect(settings)
+    uri = settings.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        return f"open {runs_table_url(uri, tracking.experiment_id)}"
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    with contextlib.suppress(ValueError):
+        mlflow = str(Path(mlflow).relative_to(Path.cwd()))
+    return (
+        f"{mlflow} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000, then open "
+        f"{runs_table_url(LOCAL_UI, tracking.experiment_id)}"
+    )
 
 
 @pipeline_app.command("run")

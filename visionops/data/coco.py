@@ -14,6 +14,8 @@ from visionops.data.files import atomic_write_text
 from visionops.errors import DataError
 
 ANNOTATIONS_FILE = "_annotations.coco.json"
+BACKGROUND_KEY = "visionops_background"
+"""An image entry with this key true is defect-free on purpose (a background image: no boxes)."""
 
 
 def load_coco(path: Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Any
 import cv2  # heavy; the generator draws with it
 import numpy as np
 
-from visionops.data.coco import ANNOTATIONS_FILE, empty_coco, write_coco
+from visionops.data.coco import ANNOTATIONS_FILE, BACKGROUND_KEY, empty_coco, write_coco
 from visionops.data.files import atomic_write_text, dir_is_empty, read_json_object, staging_dir
 from visionops.data.synth_defects import place_defect
 from visionops.data.synth_surfaces import SURFACES, finish
@@ -241,9 +241,12 @@ def _render_split(
             raise RuntimeError(f"could not encode {file_name}")
         (split_dir / file_name).write_bytes(encoded.tobytes())
         image_id = i
-        coco["images"].append(
-            {"id": image_id, "file_name": file_name, "width": width, "height": height}
-        )
+        entry: dict[str, Any] = {
+            "id": image_id, "file_name": file_name, "width": width, "height": height
+        }  # fmt: skip
+        if labeled and not planned:
+            entry[BACKGROUND_KEY] = True  # defect-free on purpose: validation expects no boxes
+        coco["images"].append(entry)
         if not labeled:
             continue
         for class_index, bbox, polygons, area in objects:

@@ -82,9 +82,11 @@ class ValidationReport:
     def summary(self) -> str:
         """One line: verdict and counts."""
         images = sum(s.get("images", 0) for p in self.stats.values() for s in p.values())
+        background = sum(s.get("background", 0) for p in self.stats.values() for s in p.values())
         verdict = "valid" if self.ok else "INVALID"
+        marked = f" ({background} marked defect-free: no boxes expected)" if background else ""
         return (
-            f"{verdict}: {len(self.products)} products, {images} images, "
+            f"{verdict}: {len(self.products)} products, {images} images{marked}, "
             f"{sum(f.count for f in self.errors)} errors, "
             f"{sum(f.count for f in self.warnings)} warnings"
         )

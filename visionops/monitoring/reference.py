@@ -7,6 +7,7 @@ one from any split or image folder, e.g. a drifted split written by the simulato
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from visionops.errors import DataError, ModelNotFound
 from visionops.models.sources import find_version, parse_model_uri, run_artifact_uri
 from visionops.tracking import connect, download, mlflow_errors
 from visionops.training.evaluate import EVALUATION_ARTIFACT_DIR, REFERENCE_FEATURES
+from visionops.training.registry import other_models_hint
 
 if TYPE_CHECKING:
     import pandas as pd  # heavy (about a second): only where a table is built
@@ -72,17 +74,43 @@ def is_registry_reference(value: str) -> bool:
     return value == CHAMPION_REFERENCE or value.startswith("models:/")
 
 
-def registry_reference(uri: str = CHAMPION_REFERENCE, settings: Settings | None = None) -> Path:
+@dataclass(frozen=True)
+class Reference:
+    """A reference feature table and, for a registered one, which model version it describes."""
+
+    path: Path
+    model_name: str | None = None
+    version: str | None = None
+    run_id: str | None = None
+
+    def describe(self) -> str:
+        """`NAME vN` for a registered reference, else the table's path."""
+        if self.model_name and self.version:
+            return f"{self.model_name} v{self.version}"
+        return str(self.path)
+
+
+def registry_reference(
+    uri: str = CHAMPION_REFERENCE, settings: Settings | None = None, *, name: str | None = None
+) -> Path:
+    """The evaluation feature table of a registered model version (see `registered_reference`)."""
+    return registered_reference(uri, settings, name=name).path
+
+
+def registered_reference(
+    uri: str = CHAMPION_REFERENCE, settings: Settings | None = None, *, name: str | None = None
+) -> Reference:
     """The evaluation feature table of a registered model version, downloaded once.
 
-    `uri` is `champion` (the configured model's champion), `models:/NAME@ALIAS` or
-    `models:/NAME/VERSION`. The table is the `evaluation/reference_features.parquet` artifact that
-    `visionops evaluate` logs to the version's run. ModelNotFound when the alias, version or
-    artifact does not exist; RegistryError when MLflow cannot be reached.
+    `uri` is `champion` (the champion of model `name`, default: the configured model),
+    `models:/NAME@ALIAS` or `models:/NAME/VERSION`. The table is the
+    `evaluation/reference_features.parquet` artifact that `visionops evaluate` logs to the
+    version's run. ModelNotFound when the alias, version or artifact does not exist (naming the
+    models the registry does hold); RegistryError when MLflow cannot be reached.
     """
     settings = settings or get_settings()
     if uri == CHAMPION_REFERENCE:
-        uri = f"models:/{settings.model_name}@{CHAMPION_REFERENCE}"
+        uri = f"models:/{name or settings.model_name}@{CHAMPION_REFERENCE}"
     model = parse_model_uri(uri)
     tracking = connect(settings)
     try:
@@ -91,7 +119,8 @@ def registry_reference(uri: str = CHAMPION_REFERENCE, settings: Settings | None 
         if model.alias is None:
             raise
         raise ModelNotFound(
-            f"model {model.name!r} has no version with alias {model.alias!r}"
+            f"model {model.name!r} has no version with alias {model.alias!r}; "
+            f"{other_models_hint(model.name, settings)}"
         ) from error
     artifact = f"{EVALUATION_ARTIFACT_DIR}/{REFERENCE_FEATURES}"
     with mlflow_errors(f"read the evaluation of run {version.run_id}", settings):
@@ -107,11 +136,19 @@ def registry_reference(uri: str = CHAMPION_REFERENCE, settings: Settings | None 
     if not path.is_file():
         downloaded = download(tracking, run_artifact_uri(run, artifact), target / ".download")
         downloaded.replace(path)
-    return path
+    return Reference(path, model.name, str(version.version), version.run_id)
 
 
 def resolve_reference(value: str, settings: Settings | None = None) -> Path:
     """A reference feature table: a file path, or a registry reference (`champion`, models:/)."""
+    return resolve_reference_source(value, settings).path
+
+
+def resolve_reference_source(
+    value: str, settings: Settings | None = None, *, name: str | None = None
+) -> Reference:
+    """A reference feature table with the model version it describes (none for a plain file);
+    `champion` is the champion of model `name` (default: the configured model)."""
     if is_registry_reference(value):
-        return registry_reference(value, settings)
-    return Path(value).expanduser()
+        return registered_reference(value, settings, name=name)
+    return Reference(Path(value).expanduser())

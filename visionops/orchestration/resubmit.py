@@ -35,6 +35,7 @@ from visionops.orchestration.decisions import record_decision
 from visionops.orchestration.local import runs_dir
 from visionops.orchestration.params import compiled_package, package_info, parse_params
 from visionops.storage import ObjectStore, default_store
+from visionops.training.lineage import parse_lineage
 
 log = logging.getLogger(__name__)
 
@@ -217,14 +218,20 @@ def retrain_after_drift(
     weights: str = "",
     mode: str = "auto",
     settings: Settings | None = None,
+    lineage: str = "",
 ) -> Submission:
     """The `retrain` step: submit training with `retrain_params(...)` of the other arguments
     (once per monitoring run, see `submit_training`) and record the monitoring run's decision
-    (`drift_result`, the drift check's JSON) with the training run it started."""
+    (`drift_result`, the drift check's JSON) with the training run it started. `lineage` (the
+    drift check's, JSON) becomes the training run's, with the monitoring run added."""
     params = retrain_params(
         training_params, dataset=dataset, new_data=new_data, products=products, epochs=epochs,
         imgsz=imgsz, weights=weights,
     )  # fmt: skip
+    links = {**parse_lineage(params.get("lineage") or ""), **parse_lineage(lineage)}
+    links.setdefault("trigger", "drift")
+    links.setdefault("monitoring_pipeline_run", monitoring_run_id)
+    params["lineage"] = json.dumps(links)
     submission = submit_training(monitoring_run_id, params, mode=mode, settings=settings)
     record_decision(
         monitoring_run_id, drift_result, training_run=submission.run_name, settings=settings

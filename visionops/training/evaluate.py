@@ -70,6 +70,22 @@ TAG_EVAL_HASH = f"{TAG_PREFIX}eval.data_hash"
 TAG_EVAL_DATA = f"{TAG_PREFIX}eval.data_yaml"
 TAG_EVAL_SPLIT = f"{TAG_PREFIX}eval.split"
 HEADLINE_METRICS = ("map50", "map50_95", "precision", "recall")
+PER_CLASS_SECTION = f"{EVAL_METRIC_PREFIX}per_class/"
+
+
+def per_class_metric(kind: str, class_name: str) -> str:
+    """The MLflow metric of one class's `kind` (ap50, ap50_95): `eval.per_class/ap50.Cable.0`.
+
+    One `/` only: the MLflow UI groups charts by the part before it, so every class lands in one
+    "eval.per_class" section (class names such as `Cable/0` would otherwise open a section each).
+    Runs logged before this carry `eval.ap50/<class>` (`legacy_per_class_metric`).
+    """
+    return f"{PER_CLASS_SECTION}{kind}.{class_name.replace('/', '.')}"
+
+
+def legacy_per_class_metric(kind: str, class_name: str) -> str:
+    """The name `per_class_metric` had before (`eval.ap50/Cable/0`), still read."""
+    return f"{EVAL_METRIC_PREFIX}{kind}/{class_name}"
 
 
 @dataclass(frozen=True)
@@ -526,8 +542,8 @@ def _log_to_run(result: EvaluationResult, settings: Settings) -> None:
     m = result.metrics
     prefix = EVAL_METRIC_PREFIX
     values: dict[str, float] = {f"{prefix}{k}": v for k, v in m.summary().items()}
-    values.update({f"{prefix}ap50_95/{k}": v for k, v in m.ap50_95.items() if v is not None})
-    values.update({f"{prefix}ap50/{k}": v for k, v in m.ap50.items() if v is not None})
+    for kind, per_class in (("ap50_95", m.ap50_95), ("ap50", m.ap50)):
+        values.update({per_class_metric(kind, k): v for k, v in per_class.items() if v is not None})
     run_id = result.run_id
     log_metrics(tracking, run_id, values)
     with mlflow_errors(f"log the evaluation to run {run_id}", settings):

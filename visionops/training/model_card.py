@@ -13,7 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from visionops.training.evaluate import EVAL_METRIC_PREFIX, HEADLINE_METRICS, Evaluation
+from visionops.training.evaluate import (
+    HEADLINE_METRICS,
+    Evaluation,
+    legacy_per_class_metric,
+    per_class_metric,
+)
 from visionops.training.gate import GateDecision
 
 KEY_TRAINING_PARAMS = (
@@ -87,8 +92,8 @@ def model_card(card: CardInputs) -> str:
             [
                 name,
                 str(card.train_counts[name]) if name in card.train_counts else "not recorded",
-                _number(metrics.get(f"{EVAL_METRIC_PREFIX}ap50/{name}")),
-                _number(metrics.get(f"{EVAL_METRIC_PREFIX}ap50_95/{name}")),
+                _number(_class_metric(metrics, "ap50", name)),
+                _number(_class_metric(metrics, "ap50_95", name)),
             ]
             for name in names
         ],
@@ -133,3 +138,11 @@ def _variant_lines(variants: Mapping[str, Any]) -> list[str]:
     if not rows:
         return ["fp32 on onnxruntime only (the guard did not run for this model)"]
     return _table(["precision", "engine", "mAP50-95", "drop vs fp32", "served", "why not"], rows)
+
+
+def _class_metric(metrics: Mapping[str, float], kind: str, name: str) -> float | None:
+    """A class's metric under its name now, or the one runs logged before had."""
+    for key in (per_class_metric(kind, name), legacy_per_class_metric(kind, name)):
+        if key in metrics:
+            return metrics[key]
+    return None

@@ -40,6 +40,7 @@ from visionops.training.evaluate import (
     logged_evaluation,
 )
 from visionops.training.gate import GateDecision, gate, meets_minimums
+from visionops.training.lineage import LINEAGE_PREFIX
 from visionops.training.model_card import CardInputs, model_card
 from visionops.training.registry import (
     CHALLENGER,
@@ -133,6 +134,7 @@ def register(
             eval_tag(evaluation.data_hash): json.dumps(evaluation.metrics),
             **gate_tags,
             **{f"{TAG_METRIC}{k}": f"{v:.6f}" for k, v in evaluation.metrics.items()},
+            **{k: v for k, v in run.data.tags.items() if k.startswith(LINEAGE_PREFIX)},
         }
         version = registry.create_version(run_id, source, tags, key, description=card)
     previous = str(champion.version) if champion else None
@@ -152,7 +154,7 @@ def _move_aliases(
     move, the version is deleted again and the error says what exists now."""
     try:
         if promote:
-            registry.set_champion(version, previous)
+            registry.set_champion(version, previous, by=f"registration of run {run_id}")
         else:
             registry.set_challenger(version)
     except VisionOpsError as error:
@@ -242,7 +244,7 @@ def promote(
         reason = f"promoted by hand: {decision.reason}"
     previous = str(champion.version) if champion else None
     registry.mark_promoted(version, reason)
-    registry.set_champion(version, previous)
+    registry.set_champion(version, previous, by="promote --force" if force else "promote")
     log.info("%s: champion v%s -> v%s (%s)", registry.name, previous, version, reason)
     return AliasMove(registry.name, version, previous, reason)
 

@@ -23,9 +23,11 @@ that does not exist, and rollback goes only to versions that do.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import logging
+import re
 import tempfile
 import threading
 import time
@@ -58,6 +60,8 @@ TAG_DECISION = f"{TAG_PREFIX}gate.decision"
 TAG_HISTORY = f"{TAG_PREFIX}champion_history"
 TAG_ROLLED_BACK = f"{TAG_PREFIX}rolled_back"
 TAG_PROMOTED = f"{TAG_PREFIX}promoted"
+TAG_REPLACED = f"{TAG_PREFIX}replaced"
+REPLACED = "replaced"
 TAG_REGISTRATION_KEY = f"{TAG_PREFIX}registration_key"
 TAG_REGISTRATION = f"{TAG_PREFIX}registration"
 TAG_ORPHAN = f"{TAG_PREFIX}orphan"
@@ -113,6 +117,75 @@ class VersionInfo:
     gate: str
     tags: dict[str, str] = field(default_factory=dict)
     pending: bool = False  # an unfinished registration: never served, removed by `gc`
+
+    @property
+    def evaluations(self) -> dict[str, dict[str, float]]:
+        """Its headline metrics per evaluation data it was scored on (data hash prefix -> metrics),
+        from the tags `visionops.eval.<hash prefix>`."""
+        found = {}
+        for key, raw in self.tags.items():
+            match = _EVAL_TAG.fullmatch(key)
+            if match is None:
+                continue
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                found[match[1]] = {k: float(v) for k, v in value.items()}
+        return found
+
+
+_EVAL_TAG = re.compile(re.escape(f"{TAG_PREFIX}eval.") + r"([0-9a-f]{16})")
+
+
+def shared_evaluations(versions: list[VersionInfo]) -> list[str]:
+    """The evaluation data (hash prefixes) the versions were scored on, the data most of them share
+    first (then the newest version's): the columns in which versions compare fairly."""
+    order: dict[str, tuple[int, int]] = {}
+    for info in versions:
+        for data in info.evaluations:
+            count, newest = order.get(data, (0, 0))
+            order[data] = (count + 1, max(newest, int(info.version)))
+    return sorted(order, key=lambda data: order[data], reverse=True)
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """A registered model: its name, how many versions it has, which one is the champion."""
+
+    name: str
+    versions: int
+    champion: str | None
+
+
+def registered_models(settings: Settings | None = None) -> list[ModelSummary]:
+    """Every registered model of the tracking store, by name."""
+    settings = settings or get_settings()
+    client = connect(settings).client
+    with mlflow_errors("list the registered models", settings):
+        models = list(client.search_registered_models())
+        found = []
+        for model in sorted(models, key=lambda m: m.name):
+            versions = client.search_model_versions(f"name = '{model.name}'")
+            champion = (model.aliases or {}).get(CHAMPION)
+            found.append(ModelSummary(model.name, len(versions), str(champion or "") or None))
+    return found
+
+
+def other_models_hint(name: str, settings: Settings | None = None) -> str:
+    """For "no versions of model NAME": the registered models there are and how to pick one."""
+    others = [m for m in registered_models(settings) if m.name != name and m.versions]
+    if not others:
+        return "no model in this registry has a version yet"
+    listed = ", ".join(
+        f"{m.name} ({m.versions} versions{f', champion v{m.champion}' if m.champion else ''})"
+        for m in others
+    )
+    return (
+        f"this registry holds {listed}: pass --name {others[0].name} "
+        f"(or set VISIONOPS_MODEL_NAME={others[0].name})"
+    )
 
 
 @dataclass(frozen=True)
@@ -383,16 +456,37 @@ class Registry:
             for key, value in tags.items():
                 self.client.set_model_version_tag(self.name, version, key, value)
 
-    def set_champion(self, version: str, previous: str | None) -> None:
+    def set_champion(self, version: str, previous: str | None, by: str = "") -> None:
         """Move `champion` to `version` and append it to the history, both or neither: the alias
         moves first; if the history cannot be written it moves back (and if even that fails, the
-        error says so and `gc` adds the champion to the history)."""
+        error says so and `gc` adds the champion to the history). Then the gate's tags follow the
+        alias: `version` says champion, `previous` says when and by what (`by`) it was replaced."""
         history = self.history()
         if previous and (not history or history[-1] != previous):
             history.append(previous)
         if not history or history[-1] != version:
             history.append(version)
         self._move_alias_with_history(version, previous, history, f"make v{version} the champion")
+        self._follow_alias(version, previous, by)
+
+    def _follow_alias(self, version: str, previous: str | None, by: str) -> None:
+        """Rewrite the gate's decision tags after `champion` moved from `previous` to `version`.
+        They describe the alias, which already moved: a failure is logged, not raised."""
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        who = f"{by}, " if by else ""
+        tags = [(version, TAG_DECISION, CHAMPION)]
+        if previous and previous != version:
+            tags += [
+                (previous, TAG_DECISION, REPLACED),
+                (previous, TAG_REPLACED, f"by v{version} at {stamp} ({who}user {_user()})"),
+            ]
+        for target, key, value in tags:
+            try:
+                with self._errors(f"tag v{target} with {key}"):
+                    self.client.set_model_version_tag(self.name, target, key, value)
+            except VisionOpsError as error:
+                log.warning("%s: champion moved, but %s of v%s not written: %s",
+                            self.name, key, target, error)  # fmt: skip
 
     def _move_alias_with_history(
         self, version: str, previous: str | None, history: list[str], action: str
@@ -541,8 +635,17 @@ class Registry:
             self.client.set_model_version_tag(
                 self.name, current, TAG_ROLLED_BACK, f"replaced by v{previous} at {stamp}"
             )
+        self._follow_alias(previous, current, "rollback")
         log.info("%s: rolled back champion v%s -> v%s", self.name, current, previous)
         return AliasMove(self.name, previous, current, f"rollback from v{current}")
+
+
+def _user() -> str:
+    """Who moved the alias: the account running this process (a pod's is its service user)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def list_versions(name: str | None = None, settings: Settings | None = None) -> list[VersionInfo]:

@@ -35,7 +35,7 @@ from visionops.errors import (
     VisionOpsError,
 )
 from visionops.models.artifact import MODEL_ARTIFACT_DIR, MODEL_PT
-from visionops.models.sources import is_registry_uri, resolve_model
+from visionops.models.sources import find_version, is_registry_uri, parse_model_uri, resolve_model
 from visionops.progress import ProgressCallback, no_progress
 from visionops.storage import is_s3_uri, open_store, split_s3_uri
 from visionops.tracking import (
@@ -50,6 +50,7 @@ from visionops.tracking import (
 from visionops.training.curves import TRAINING_CURVES_PNG, write_training_curves
 from visionops.training.dataset import YoloDataset, load_data_yaml
 from visionops.training.export import export_model_dir
+from visionops.training.lineage import lineage_tags
 from visionops.training.quantize import add_int8_variant
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,7 @@ def train(
     overrides: Mapping[str, Any] | None = None,
     progress: ProgressCallback = no_progress,
     settings: Settings | None = None,
+    lineage: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Train on `data_yaml` and log everything to a new MLflow run; returns the finished run.
 
@@ -240,6 +242,8 @@ def train(
     URI, or `models:/name@alias` (fine-tune the champion). `workers` (data loader processes)
     defaults to 0 on CPU, where loading in the training process is fastest on few cores, and to
     up to 8 on a GPU. `overrides` are extra Ultralytics train arguments (`lr0`, `mosaic`, ...).
+    `lineage` (`visionops.training.lineage.FIELDS`) is tagged on the run; fine-tuning from a
+    registered version adds that version as the parent.
     Raises DataError, ModelNotFound, UsageError before anything is logged; RegistryError or
     StorageError when MLflow or S3 fail; TrainingError when training fails (the run is then
     marked FAILED).
@@ -261,8 +265,12 @@ def train(
     workdir = Path(tempfile.mkdtemp(prefix="train-", dir=_runs_dir(settings)))
     try:
         source = resolve_weights(weights, workdir, settings)
+        links = {**parent_lineage(weights, settings), **dict(lineage or {})}
+        links.setdefault("trigger", "manual")
         tracking = connect(settings)
-        run_id = _start_run(tracking, dataset, str(weights or ARCHITECTURE), source, settings)
+        run_id = _start_run(
+            tracking, dataset, str(weights or ARCHITECTURE), source, settings, lineage_tags(links)
+        )
         return _train_in_run(
             tracking, run_id, dataset, source, workdir,
             epochs=epochs, imgsz=imgsz, batch=batch, device=device, seed=seed, workers=workers,
@@ -278,11 +286,31 @@ def _runs_dir(settings: Settings) -> Path:
     return path
 
 
+def parent_lineage(weights: str | Path | None, settings: Settings) -> dict[str, str]:
+    """The registered version `weights` names (`models:/NAME@ALIAS` resolved now), as lineage."""
+    if weights is None or not is_registry_uri(str(weights)):
+        return {}
+    text = str(weights)
+    tracking = connect(settings)
+    version = find_version(tracking, parse_model_uri(text), settings)
+    return {
+        "parent_model": str(version.name),
+        "parent_version": str(version.version),
+        "parent_run": str(version.run_id or ""),
+    }
+
+
 def _start_run(
-    tracking: Tracking, dataset: YoloDataset, weights: str, source: str, settings: Settings
+    tracking: Tracking,
+    dataset: YoloDataset,
+    weights: str,
+    source: str,
+    settings: Settings,
+    extra_tags: Mapping[str, str] | None = None,
 ) -> str:
     """Create the run with its identity tags, then prove the artifact store accepts it."""
     tags = {
+        **dict(extra_tags or {}),
         "mlflow.runName": f"train-{dataset.dataset_hash[:12]}",
         "mlflow.source.name": "visionops train",
         f"{TAG_PREFIX}dataset_hash": dataset.dataset_hash,
