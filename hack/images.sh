@@ -105,7 +105,7 @@ else
   args_file="${IMAGES_LOG_DIR}/pip-args"
   rm -f "${args_file}"
   python3 "${HACK_DIR}/pip_mirror.py" --args-file "${args_file}" --port "${mirror_port}" \
-    --pip "${pip_python}" 2>"${IMAGES_LOG_DIR}/pip-mirror.log" &
+    --pip "${pip_python}" --parent "$$" 2>"${IMAGES_LOG_DIR}/pip-mirror.log" &
   mirror_pid=$!
   for _ in $(seq 600); do
     [ -e "${args_file}" ] && break

@@ -28,11 +28,13 @@ import argparse
 import ast
 import contextlib
 import http.server
+import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,11 +196,30 @@ def write_atomically(path: Path, text: str) -> None:
     partial.replace(path)
 
 
+def stop_with_parent(parent: int, server: http.server.ThreadingHTTPServer) -> None:
+    """Shut the mirror down once process `parent` no longer exists."""
+    while True:
+        time.sleep(1)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            server.shutdown()
+            return
+        except PermissionError:
+            continue
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--args-file", type=Path, required=True)
     parser.add_argument("--port", type=int, default=3141)
     parser.add_argument("--pip", default=sys.executable, help="the python whose pip is read")
+    parser.add_argument(
+        "--parent",
+        type=int,
+        help="stop when this process is gone (a build killed with SIGKILL cannot stop its mirror, "
+        "and a leftover on the port would make every later build miss the layer cache)",
+    )
     options = parser.parse_args()
 
     settings = pip_config(options.pip)
@@ -221,6 +242,10 @@ def main() -> int:
     server.socket = sock
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    if options.parent:
+        watcher = threading.Thread(target=stop_with_parent, args=(options.parent, server))
+        watcher.daemon = True
+        watcher.start()
     write_atomically(options.args_file, "\n".join(lines) + "\n")
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()

@@ -123,3 +123,34 @@ def test_the_mirror_serves_the_index_read_only_and_nothing_outside_it(tmp_path: 
     finally:
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0  # SIGTERM ends it cleanly
+
+
+def test_the_mirror_stops_when_the_build_that_started_it_is_killed(tmp_path: Path) -> None:
+    """A build killed with SIGKILL cannot stop its mirror: the mirror notices and stops itself,
+    so the next build gets the fixed port again (the port is part of the layer cache's key)."""
+    index = tmp_path / "pypi" / "simple"
+    index.mkdir(parents=True)
+    config = tmp_path / "pip.conf"
+    config.write_text(f"[global]\nextra-index-url = file://{index}\n")
+    args_file, port = tmp_path / "pip-args", free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = str(config)
+    build = subprocess.Popen(["sleep", "600"])  # stands for hack/images.sh
+    server = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--args-file", str(args_file), "--port", str(port),
+         "--parent", str(build.pid)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not args_file.exists() and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _get(f"http://127.0.0.1:{port}/0/simple/")[0] == 200
+        assert server.poll() is None  # serves as long as the build runs
+        build.kill()
+        build.wait()
+        assert server.wait(timeout=30) == 0
+    finally:
+        build.kill()
+        server.kill()
+        server.wait()
