@@ -84,6 +84,21 @@ def _get(url: str) -> tuple[int, bytes]:
         return error.code, b""
 
 
+def _start_mirror(config: Path, args_file: Path, port: int, *extra: str) -> subprocess.Popen:
+    """The mirror as hack/images.sh starts it, with `config` as pip's configuration; returns
+    once it wrote its build arguments (it serves from then on) or ended."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = str(config)
+    server = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--args-file", str(args_file), "--port", str(port), *extra],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not args_file.exists() and server.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return server
+
+
 def test_the_mirror_serves_the_index_read_only_and_nothing_outside_it(tmp_path: Path) -> None:
     index = tmp_path / "pypi"
     (index / "simple" / "demo").mkdir(parents=True)
@@ -97,16 +112,8 @@ def test_the_mirror_serves_the_index_read_only_and_nothing_outside_it(tmp_path: 
     config = tmp_path / "pip.conf"
     config.write_text(f"[global]\nextra-index-url = file://{index}/simple\n")
     args_file, port = tmp_path / "pip-args", free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env["PIP_CONFIG_FILE"] = str(config)
-    server = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--args-file", str(args_file), "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = _start_mirror(config, args_file, port)
     try:
-        deadline = time.monotonic() + 60
-        while not args_file.exists() and server.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
         lines = args_file.read_text().splitlines()
         base = f"http://127.0.0.1:{port}/0"
         # Local first (pip prefers local files here; over HTTP only the order says so).
@@ -133,18 +140,9 @@ def test_the_mirror_stops_when_the_build_that_started_it_is_killed(tmp_path: Pat
     config = tmp_path / "pip.conf"
     config.write_text(f"[global]\nextra-index-url = file://{index}\n")
     args_file, port = tmp_path / "pip-args", free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env["PIP_CONFIG_FILE"] = str(config)
     build = subprocess.Popen(["sleep", "600"])  # stands for hack/images.sh
-    server = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--args-file", str(args_file), "--port", str(port),
-         "--parent", str(build.pid)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = _start_mirror(config, args_file, port, "--parent", str(build.pid))
     try:
-        deadline = time.monotonic() + 60
-        while not args_file.exists() and server.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
         assert _get(f"http://127.0.0.1:{port}/0/simple/")[0] == 200
         assert server.poll() is None  # serves as long as the build runs
         build.kill()
