@@ -27,9 +27,9 @@ from visionops.training.registry import (
     CHAMPION,
     TAG_HISTORY,
     Registry,
-    list_versions,
     rollback,
 )
+from visionops.training.registry_versions import list_versions, version_infos
 from visionops.training.train import train
 
 pytestmark = pytest.mark.faults
@@ -65,7 +65,7 @@ def _candidate(settings: Settings, tmp: Path, map50_95: float) -> str:
 def _state(settings: Settings) -> dict[str, object]:
     """Everything a user could see of the model: versions, pending ones, aliases, history."""
     registry = Registry(settings=settings)
-    versions = registry.versions()
+    versions = version_infos(registry)
     holders = {a: registry.alias(a) for a in (CHAMPION, CHALLENGER)}
     raw = json.loads(
         connect(settings)

@@ -28,9 +28,9 @@ from visionops.training.registry import (
     CHAMPION,
     TAG_HISTORY,
     Registry,
-    list_versions,
     rollback,
 )
+from visionops.training.registry_versions import list_versions
 
 runner = CliRunner()
 OLD_DATA = "0" * 64  # the hash of evaluation data that is no longer around

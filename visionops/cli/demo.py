@@ -94,7 +94,7 @@ def gate_scores(result: DemoResult) -> dict[str, dict[str, float]]:
     """Each demo version's mAP on the data the gate compared them on (the retrained version's
     evaluation data: clean + drifted val), from the registry's evaluation tags."""
     # MLflow: loaded only once the demo is over
-    from visionops.training.registry import list_versions
+    from visionops.training.registry_versions import list_versions
 
     if result.retrained is None:
         return {}

@@ -50,7 +50,11 @@ def list_command(name: NameOption = None) -> None:
     this way). The gate's reasons follow the table, one line each.
     """
     # cv2, numpy, MLflow: loaded by this command only
-    from visionops.training.registry import list_versions, other_models_hint, shared_evaluations
+    from visionops.training.registry_versions import (
+        list_versions,
+        other_models_hint,
+        shared_evaluations,
+    )
 
     name, origin = model_name(name)
     console.print(f"model {name} ({origin})", highlight=False, soft_wrap=True)
@@ -104,11 +108,12 @@ def show_command(
         TAG_ROLLED_BACK,
         Registry,
     )
+    from visionops.training.registry_versions import version_infos
 
     name, origin = model_name(name)
     registry = Registry(name)
     mv = registry.version(version)
-    info = next(v for v in registry.versions() if v.version == str(mv.version))
+    info = next(v for v in version_infos(registry) if v.version == str(mv.version))
     say = console.print
     say(f"model {name} ({origin}) v{info.version}", highlight=False, soft_wrap=True)
     say(f"  aliases: {', '.join(info.aliases) or ('pending' if info.pending else '-')}")
@@ -186,7 +191,7 @@ def gc_command(
     ] = 0,
 ) -> None:
     """Remove versions that interrupted registrations left pending; repair the champion history."""
-    from visionops.training.registry import gc
+    from visionops.training.registry_gc import gc
 
     report = gc(name, min_age_s=min_age)
     removed = ", ".join(f"v{v}" for v in report.removed) or "none"

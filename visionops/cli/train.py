@@ -85,7 +85,7 @@ def evaluate_command(
     if compare is not None and run_id:
         raise UsageError("--run-id logs one model's evaluation; --compare logs nothing")
     # cv2, MLflow: this command only
-    from visionops.training.evaluate import compare as compare_models
+    from visionops.training.comparison import compare as compare_models
     from visionops.training.evaluate import evaluate
 
     if compare is not None:

@@ -17,7 +17,7 @@ from visionops.errors import DataError, ModelNotFound
 from visionops.models.sources import find_version, parse_model_uri, run_artifact_uri
 from visionops.tracking import connect, download, mlflow_errors
 from visionops.training.evaluate import EVALUATION_ARTIFACT_DIR, REFERENCE_FEATURES
-from visionops.training.registry import other_models_hint
+from visionops.training.registry_versions import other_models_hint
 
 if TYPE_CHECKING:
     import pandas as pd  # heavy (about a second): only where a table is built

@@ -56,6 +56,7 @@ from visionops.training.registry import (
     is_pending,
     registration_key,
 )
+from visionops.training.registry_gc import clear_orphans
 from visionops.training.train import LABEL_STATISTICS_JSON, TRAINING_ARTIFACT_DIR
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ def register(
     key = registration_key(run_id, source, evaluation.data_hash)
     registry.ensure_model()
     stale_after = registry.settings.registry_orphan_after_s
-    registry.clear_orphans(stale_after, keep_key=key)
+    clear_orphans(registry, stale_after, keep_key=key)
     earlier = registry.registrations(key)
     if earlier and not is_pending(earlier[0]):
         return _already_registered(registry, earlier[0], evaluation)

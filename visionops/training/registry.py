@@ -27,13 +27,12 @@ import getpass
 import hashlib
 import json
 import logging
-import re
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 from visionops.config import Settings, get_settings
 from visionops.errors import ModelNotFound, RegistryError, UsageError, VisionOpsError
 from visionops.tracking import TAG_PREFIX, Tracking, connect, mlflow_errors
-from visionops.training.evaluate import HEADLINE_METRICS, TAG_EVAL_HASH
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -104,91 +102,6 @@ def eval_tag(data_hash: str) -> str:
 
 
 @dataclass(frozen=True)
-class VersionInfo:
-    """One registered version as `visionops model list` shows it."""
-
-    version: str
-    aliases: list[str]
-    run_id: str | None
-    created: str
-    metrics: dict[str, float]
-    dataset_hash: str
-    eval_data_hash: str
-    gate: str
-    tags: dict[str, str] = field(default_factory=dict)
-    pending: bool = False  # an unfinished registration: never served, removed by `gc`
-
-    @property
-    def evaluations(self) -> dict[str, dict[str, float]]:
-        """Its headline metrics per evaluation data it was scored on (data hash prefix -> metrics),
-        from the tags `visionops.eval.<hash prefix>`."""
-        found = {}
-        for key, raw in self.tags.items():
-            match = _EVAL_TAG.fullmatch(key)
-            if match is None:
-                continue
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict):
-                found[match[1]] = {k: float(v) for k, v in value.items()}
-        return found
-
-
-_EVAL_TAG = re.compile(re.escape(f"{TAG_PREFIX}eval.") + r"([0-9a-f]{16})")
-
-
-def shared_evaluations(versions: list[VersionInfo]) -> list[str]:
-    """The evaluation data (hash prefixes) the versions were scored on, the data most of them share
-    first (then the newest version's): the columns in which versions compare fairly."""
-    order: dict[str, tuple[int, int]] = {}
-    for info in versions:
-        for data in info.evaluations:
-            count, newest = order.get(data, (0, 0))
-            order[data] = (count + 1, max(newest, int(info.version)))
-    return sorted(order, key=lambda data: order[data], reverse=True)
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """A registered model: its name, how many versions it has, which one is the champion."""
-
-    name: str
-    versions: int
-    champion: str | None
-
-
-def registered_models(settings: Settings | None = None) -> list[ModelSummary]:
-    """Every registered model of the tracking store, by name."""
-    settings = settings or get_settings()
-    client = connect(settings).client
-    with mlflow_errors("list the registered models", settings):
-        models = list(client.search_registered_models())
-        found = []
-        for model in sorted(models, key=lambda m: m.name):
-            versions = client.search_model_versions(f"name = '{model.name}'")
-            champion = (model.aliases or {}).get(CHAMPION)
-            found.append(ModelSummary(model.name, len(versions), str(champion or "") or None))
-    return found
-
-
-def other_models_hint(name: str, settings: Settings | None = None) -> str:
-    """For "no versions of model NAME": the registered models there are and how to pick one."""
-    others = [m for m in registered_models(settings) if m.name != name and m.versions]
-    if not others:
-        return "no model in this registry has a version yet"
-    listed = ", ".join(
-        f"{m.name} ({m.versions} versions{f', champion v{m.champion}' if m.champion else ''})"
-        for m in others
-    )
-    return (
-        f"this registry holds {listed}: pass --name {others[0].name} "
-        f"(or set VISIONOPS_MODEL_NAME={others[0].name})"
-    )
-
-
-@dataclass(frozen=True)
 class AliasMove:
     """A promotion or rollback: the alias `champion` moved from one version to another."""
 
@@ -196,19 +109,6 @@ class AliasMove:
     version: str
     previous: str | None
     reason: str
-
-
-@dataclass(frozen=True)
-class GcReport:
-    """What `gc` found and did."""
-
-    name: str
-    removed: list[str]  # pending versions of interrupted registrations, deleted
-    completed: list[str]  # pending versions that hold an alias: only their mark was missing
-    kept: list[str]  # pending versions whose registration is alive (a recent heartbeat)
-    history_before: list[str]
-    history_after: list[str]
-    failed: list[str] = field(default_factory=list)  # orphans that could not be deleted
 
 
 class Registry:
@@ -220,7 +120,7 @@ class Registry:
         self.tracking: Tracking = connect(self.settings)
         self.client = self.tracking.client
 
-    def _errors(self, action: str) -> Any:
+    def errors(self, action: str) -> Any:
         return mlflow_errors(action, self.settings)
 
     # ------------------------------------------------------------------ reading
@@ -228,21 +128,21 @@ class Registry:
     def version(self, version: str | int) -> ModelVersion:
         if not str(version).isdigit():
             raise UsageError(f"a model version is a number, got {version!r}")
-        with self._errors(f"find version {version} of model {self.name!r}"):
+        with self.errors(f"find version {version} of model {self.name!r}"):
             return self.client.get_model_version(self.name, str(version))
 
     def alias(self, alias: str) -> ModelVersion | None:
         """The version holding `alias`, or None (also when the model does not exist yet)."""
         try:
-            with self._errors(f"read alias {alias!r} of model {self.name!r}"):
+            with self.errors(f"read alias {alias!r} of model {self.name!r}"):
                 return self.client.get_model_version_by_alias(self.name, alias)
         except ModelNotFound:
             return None
 
-    def _raw_history(self) -> list[str]:
+    def stored_history(self) -> list[str]:
         """The champion history as stored (it may name versions deleted since)."""
         try:
-            with self._errors(f"read model {self.name!r}"):
+            with self.errors(f"read model {self.name!r}"):
                 model = self.client.get_registered_model(self.name)
         except ModelNotFound:
             return []
@@ -254,68 +154,34 @@ class Registry:
 
     def history(self) -> list[str]:
         """Past and present champions, oldest first: only versions that exist."""
-        raw = self._raw_history()
+        raw = self.stored_history()
         if not raw:
             return []
-        existing = {str(mv.version) for mv in self._search()}
+        existing = {str(mv.version) for mv in self.search_versions()}
         return [v for v in raw if v in existing]
 
-    def _search(self, extra: str = "") -> list[ModelVersion]:
+    def search_versions(self, extra: str = "") -> list[ModelVersion]:
         where = f"name = '{self.name}'" + (f" and {extra}" if extra else "")
-        with self._errors(f"list versions of model {self.name!r}"):
+        with self.errors(f"list versions of model {self.name!r}"):
             return list(self.client.search_model_versions(where))
 
     def registrations(self, key: str) -> list[ModelVersion]:
         """The versions made with idempotency key `key`, oldest first."""
-        found = self._search(f"tags.`{TAG_REGISTRATION_KEY}` = '{key}'")
+        found = self.search_versions(f"tags.`{TAG_REGISTRATION_KEY}` = '{key}'")
         return sorted(found, key=lambda mv: int(mv.version))
 
-    def versions(self) -> list[VersionInfo]:
-        """Every version, newest first, with its aliases, metrics and gate reason."""
-        found = self._search()
-        aliases: dict[str, list[str]] = {}
-        for alias in (CHAMPION, CHALLENGER):
-            holder = self.alias(alias)
-            if holder is not None:
-                aliases.setdefault(str(holder.version), []).append(alias)
-        infos = []
-        for mv in sorted(found, key=lambda v: int(v.version), reverse=True):
-            tags = dict(mv.tags or {})
-            metrics = {
-                key: float(tags[f"{TAG_METRIC}{key}"])
-                for key in HEADLINE_METRICS
-                if f"{TAG_METRIC}{key}" in tags
-            }
-            infos.append(
-                VersionInfo(
-                    version=str(mv.version),
-                    aliases=aliases.get(str(mv.version), []),
-                    run_id=mv.run_id,
-                    created=datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(
-                        timespec="seconds"
-                    ),
-                    metrics=metrics,
-                    dataset_hash=tags.get(TAG_DATASET_HASH, ""),
-                    eval_data_hash=tags.get(TAG_EVAL_HASH, ""),
-                    gate=tags.get(TAG_GATE, ""),
-                    tags=tags,
-                    pending=is_pending(mv),
-                )
-            )
-        return infos
-
     def run(self, run_id: str) -> Run:
-        with self._errors(f"read run {run_id}"):
+        with self.errors(f"read run {run_id}"):
             return self.client.get_run(run_id)
 
     def run_json(self, run_id: str, path: str) -> Any:
         """The JSON artifact `path` of run `run_id`, or None if the run has no such file."""
         directory, _, name = path.rpartition("/")
-        with self._errors(f"list the artifacts of run {run_id}"):
+        with self.errors(f"list the artifacts of run {run_id}"):
             listed = {f.path for f in self.client.list_artifacts(run_id, directory or None)}
         if path not in listed:
             return None
-        with tempfile.TemporaryDirectory() as tmp, self._errors(f"read {path} of run {run_id}"):
+        with tempfile.TemporaryDirectory() as tmp, self.errors(f"read {path} of run {run_id}"):
             local = self.client.download_artifacts(run_id, path, tmp)
             try:
                 return json.loads(Path(local).read_text())
@@ -340,7 +206,7 @@ class Registry:
 
     def remember_evaluation(self, version: str, data_hash: str, metrics: dict[str, float]) -> None:
         """Keep version `version`'s metrics on the data with `data_hash` as a tag."""
-        with self._errors(f"tag version {version} with its evaluation"):
+        with self.errors(f"tag version {version} with its evaluation"):
             self.client.set_model_version_tag(
                 self.name, version, eval_tag(data_hash), json.dumps(metrics)
             )
@@ -348,10 +214,10 @@ class Registry:
     def ensure_model(self) -> None:
         """Create the registered model if it does not exist yet."""
         try:
-            with self._errors(f"read model {self.name!r}"):
+            with self.errors(f"read model {self.name!r}"):
                 self.client.get_registered_model(self.name)
         except ModelNotFound:
-            with self._errors(f"create model {self.name!r}"):
+            with self.errors(f"create model {self.name!r}"):
                 self.client.create_registered_model(
                     self.name, description="VisionOps YOLOv8n defect detector"
                 )
@@ -379,7 +245,7 @@ class Registry:
             TAG_HEARTBEAT: f"{time.time():.3f}",
         }
         try:
-            with self._errors(f"create a version of model {self.name!r} from run {run_id}"):
+            with self.errors(f"create a version of model {self.name!r} from run {run_id}"):
                 mv = self.client.create_model_version(
                     self.name, source, run_id=run_id, tags=marked, description=description
                 )
@@ -409,13 +275,13 @@ class Registry:
             if is_pending(extra):
                 log.warning("%s: deleting v%s, a duplicate of v%s from a repeated create",
                             self.name, extra.version, keep.version)  # fmt: skip
-                with self._errors(f"delete duplicate version {extra.version}"):
+                with self.errors(f"delete duplicate version {extra.version}"):
                     self.client.delete_model_version(self.name, str(extra.version))
         return str(keep.version)
 
     def beat(self, version: str) -> None:
         """Say that the registration of pending version `version` is alive now."""
-        with self._errors(f"renew the registration heartbeat of version {version}"):
+        with self.errors(f"renew the registration heartbeat of version {version}"):
             self.client.set_model_version_tag(
                 self.name, version, TAG_HEARTBEAT, f"{time.time():.3f}"
             )
@@ -442,17 +308,17 @@ class Registry:
 
     def complete(self, version: str) -> None:
         """Mark a version's registration finished (its aliases have moved)."""
-        with self._errors(f"mark version {version} registered"):
+        with self.errors(f"mark version {version} registered"):
             self.client.set_model_version_tag(self.name, version, TAG_REGISTRATION, COMPLETE)
 
     def set_description(self, version: str, description: str) -> None:
         """Replace a version's description (the model card of a resumed registration)."""
-        with self._errors(f"write the model card of version {version}"):
+        with self.errors(f"write the model card of version {version}"):
             self.client.update_model_version(self.name, version, description=description)
 
     def set_decision(self, version: str, tags: dict[str, str]) -> None:
         """Rewrite a resumed registration's gate tags with today's decision."""
-        with self._errors(f"tag version {version} with the gate's decision"):
+        with self.errors(f"tag version {version} with the gate's decision"):
             for key, value in tags.items():
                 self.client.set_model_version_tag(self.name, version, key, value)
 
@@ -482,7 +348,7 @@ class Registry:
             ]
         for target, key, value in tags:
             try:
-                with self._errors(f"tag v{target} with {key}"):
+                with self.errors(f"tag v{target} with {key}"):
                     self.client.set_model_version_tag(self.name, target, key, value)
             except VisionOpsError as error:
                 log.warning("%s: champion moved, but %s of v%s not written: %s",
@@ -491,14 +357,14 @@ class Registry:
     def _move_alias_with_history(
         self, version: str, previous: str | None, history: list[str], action: str
     ) -> None:
-        with self._errors(action):
+        with self.errors(action):
             self.client.set_registered_model_alias(self.name, CHAMPION, version)
         try:
-            with self._errors(f"record v{version} in the champion history"):
+            with self.errors(f"record v{version} in the champion history"):
                 self.client.set_registered_model_tag(self.name, TAG_HISTORY, json.dumps(history))
         except VisionOpsError as error:
             try:
-                with self._errors(f"move champion back to v{previous}"):
+                with self.errors(f"move champion back to v{previous}"):
                     if previous:
                         self.client.set_registered_model_alias(self.name, CHAMPION, previous)
                     else:
@@ -512,12 +378,12 @@ class Registry:
             raise type(error)(f"{error}; champion stays v{previous or '(none)'}") from error
 
     def set_challenger(self, version: str) -> None:
-        with self._errors(f"make version {version} the challenger"):
+        with self.errors(f"make version {version} the challenger"):
             self.client.set_registered_model_alias(self.name, CHALLENGER, version)
 
     def mark_promoted(self, version: str, reason: str) -> None:
         """Say on the version why it was promoted by hand (tag `visionops.promoted`)."""
-        with self._errors(f"tag version {version}"):
+        with self.errors(f"tag version {version}"):
             self.client.set_model_version_tag(self.name, version, TAG_PROMOTED, reason)
 
     def discard(self, version: str, run_id: str) -> str:
@@ -531,7 +397,7 @@ class Registry:
         if mv.aliases:
             return f"version {version} exists and holds {', '.join(mv.aliases)}"
         try:
-            with self._errors(f"delete version {version}"):
+            with self.errors(f"delete version {version}"):
                 self.client.delete_model_version(self.name, version)
         except VisionOpsError:
             with_tag = self._tag_orphan(version)
@@ -543,73 +409,13 @@ class Registry:
 
     def _tag_orphan(self, version: str) -> str:
         try:
-            with self._errors(f"tag version {version} as an orphan"):
+            with self.errors(f"tag version {version} as an orphan"):
                 self.client.set_model_version_tag(
                     self.name, version, TAG_ORPHAN, "registration interrupted"
                 )
         except VisionOpsError:
             return ""
         return f" and tagged {TAG_ORPHAN}"
-
-    def gc(self, min_age_s: float = 0.0, *, keep_key: str | None = None) -> GcReport:
-        """Remove the versions of interrupted registrations (pending, with no heartbeat for at
-        least `min_age_s`), finish the mark of pending versions that hold an alias, and make the
-        champion history name only existing versions, ending with the champion."""
-        versions = self._search()
-        existing = {str(mv.version) for mv in versions}
-        holders = {alias: self.alias(alias) for alias in (CHAMPION, CHALLENGER)}
-        aliased = {str(mv.version) for mv in holders.values() if mv is not None}
-        raw = self._raw_history()
-        now = time.time()
-        removed, completed, kept, failed = [], [], [], []
-        for mv in sorted(versions, key=lambda v: int(v.version)):
-            version = str(mv.version)
-            if not is_pending(mv):
-                continue
-            if version in aliased or version in raw:
-                self.complete(version)
-                completed.append(version)
-            elif keep_key and (mv.tags or {}).get(TAG_REGISTRATION_KEY) == keep_key:
-                continue  # the caller's own interrupted registration: it resumes it
-            elif now - last_alive(mv) < min_age_s:
-                kept.append(version)
-            else:
-                try:
-                    with self._errors(f"delete orphan version {version}"):
-                        self.client.delete_model_version(self.name, version)
-                    removed.append(version)
-                    existing.discard(version)
-                except VisionOpsError as error:
-                    log.error("%s: orphan v%s not deleted: %s", self.name, version, error)
-                    failed.append(version)
-        history = [v for v in raw if v in existing]
-        champion = holders[CHAMPION]
-        if champion is not None and (not history or history[-1] != str(champion.version)):
-            history.append(str(champion.version))
-        if history != raw:
-            with self._errors("repair the champion history"):
-                self.client.set_registered_model_tag(self.name, TAG_HISTORY, json.dumps(history))
-        if removed or completed or history != raw:
-            log.info("%s: gc removed %s, completed %s, history %s -> %s",
-                     self.name, removed, completed, raw, history)  # fmt: skip
-        return GcReport(self.name, removed, completed, kept, raw, history, failed)
-
-    def clear_orphans(self, stale_after_s: float, *, keep_key: str) -> GcReport:
-        """`gc` before a registration: remove the orphans of dead registrations, then wait for
-        live ones (fresh heartbeat) to finish or go stale, so that none is left behind; a
-        registration still beating after two waits is left to itself, with a warning."""
-        report = self.gc(stale_after_s, keep_key=keep_key)
-        for _ in range(2):
-            if not report.kept:
-                return report
-            log.info("%s: waiting up to %.0f s for the registration of %s to finish or go stale",
-                     self.name, stale_after_s, ", ".join(f"v{v}" for v in report.kept))  # fmt: skip
-            time.sleep(stale_after_s)
-            report = self.gc(stale_after_s, keep_key=keep_key)
-        if report.kept:
-            log.warning("%s: %s still being registered by another process; left pending",
-                        self.name, ", ".join(f"v{v}" for v in report.kept))  # fmt: skip
-        return report
 
     def rollback(self) -> AliasMove:
         """Move `champion` back to the previous champion that still exists; the history keeps
@@ -618,8 +424,8 @@ class Registry:
         if champion is None:
             raise ModelNotFound(f"model {self.name!r} has no champion to roll back")
         current = str(champion.version)
-        usable = {str(mv.version) for mv in self._search() if not is_pending(mv)}
-        history = [v for v in self._raw_history() if v in usable]
+        usable = {str(mv.version) for mv in self.search_versions() if not is_pending(mv)}
+        history = [v for v in self.stored_history() if v in usable]
         while history and history[-1] == current:
             history.pop()
         if not history:
@@ -631,7 +437,7 @@ class Registry:
             previous, current, history, f"roll back champion v{current} to v{previous}"
         )
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
-        with self._errors(f"tag v{current} as rolled back"):
+        with self.errors(f"tag v{current} as rolled back"):
             self.client.set_model_version_tag(
                 self.name, current, TAG_ROLLED_BACK, f"replaced by v{previous} at {stamp}"
             )
@@ -648,18 +454,6 @@ def _user() -> str:
         return "unknown"
 
 
-def list_versions(name: str | None = None, settings: Settings | None = None) -> list[VersionInfo]:
-    """Every version of the model, newest first."""
-    return Registry(name, settings).versions()
-
-
 def rollback(name: str | None = None, settings: Settings | None = None) -> AliasMove:
     """Move `champion` back to the previous champion."""
     return Registry(name, settings).rollback()
-
-
-def gc(
-    name: str | None = None, settings: Settings | None = None, *, min_age_s: float = 0.0
-) -> GcReport:
-    """Remove orphans of interrupted registrations and repair the champion history."""
-    return Registry(name, settings).gc(min_age_s)
