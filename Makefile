@@ -51,10 +51,11 @@ offline-check: $(STAMP) tools ## As root: the quick demo, both engines, no netwo
 offline-check-images: $(STAMP) tools ## As root: the predictor and pipeline images with no network route (tests/test_offline_containers.py)
 	VISIONOPS_REQUIRE_DOCKER=1 $(BIN)/python -m pytest tests/test_offline_containers.py -rA $(PYTEST_ARGS)
 
-lint: $(STAMP) tools ## ruff check + format check, import contracts, shellcheck, hadolint, actionlint
+lint: $(STAMP) tools ## ruff check + format check, import contracts, module sizes, shellcheck, hadolint, actionlint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/python -m tests.module_size visionops 500
 	@shopt -s nullglob; scripts=(hack/*.sh .ci/run); if ((${#scripts[@]})); then shellcheck "$${scripts[@]}"; fi
 	@shopt -s nullglob; files=(images/*Dockerfile*); if ((${#files[@]})); then $(BIN)/hadolint "$${files[@]}"; fi
 	$(BIN)/actionlint -shellcheck=shellcheck .github/workflows/*.yml
