@@ -19,6 +19,7 @@ from visionops.cli.data import data_app
 from visionops.cli.demo import demo
 from visionops.cli.doctor import doctor_app
 from visionops.cli.drift import drift_app
+from visionops.cli.label import label_app
 from visionops.cli.model import model_app
 from visionops.cli.pipeline import pipeline_app
 from visionops.cli.serve import serve
@@ -93,6 +94,7 @@ app.command("demo")(demo)
 app.add_typer(data_app, name="data")
 app.add_typer(doctor_app, name="doctor")
 app.add_typer(drift_app, name="drift")
+app.add_typer(label_app, name="label")
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.add_typer(model_app, name="model")
