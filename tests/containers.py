@@ -101,6 +101,43 @@ def session_leftovers() -> list[str]:
     return done.stdout.split("\n") if done.stdout.strip() else []
 
 
+class ContainerStarts:
+    """Every container start with label `label`, streamed from `docker events` while it runs.
+
+    The engine answers `docker events --since` from a buffer of its last 256 events only (a
+    container's create, start, die, destroy and network events fill it fast), so a count of what
+    a long run started must be watched as it happens, not asked for afterwards.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._out = Path(os.environ.get("TMPDIR", "/tmp")) / f"{container_name('events')}.jsonl"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ContainerStarts:
+        with self._out.open("wb") as out:
+            self._process = subprocess.Popen(
+                ["docker", "events", "--filter", f"label={self.label}", "--filter", "event=start",
+                 "--format", "{{json .Actor.Attributes}}"],
+                stdout=out, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=30)
+        self._out.unlink(missing_ok=True)
+
+    def images(self, value: str) -> list[str]:
+        """The image of each container started so far whose label `label` is `value`."""
+        import json
+
+        lines = self._out.read_text().splitlines()
+        started = [json.loads(line) for line in lines if line.strip()]
+        return [a["image"] for a in started if a.get(self.label) == value]
+
+
 def images_env(**extra: str) -> dict[str, str]:
     """This process's environment for hack/images.sh, less the session's PIP_NO_INDEX: bootstrap
     sets it so that nothing at run time reaches an index, and hack/images.sh hands pip's settings

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from pipelines import load_pipeline
-from tests.containers import predictor_container
+from tests.containers import ContainerStarts, predictor_container
 from tests.k8s import find
 from tests.servers import BIN, MlflowServer, S3Server
 from visionops.demo import DemoConfig, DemoData, DemoEvents, inference_images, prepare_data
@@ -35,6 +35,13 @@ NAME = "docker-pipelines"
 BUCKET = "docker-pipelines"
 TRAINING_STEPS = ["fetch-dataset", "fetch-dataset-2", "validate-dataset", "convert-dataset",
                   "train-model", "evaluate-model", "register-model", "deploy-model"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def starts(pipeline_image: str) -> Iterator[ContainerStarts]:
+    """Step containers as they start, for every run of this module."""
+    with ContainerStarts(RUN_LABEL) as watching:
+        yield watching
 
 
 @pytest.fixture(scope="module")
@@ -73,17 +80,6 @@ def training_params(model_name: str, dataset: Path) -> dict[str, Any]:
             "model_name": model_name, "deploy_target": "none"}  # fmt: skip
 
 
-def containers_started(run_name: str, since: float) -> list[str]:
-    """The image of every container Docker started for `run_name` since `since`."""
-    done = subprocess.run(
-        ["docker", "events", "--since", str(int(since)), "--until", str(int(time.time()) + 1),
-         "--filter", f"label={RUN_LABEL}={run_name}", "--filter", "event=start",
-         "--format", "{{.Actor.Attributes.image}}"],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    return done.stdout.split()
-
-
 def left_running(run_name: str) -> list[str]:
     return subprocess.run(
         ["docker", "ps", "--all", "--quiet", "--filter", f"label={RUN_LABEL}={run_name}"],
@@ -98,8 +94,9 @@ def registry(env: dict[str, str]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def training(env: dict[str, str], data: DemoData, pipeline_image: str) -> LocalRun:
-    since = time.time()
+def training(
+    env: dict[str, str], data: DemoData, pipeline_image: str, starts: ContainerStarts
+) -> LocalRun:
     done = subprocess.run(
         cli_args("training", "docker-training", training_params(NAME, data.vision)),
         env={**os.environ, **env}, capture_output=True, text=True, timeout=1800,
@@ -108,7 +105,7 @@ def training(env: dict[str, str], data: DemoData, pipeline_image: str) -> LocalR
     assert "steps in containers" in done.stdout and "docker-training" in done.stdout
     run = read_run(runs_dir() / "docker-training")
     assert run is not None
-    started = containers_started("docker-training", since)
+    started = starts.images("docker-training")
     assert started == [pipeline_image] * len(TRAINING_STEPS)  # one container per step
     assert not left_running("docker-training")
     return run
@@ -201,7 +198,10 @@ def drifted_window(
 
 
 def test_monitoring_in_containers_detects_drift_and_resubmits_training_once(
-    drifted_window: tuple[datetime, datetime], env: dict[str, str], data: DemoData
+    drifted_window: tuple[datetime, datetime],
+    env: dict[str, str],
+    data: DemoData,
+    starts: ContainerStarts,
 ) -> None:
     from visionops.config import Settings
     from visionops.orchestration.resubmit import list_submissions
@@ -216,7 +216,6 @@ def test_monitoring_in_containers_detects_drift_and_resubmits_training_once(
         "min_rows": 10, "dataset": data.vision, "new_data": data.drifted, "epochs": 1,
         "imgsz": 64, "training_params": json.dumps(follow),
     }  # fmt: skip
-    since = time.time()
     done = subprocess.run(
         cli_args("monitoring", "docker-monitoring", params), env={**os.environ, **env},
         capture_output=True, text=True, timeout=1800,
@@ -224,7 +223,7 @@ def test_monitoring_in_containers_detects_drift_and_resubmits_training_once(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run = read_run(runs_dir() / "docker-monitoring")
     assert run is not None and run.output("drift-check", "decision") == "drift"
-    assert len(containers_started("docker-monitoring", since)) == len(
+    assert len(starts.images("docker-monitoring")) == len(
         [s for s in run.steps.values() if s.state == "succeeded"]
     )
     (submission,) = [s for s in list_submissions(settings) if s.key not in before]
@@ -237,7 +236,7 @@ def test_monitoring_in_containers_detects_drift_and_resubmits_training_once(
     assert retrained.status == "succeeded"
     assert retrained.params["extra_data"] == str(data.drifted)
     assert retrained.output("register-model", "version") == "2"
-    assert len(containers_started(submission.run_name, since)) == len(TRAINING_STEPS)
+    assert len(starts.images(submission.run_name)) == len(TRAINING_STEPS)
     assert [s.key for s in list_submissions(settings) if s.key not in before] == [submission.key]
 
 
