@@ -8,22 +8,14 @@ screenshot must not be blank, and Chromium's network log must show no request le
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
+from tests import headless_chromium
 from tests.drift_data import PRODUCTS, DriftTables, build_drift_tables
 from visionops.cli.app import app
-
-CHROMIUM = "chromium"
-needs_chromium = pytest.mark.skipif(
-    shutil.which(CHROMIUM) is None, reason="chromium is not installed (make tools)"
-)
 
 
 @pytest.fixture(scope="module")
@@ -31,36 +23,7 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> DriftTables:
     return build_drift_tables(tmp_path_factory.mktemp("drift-page"), n_images=40)
 
 
-def _chromium(url: str, work: Path) -> tuple[str, np.ndarray, list[str]]:
-    """(DOM text, screenshot pixels, URLs the page requested) of `url` in headless Chromium."""
-    common = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--host-resolver-rules=MAP * ~NOTFOUND", "--hide-scrollbars",
-        f"--user-data-dir={work / 'profile'}",
-    ]  # fmt: skip
-    netlog, shot = work / "netlog.json", work / "shot.png"
-    subprocess.run(
-        [*common, f"--log-net-log={netlog}", "--window-size=1280,2400", f"--screenshot={shot}",
-         url],
-        check=True, capture_output=True, timeout=180,
-    )  # fmt: skip
-    dom = subprocess.run(
-        [*common, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=180
-    ).stdout
-    log = json.loads(netlog.read_text(errors="replace"))
-    start = log["constants"]["logEventTypes"]["URL_REQUEST_START_JOB"]
-    params = [e.get("params", {}) for e in log.get("events", []) if e.get("type") == start]
-    requested = [
-        p.get("url", "")
-        for p in params
-        if str(p.get("network_isolation_key", "")).startswith("file://")
-    ]
-    with Image.open(shot) as image:
-        return dom, np.asarray(image.convert("RGB")), requested
-
-
-@needs_chromium
+@headless_chromium.needs_chromium
 def test_the_drift_page_says_what_drifted_and_renders_offline(
     tables: DriftTables, tmp_path: Path
 ) -> None:
@@ -75,10 +38,11 @@ def test_the_drift_page_says_what_drifted_and_renders_offline(
     assert decided["decision"] == "drift"
     page = out / "drift_report.html"
 
-    dom, pixels, requested = _chromium(page.as_uri(), tmp_path / "chromium")
+    rendered = headless_chromium.render(page, tmp_path / "chromium", width=1280, height=2400)
+    dom = rendered.dom
 
-    assert [u for u in requested if not u.startswith(("file:", "data:"))] == []
-    assert pixels.std() > 10  # not a blank page
+    assert rendered.external() == []
+    assert rendered.screenshot.std() > 10  # not a blank page
     assert "VisionOps drift check: drift" in dom
     assert "Drift: production images no longer look like the data" in dom
     assert f"{decided['current_rows']:,} current, {decided['reference_rows']:,} reference" in dom

@@ -233,7 +233,7 @@ def test_the_report_agrees_with_the_metrics_it_draws(html_report: EvaluationResu
     assert "| product | images | mAP50 | mAP50-95 |" in html_report.files["report"].read_text()
 
 
-@pytest.mark.skipif(not headless_chromium.available(), reason="chromium is not installed")
+@headless_chromium.needs_chromium
 def test_the_report_renders_in_headless_chromium_without_reaching_out(
     html_report: EvaluationResult, tmp_path: Path
 ):
@@ -248,7 +248,7 @@ def test_the_report_renders_in_headless_chromium_without_reaching_out(
     assert (shot < 250).any(axis=2).mean() > 0.05  # not a blank page: text, plots, images
 
 
-@pytest.mark.skipif(not headless_chromium.available(), reason="chromium is not installed")
+@headless_chromium.needs_chromium
 def test_the_chromium_check_sees_a_page_that_reaches_out(tmp_path: Path):
     page = tmp_path / "page.html"
     page.write_text('<html><body><img src="https://cdn.invalid/x.png"></body></html>')
