@@ -12,8 +12,17 @@ EXTRAS := pipeline,serve,openvino,dev
 PYTEST_ARGS ?=
 IMAGES ?=
 MUTATION_TARGETS ?=
+# Label Studio (`visionops label studio`) lives in a virtualenv of its own: its pins clash with ours.
+LS_VENV := .label-studio
+LS_CONSTRAINTS := requirements/label-studio.txt
+LS_STAMP := $(LS_VENV)/.installed
+# Its settings for an offline machine: no Sentry, no PyPI version check, no analytics; HOST unset
+# (Label Studio expects a URL there). visionops/labeling/studio.py starts it with the same.
+LS_OFFLINE_ENV := env -u HOST -u LABEL_STUDIO_HOST LABEL_STUDIO_SENTRY_DSN= \
+  LABEL_STUDIO_FRONTEND_SENTRY_DSN= LABEL_STUDIO_LATEST_VERSION_CHECK=false \
+  LABEL_STUDIO_COLLECT_ANALYTICS=false LABEL_STUDIO_FEATURE_FLAGS_OFFLINE=true
 
-.PHONY: help install tools images demo offline-check offline-check-images test test-containers lint format lock clean mutation
+.PHONY: help install label-studio label-studio-lock tools images demo offline-check offline-check-images test test-containers lint format lock clean mutation
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -29,6 +38,25 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@touch $@
 
 install: $(STAMP) ## Create .venv and install the project with every extra
+
+$(LS_STAMP): $(LS_CONSTRAINTS)
+	@echo ">> installing label-studio into $(LS_VENV)/, its own virtualenv (pinned by $(LS_CONSTRAINTS))"
+	rm -rf $(LS_VENV)
+	@command -v $(PYTHON) >/dev/null && py=$(PYTHON) || py=python3; $$py -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q pip==26.3  # the bundled pip 23.2 is much slower at this
+	$(LS_VENV)/bin/python -m pip install -q -c $(LS_CONSTRAINTS) label-studio
+	$(LS_VENV)/bin/python -m pip check
+	@# A migrated empty database: a new data dir starts from a copy of it (seconds, not minutes).
+	$(LS_OFFLINE_ENV) LABEL_STUDIO_BASE_DATA_DIR=$(CURDIR)/$(LS_VENV)/template \
+	  $(LS_VENV)/bin/label-studio version >$(LS_VENV)/template.log 2>&1 || { tail -20 $(LS_VENV)/template.log; exit 1; }
+	rm -f $(LS_VENV)/template/.env
+	@touch $@
+
+label-studio: $(LS_STAMP) ## Install Label Studio into .label-studio/ (its own venv) for `visionops label studio`
+
+label-studio-lock: ## Re-pin requirements/label-studio.txt from .label-studio/
+	@{ grep '^#' $(LS_CONSTRAINTS); $(LS_VENV)/bin/python -m pip freeze --all | grep -v '^pip=='; } > $(LS_CONSTRAINTS).new
+	mv $(LS_CONSTRAINTS).new $(LS_CONSTRAINTS)
 
 tools: ## System tools the tests use (shellcheck, promtool, prometheus, pushgateway, strace, chromium for the HTML reports), via apt if missing
 	@missing=""; for t in shellcheck promtool prometheus prometheus-pushgateway strace chromium; do command -v $$t >/dev/null || missing=1; done; \
@@ -64,7 +92,7 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint ## Lint, then the whole test suite (unit, integration with real servers, end to end)
+test: lint $(LS_STAMP) ## Lint, then the whole test suite (unit, integration with real servers, end to end)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-containers: $(STAMP) ## All three images, then every container test, the pipeline image's included
