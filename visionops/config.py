@@ -154,12 +154,20 @@ class Settings(BaseSettings):
         20.0, gt=0, description="at shutdown, the log's time to write or spool what it holds"
     )
 
+    # Label Studio (visionops/labeling/): `label export/import --to/--from label-studio` talk to it
+    # with a personal access token (its API token page; `label studio` prints one); `label studio`
+    # runs it from its own virtualenv (`make label-studio`).
+    label_studio_url: str | None = Field(None, description="default of --url, e.g. http://h:8080")
+    label_studio_token: SecretStr | None = Field(None, description="Label Studio API token")
+    label_studio_timeout: float = Field(30.0, gt=0, description="seconds per HTTP request")
+    label_studio_venv: Path = Field(Path(".label-studio"), description="its virtualenv")
+
     @field_validator("data_dir", "log_spool_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
 
-    @field_validator("s3_endpoint")
+    @field_validator("s3_endpoint", "label_studio_url")
     @classmethod
     def _endpoint_is_url(cls, value: str | None) -> str | None:
         if value in (None, ""):

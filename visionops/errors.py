@@ -95,3 +95,8 @@ class SandboxUnavailable(VisionOpsError, RuntimeError):
 
 class ContainerError(VisionOpsError, RuntimeError):
     """No Docker engine, an image that is not built, or a container that failed (its log named)."""
+
+
+class LabelStudioError(VisionOpsError, RuntimeError):
+    """Label Studio is unreachable, refused the token, or holds a project that does not fit (its
+    labels are not the batch's classes); nothing was written (CLI exit 1)."""
