@@ -5,8 +5,9 @@
 #   hack/deploy.sh                 # kustomize/overlays/kind on the kind cluster
 #   hack/deploy.sh production      # kustomize/overlays/production on KUBE_CONTEXT (required)
 #
-# Before applying, every missing secrets/<name>.env of the overlay is created from its
-# <name>.env.example with fresh random values (they are never committed: *.env is in .gitignore).
+# Before applying, every missing secrets/<name>.env of the overlay and of the optional components
+# is created from its <name>.env.example with fresh random values (they are never committed: *.env
+# is in .gitignore).
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -19,7 +20,8 @@ if [ "${overlay}" = production ] && [ "${KUBE_CONTEXT}" = "kind-${KIND_CLUSTER_N
 fi
 
 step "Secrets for '${overlay}' (kept if present, generated from the examples if not)"
-for example in "${overlay_dir}"/secrets/*.env.example; do
+# The optional components' secrets too (kustomize/components/*/secrets), for an overlay that uses one.
+for example in "${overlay_dir}"/secrets/*.env.example "${ROOT_DIR}"/kustomize/components/*/secrets/*.env.example; do
   target=${example%.example}
   if [ -f "${target}" ]; then
     info "$(basename "${target}"): present"

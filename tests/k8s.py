@@ -54,7 +54,7 @@ def example_tree(dest: Path) -> Path:
     ignore = shutil.ignore_patterns("*.env", "__pycache__")
     for part in ("manifests", "kustomize"):
         shutil.copytree(ROOT / part, dest / part, ignore=ignore)
-    for example in dest.glob("kustomize/overlays/*/secrets/*.env.example"):
+    for example in dest.glob("kustomize/*/*/secrets/*.env.example"):  # overlays and components
         shutil.copyfile(example, example.with_suffix(""))
     return dest
 
