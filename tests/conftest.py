@@ -21,7 +21,13 @@ from visionops.bootstrap import disable_telemetry
 disable_telemetry()
 
 from tests.faultproxy import FaultProxy  # noqa: E402
-from tests.servers import MlflowServer, S3Server, mlflow_server, s3_server  # noqa: E402
+from tests.servers import (  # noqa: E402
+    LabelStudio,
+    MlflowServer,
+    S3Server,
+    mlflow_server,
+    s3_server,
+)
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
@@ -431,3 +437,16 @@ def mlflow_in_container(
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == mlflow_image
     with mlflow_container(deployment, tmp_path_factory.mktemp("mlflow-container"), s3) as url:
         yield MlflowServer(url, "s3://mlflow/artifacts", s3)
+
+
+# Label Studio (tests/test_labeling_studio.py): `visionops label studio` itself, started once from
+# the virtualenv `make label-studio` installs (`make test` installs it first; CI fails on the skip).
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
+    """A real Label Studio on 127.0.0.1 run by `visionops label studio`, its URL and token."""
+    from tests.servers import label_studio_command
+
+    with label_studio_command(tmp_path_factory.mktemp("label-studio")) as studio:
+        yield studio

@@ -358,3 +358,69 @@ def gauge(url: str, name: str, **labels: str) -> float | None:
             if sample.name == name and labels.items() <= sample.labels.items():
                 return sample.value
     return None
+
+
+ROOT = Path(__file__).resolve().parents[1]
+LABEL_STUDIO_VENV = ROOT / ".label-studio"
+
+
+@dataclass(frozen=True)
+class LabelStudio:
+    """What `visionops label studio` printed, and its process (the test stops it)."""
+
+    url: str
+    email: str
+    password: str
+    token: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes] = field(compare=False, repr=False)
+
+
+@contextmanager
+def label_studio_command(workdir: Path, *, timeout: float = 600) -> Iterator[LabelStudio]:
+    """`visionops label studio` on a free port (Label Studio from `make label-studio`), until it
+    printed its token; SIGTERM at the end, which must stop it and Label Studio cleanly."""
+    import pytest
+
+    if not (LABEL_STUDIO_VENV / "bin" / "label-studio").is_file():
+        pytest.skip(f"Label Studio is not installed in {LABEL_STUDIO_VENV}: run make label-studio")
+    port = free_port()
+    data_dir = workdir / "data"
+    out, err = workdir / "stdout.txt", workdir / "stderr.txt"
+    env = {**os.environ, "VISIONOPS_LABEL_STUDIO_VENV": str(LABEL_STUDIO_VENV)}
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "visionops", "label", "studio", "--port", str(port),
+             "--data-dir", str(data_dir)],
+            stdout=stdout, stderr=stderr, env=env, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until(
+            lambda: "export VISIONOPS_LABEL_STUDIO_URL" in out.read_text(),
+            timeout=timeout, what="visionops label studio", proc=proc,
+        )  # fmt: skip
+    except (RuntimeError, TimeoutError) as error:
+        stop(proc)
+        raise RuntimeError(f"{error}\n{err.read_text()[-3000:]}") from error
+    printed = dict(
+        line.split(":", 1) for line in out.read_text().splitlines() if line and ":" in line
+    )
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    try:
+        yield LabelStudio(
+            url=printed["Label Studio"].strip(), email=printed["user"].strip(),
+            password=printed["password"].strip(), token=printed["token"].strip(),
+            data_dir=data_dir, proc=proc,
+        )  # fmt: skip
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # what a service manager or a pod's stop sends
+        try:
+            code = proc.wait(timeout=30)
+        finally:
+            stop(proc)
+        # It stopped Label Studio (in a session of its own) too, and said so.
+        assert code == 0, err.read_text()[-2000:]
+        assert "Label Studio stopped" in err.read_text()
+        assert [c for c in children if Path(f"/proc/{c}").exists()] == []
+        with closing(socket.socket()) as probe:  # nothing listens there any more
+            assert probe.connect_ex(("127.0.0.1", port)) != 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,13 +18,26 @@ from visionops.cli._common import SeedOption, err_console, progress
 from visionops.cli.drift import EndOption, HoursOption, LogOption, StartOption
 from visionops.errors import UsageError
 
+if TYPE_CHECKING:
+    from visionops.labeling.label_studio_client import LabelStudioClient
+
 label_app = typer.Typer(
     help="The data loop: pick images worth labelling, export them, import the labels.",
     no_args_is_help=True,
 )
 
-EXPORT_TARGETS = ("coco",)
-IMPORT_SOURCES = ("coco",)
+EXPORT_TARGETS = ("coco", "label-studio")
+IMPORT_SOURCES = ("coco", "label-studio")
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url", help="Label Studio, e.g. http://127.0.0.1:8080 (VISIONOPS_LABEL_STUDIO_URL)."
+    ),
+]
+ProjectOption = Annotated[
+    str | None, typer.Option("--project", help="Label Studio project title (created if missing).")
+]
 
 
 def _echo(summary: dict[str, Any]) -> None:
@@ -99,10 +112,15 @@ def export_command(
     out: Annotated[
         Path | None, typer.Option("--out", help="--to coco: the folder to write.")
     ] = None,
+    url: UrlOption = None,
+    project: ProjectOption = None,
 ) -> None:
     """Export a selection batch with the model's boxes as annotations to correct."""
     if to not in EXPORT_TARGETS:
         raise UsageError(f"unknown --to {to!r}; choose {', '.join(EXPORT_TARGETS)}")
+    if to == "label-studio":
+        _export_label_studio(batch, url, project)
+        return
     if out is None:
         raise UsageError("--to coco needs --out DIR")
     from visionops.labeling.coco_exchange import export_coco  # PIL: loaded by this command only
@@ -135,14 +153,26 @@ def import_command(
     val_fraction: Annotated[
         float, typer.Option("--val-fraction", help="Share of each product's images in val.")
     ] = 0.2,
+    url: UrlOption = None,
+    project: ProjectOption = None,
+    require_complete: Annotated[
+        bool,
+        typer.Option(
+            "--require-complete",
+            help="--from label-studio: refuse (write nothing) while a task is unlabelled.",
+        ),
+    ] = False,
 ) -> None:
     """Import labels as a VISION root with train and val splits (seeded, whole or nothing)."""
     if source not in IMPORT_SOURCES:
         raise UsageError(f"unknown --from {source!r}; choose {', '.join(IMPORT_SOURCES)}")
-    if file is None or images is None:
-        raise UsageError("--from coco needs the COCO FILE and --images DIR")
     if not 0 <= val_fraction < 1:
         raise UsageError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if source == "label-studio":
+        _import_label_studio(url, project, out, require_complete, seed, val_fraction)
+        return
+    if file is None or images is None:
+        raise UsageError("--from coco needs the COCO FILE and --images DIR")
     from visionops.labeling.coco_exchange import import_coco  # PIL: loaded by this command only
 
     summary = import_coco(file, images, out, seed=seed, val_fraction=val_fraction, base=base)
@@ -156,3 +186,109 @@ def import_command(
     err_console.print(
         f"{verb} {summary.total} images, {summary.boxes} boxes in {summary.root}", highlight=False
     )
+
+
+def _label_studio_client(url: str | None, project: str | None) -> tuple[LabelStudioClient, str]:
+    """The Label Studio client of --url (or VISIONOPS_LABEL_STUDIO_URL) with the token of
+    VISIONOPS_LABEL_STUDIO_TOKEN, and the --project title."""
+    from visionops.config import get_settings
+    from visionops.labeling.label_studio_client import LabelStudioClient
+
+    settings = get_settings()
+    url = url or settings.label_studio_url
+    if not url:
+        raise UsageError("--to/--from label-studio needs --url (or VISIONOPS_LABEL_STUDIO_URL)")
+    if not project:
+        raise UsageError("--to/--from label-studio needs --project NAME")
+    token = settings.label_studio_token.get_secret_value() if settings.label_studio_token else ""
+    return LabelStudioClient(url, token, timeout=settings.label_studio_timeout), project
+
+
+def _export_label_studio(batch: Path, url: str | None, project: str | None) -> None:
+    from visionops.labeling.label_studio import export_to_label_studio
+
+    client, title = _label_studio_client(url, project)
+    with client:
+        summary = export_to_label_studio(batch, client, title)
+    _echo(summary.to_dict())
+    err_console.print(
+        f"project {title!r}: {summary.tasks_created} tasks created, {summary.already_there} "
+        f"already there; label them at {summary.to_dict()['project_url']}",
+        highlight=False,
+    )
+
+
+def _import_label_studio(
+    url: str | None, project: str | None, out: Path, require_complete: bool, seed: int,
+    val_fraction: float,
+) -> None:  # fmt: skip
+    from visionops.labeling.label_studio import import_from_label_studio
+
+    client, title = _label_studio_client(url, project)
+    with client:
+        result = import_from_label_studio(
+            client, title, out, require_complete=require_complete, seed=seed,
+            val_fraction=val_fraction,
+        )  # fmt: skip
+    _echo(result.to_dict())
+    if result.unfinished:
+        err_console.print(
+            f"[yellow]left out[/] {result.unfinished} unfinished tasks "
+            f"({result.skipped} skipped); --require-complete refuses instead",
+            highlight=False,
+        )
+    verb = "already held" if result.root.reused else "wrote"
+    err_console.print(
+        f"{verb} {result.root.total} images, {result.root.boxes} boxes in {result.root.root}",
+        highlight=False,
+    )
+
+
+@label_app.command("studio")
+def studio_command(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1.")] = 8080,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", help="Its database and uploads (default: <data dir>/label-studio)."
+        ),
+    ] = None,
+) -> None:
+    """Run Label Studio on 127.0.0.1 (installed by `make label-studio`) until Ctrl-C or SIGTERM;
+    prints its URL, the generated admin, and an API token."""
+    import signal
+
+    from visionops.config import get_settings
+    from visionops.errors import LabelStudioError
+    from visionops.labeling.studio import start_studio
+
+    settings = get_settings()
+    folder = data_dir or settings.data_dir / "label-studio"
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    studio = None
+    try:
+        err_console.print(f"starting Label Studio on 127.0.0.1:{port} (data in {folder})")
+        studio = start_studio(settings.label_studio_venv, folder, port)
+        typer.echo(
+            f"Label Studio: {studio.url}\n"
+            f"user:         {studio.admin.email}\n"
+            f"password:     {studio.admin.password}\n"
+            f"token:        {studio.admin.token}\n"
+            f"export VISIONOPS_LABEL_STUDIO_URL={studio.url} "
+            f"VISIONOPS_LABEL_STUDIO_TOKEN={studio.admin.token}",
+        )
+        err_console.print("Ctrl-C stops it")
+        code = studio.process.wait()
+        raise LabelStudioError(f"Label Studio exited with {code} (log {studio.log_path})")
+    except KeyboardInterrupt:
+        if studio is not None:
+            studio.stop()
+        err_console.print("Label Studio stopped")
+    finally:
+        if studio is not None:
+            studio.stop()
+        signal.signal(signal.SIGTERM, previous)
