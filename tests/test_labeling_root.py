@@ -286,3 +286,22 @@ def test_bad_manifests_name_the_problem(tmp_path: Path, edit, message: str) -> N
         read_batch(folder)
     with pytest.raises(DataError, match="not a selection batch"):
         read_batch(tmp_path)
+
+
+def test_sizes_are_those_the_predictor_decodes(tmp_path: Path) -> None:
+    """A JPEG whose EXIF turns it a quarter: OpenCV (the predictor) decodes it 20 wide, 40 high,
+    and the model's boxes are in that frame; the root's sizes follow."""
+    from PIL import Image
+
+    image = Image.fromarray(np.full((20, 40, 3), 90, np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "turned.jpg"
+    image.save(path, "JPEG", exif=exif.tobytes())
+    assert cv2.imread(str(path)).shape[:2] == (40, 20)
+    item = LabeledImage(
+        path, (LabeledBox("Cable/break", (1.0, 2.0, 18.0, 37.0)),), width=20, height=40
+    )
+    write_vision_root([item], CLASSES, tmp_path / "root")
+    coco = load_coco(next((tmp_path / "root" / "Cable").glob("*/_annotations.coco.json")))
+    assert [(i["width"], i["height"]) for i in coco["images"]] == [(20, 40)]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from visionops.cli.app import app
 from visionops.labeling.batch import read_batch
 from visionops.labeling.scoring import NUMERIC_COLUMNS, Confusion
 from visionops.labeling.select import _Candidate, _Pool, _uniform
+from visionops.monitoring.compact import compact_log
 from visionops.monitoring.drift import ColumnDrift, DriftResult
 from visionops.storage import LocalStore, S3Store, s3_client
 
@@ -199,3 +202,18 @@ def test_the_pool_is_bounded_and_does_not_depend_on_read_order() -> None:
         best[d] = max(best.get(d, 0.0), u)
     top = sorted(best, key=lambda d: -best[d])[:20]
     assert set(top) <= set(first)  # the most useful half is kept whatever the order
+
+
+def test_a_compacted_window_gives_the_same_batch(prediction_log, tmp_path: Path) -> None:
+    folder, _ = prediction_log
+    copy = tmp_path / "log"
+    shutil.copytree(folder, copy)
+    compacted = compact_log(LocalStore(copy), T0, T1, settle_s=0, now=T1 + timedelta(hours=2))
+    assert compacted.to_dict()["parts_written"] >= 1
+    assert not list(copy.rglob("*.jsonl"))  # the JSON lines are gone: only parts are read
+    assert _select(folder, tmp_path / "a", "--budget", "8")[0] == 0
+    assert _select(copy, tmp_path / "b", "--budget", "8")[0] == 0
+    first = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    second = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    second["window"]["log"] = first["window"]["log"]
+    assert first == second

@@ -263,7 +263,7 @@ def _add_batch(
     def texts(column: str) -> list[Any]:
         return batch.column(column).to_pylist() if column in present else [None] * rows
 
-    keys = texts(IMAGE_KEY)
+    keys = [_plain_key(k) for k in texts(IMAGE_KEY)]
     models.update(zip(map(str, texts(MODEL_NAME)), map(str, texts(MODEL_VERSION)), strict=True))
     kept = [i for i, key in enumerate(keys) if key]
     summary.without_image += rows - len(kept)
@@ -419,6 +419,20 @@ def _digest(key: str) -> str:
     """The SHA-256 an image key names (`.../<sha256>.<ext>`), else one of the key itself."""
     stem = key.rsplit("/", 1)[-1].split(".", 1)[0]
     return stem if _DIGEST.match(stem) else hashlib.sha256(key.encode()).hexdigest()
+
+
+def _plain_key(value: Any) -> str | None:
+    """An image key as text: a part compacted by a version that did not know the column holds
+    it as JSON text (`"images/..."`)."""
+    if not value:
+        return None
+    text = str(value)
+    if text.startswith('"'):
+        try:
+            text = str(json.loads(text))
+        except ValueError:
+            return None
+    return text or None
 
 
 def _extension(key: str) -> str:
