@@ -17,8 +17,14 @@ from typer.testing import CliRunner
 from tests.labeling_data import T0, T1, LogContents, write_log
 from visionops.cli.app import app
 from visionops.labeling.batch import read_batch
-from visionops.labeling.scoring import NUMERIC_COLUMNS, Confusion
-from visionops.labeling.select import _Candidate, _Pool, _uniform
+from visionops.labeling.scoring import (
+    NUMERIC_COLUMNS,
+    box_uncertainty,
+    confusion,
+    confusions,
+    uncertainties,
+)
+from visionops.labeling.select import _NO_BOXES, _Candidate, _Pool, _uniform
 from visionops.monitoring.compact import compact_log
 from visionops.monitoring.drift import ColumnDrift, DriftResult
 from visionops.storage import LocalStore, S3Store, s3_client
@@ -182,7 +188,7 @@ def test_the_pool_is_bounded_and_does_not_depend_on_read_order() -> None:
     usefulness = rng.random(len(digests))
     features = rng.random((len(digests), len(NUMERIC_COLUMNS)))
     tiebreak = np.array([_uniform(5, d) for d in digests])
-    candidates = [_Candidate(f"images/{d}.png", d, f"r{i}", f"t{i:04d}", [], Confusion())
+    candidates = [_Candidate(f"images/{d}.png", d, f"r{i}", i, _NO_BOXES, 0, 0)
                   for i, d in enumerate(digests)]  # fmt: skip
 
     def pooled(order: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -217,3 +223,28 @@ def test_a_compacted_window_gives_the_same_batch(prediction_log, tmp_path: Path)
     second = json.loads((tmp_path / "b" / "manifest.json").read_text())
     second["window"]["log"] = first["window"]["log"]
     assert first == second
+
+
+def test_vectorised_scores_equal_the_per_image_ones() -> None:
+    rng = np.random.default_rng(1)
+    counts = rng.integers(0, 6, 200)
+    owner = np.repeat(np.arange(200), counts)
+    n = len(owner)
+    corner = rng.uniform(0, 10, (n, 2))
+    boxes = np.hstack([corner, corner + rng.uniform(20, 30, (n, 2))])
+    scores = rng.uniform(0.1, 1.0, n)
+    classes = rng.integers(0, 3, n)
+    unc = uncertainties(scores, owner, 200, 0.3)
+    mix = confusions(classes, scores, boxes, owner, 200)
+    assert (mix > 0).sum() > 40
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    for row, (start, count) in enumerate(zip(starts, counts, strict=True)):
+        span = range(start, start + count)
+        found = [
+            {"box": boxes[i].tolist(), "class_id": int(classes[i]), "score": float(scores[i]),
+             "class_name": str(classes[i])}
+            for i in span
+        ]  # fmt: skip
+        expected = max((box_uncertainty(d["score"], 0.3) for d in found), default=0.5)
+        assert unc[row] == pytest.approx(expected)
+        assert mix[row] == pytest.approx(confusion(found).value)

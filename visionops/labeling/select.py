@@ -26,7 +26,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,14 +45,14 @@ from visionops.labeling.batch import (
     write_manifest,
 )
 from visionops.labeling.scoring import (
-    NO_DETECTION_UNCERTAINTY,
     NUMERIC_COLUMNS,
-    Confusion,
     DriftFocus,
     Greedy,
     box_uncertainty,
     confusion,
+    confusions,
     standardise,
+    uncertainties,
 )
 from visionops.monitoring.collect import iter_window
 from visionops.monitoring.log_files import CollectSummary
@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_KEY = "image_key"  # the record's kept image (data-loop contract, point 1)
 POOL_ROWS = 20_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SLICE_ROWS = 8192  # records turned into Python objects at once
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _EXTENSIONS = {"jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp"}
 
@@ -105,14 +107,45 @@ class SelectSummary:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+@dataclass(frozen=True)
+class _Boxes:
+    """The detections of a slice of records, one row per box, shared by its candidates."""
+
+    class_ids: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray  # (n, 4): x1, y1, x2, y2 in pixels
+    name_index: np.ndarray
+    names: list[str]  # name_index -> class name
+
+
+_NO_BOXES = _Boxes(np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4)), np.zeros(0, np.int64), [])
+
+
 @dataclass
 class _Candidate:
+    """A record that names a kept image: where it is, and its boxes (a view into its slice's)."""
+
     key: str
     sha256: str
     request_id: str
-    timestamp: str
-    detections: list[dict[str, Any]]
-    confusion: Confusion
+    micros: int  # timestamp, microseconds since the epoch (UTC)
+    boxes: _Boxes
+    start: int
+    count: int
+
+    @property
+    def timestamp(self) -> str:
+        return (_EPOCH + timedelta(microseconds=self.micros)).isoformat()
+
+    @property
+    def detections(self) -> list[dict[str, Any]]:
+        """The record's detections as the log holds them (box, class id and name, score)."""
+        b, span = self.boxes, range(self.start, self.start + self.count)
+        return [
+            {"box": b.boxes[i].tolist(), "class_id": int(b.class_ids[i]),
+             "class_name": b.names[int(b.name_index[i])], "score": float(b.scores[i])}
+            for i in span
+        ]  # fmt: skip
 
 
 class _Pool:
@@ -136,25 +169,24 @@ class _Pool:
             self.prune()
 
     def prune(self) -> None:
-        """One row per image (its most useful record), then the two halves."""
-        order = sorted(
-            range(len(self.items)),
-            key=lambda i: (self.items[i].sha256, -self.usefulness[i], self.items[i].timestamp,
-                           self.items[i].request_id),
-        )  # fmt: skip
-        keep: list[int] = []
-        for i in order:
-            if keep and self.items[keep[-1]].sha256 == self.items[i].sha256:
-                self.repeated += 1
-            else:
-                keep.append(i)
-        index = np.array(keep, np.int64)
+        """One row per image (its most useful record, then the earliest), then the two halves;
+        kept in digest order, so nothing depends on the order the files were read in."""
+        if not self.items:
+            return
+        shas = np.array([c.sha256 for c in self.items])
+        micros = np.array([c.micros for c in self.items], np.int64)
+        requests = np.array([c.request_id for c in self.items])
+        order = np.lexsort((requests, micros, -self.usefulness, shas))
+        first = np.ones(len(order), bool)
+        first[1:] = shas[order][1:] != shas[order][:-1]
+        self.repeated += int((~first).sum())
+        index = order[first]
         if len(index) > self.capacity:
             half = self.capacity // 2
             useful = index[np.lexsort((self.tiebreak[index], -self.usefulness[index]))][:half]
             uniform = index[np.argsort(self.tiebreak[index], kind="stable")][: self.capacity - half]
             index = np.union1d(useful, uniform)
-        ordered = sorted(index.tolist(), key=lambda i: self.items[i].sha256)  # not read order
+        ordered = index[np.argsort(shas[index], kind="stable")]
         self.items = [self.items[i] for i in ordered]
         self.features = self.features[ordered]
         self.usefulness = self.usefulness[ordered]
@@ -199,7 +231,9 @@ def select_window(
     models: Counter[tuple[str, str]] = Counter()
     columns = list(dict.fromkeys([*COLLECTED_COLUMNS, DETECTIONS, IMAGE_KEY]))
     for batch in iter_window(store, begin, stop, collected, columns=columns, progress=progress):
-        _add_batch(batch, pool, summary, focus, threshold, seed, names, models)
+        for offset in range(0, len(batch), SLICE_ROWS):  # Python objects for a slice at a time
+            part = batch.slice(offset, SLICE_ROWS)
+            _add_batch(part, pool, summary, focus, threshold, seed, names, models)
     if collected.unreadable and not collected.raw_files + collected.parts:
         raise StorageError(
             f"none of the {len(collected.unreadable)} files of the window could be read: "
@@ -253,47 +287,88 @@ def _add_batch(
     names: dict[int, str],
     models: Counter[tuple[str, str]],
 ) -> None:
-    """The batch's records that name a kept image, scored, into the pool."""
+    """The batch's records that name a kept image, scored (vectorised), into the pool."""
     import pyarrow as pa  # pyarrow: loaded only where the log is read
 
-    rows = len(batch)
-    summary.rows += rows
+    summary.rows += len(batch)
     present = set(batch.schema.names)
-
-    def texts(column: str) -> list[Any]:
-        return batch.column(column).to_pylist() if column in present else [None] * rows
-
-    keys = [_plain_key(k) for k in texts(IMAGE_KEY)]
-    models.update(zip(map(str, texts(MODEL_NAME)), map(str, texts(MODEL_VERSION)), strict=True))
+    _count_models(batch, models)
+    raw = batch.column(IMAGE_KEY).to_pylist() if IMAGE_KEY in present else [None] * len(batch)
+    keys = [_plain_key(k) for k in raw]
     kept = [i for i, key in enumerate(keys) if key]
-    summary.without_image += rows - len(kept)
+    summary.without_image += len(batch) - len(kept)
     if not kept:
         return
-    take = pa.array(kept, pa.int64())
+    rows = batch.take(pa.array(kept, pa.int64()))
     frame = {
-        c: batch.column(c).take(take).cast(pa.float64()).to_numpy(zero_copy_only=False)
+        c: rows.column(c).cast(pa.float64()).to_numpy(zero_copy_only=False)
         for c in NUMERIC_COLUMNS
         if c in present
     }
     features = np.column_stack([frame.get(c, np.full(len(kept), np.nan)) for c in NUMERIC_COLUMNS])
-    request_ids, stamps, detections = texts(REQUEST_ID), texts(TIMESTAMP), texts(DETECTIONS)
-    items, usefulness, tiebreak = [], np.zeros(len(kept)), np.zeros(len(kept))
-    for j, i in enumerate(kept):
-        found = [d for d in detections[i] or [] if d is not None]
-        for d in found:
-            names.setdefault(int(d["class_id"]), str(d["class_name"]))
-        mix = confusion(found) if len(found) > 1 else Confusion()
-        sure = max((box_uncertainty(float(d["score"]), threshold) for d in found),
-                   default=NO_DETECTION_UNCERTAINTY)  # fmt: skip
-        usefulness[j] = max(sure, mix.value)
-        digest = _digest(str(keys[i]))
-        tiebreak[j] = _uniform(seed, digest)
-        stamp = stamps[i].isoformat() if isinstance(stamps[i], datetime) else str(stamps[i])
-        items.append(_Candidate(str(keys[i]), digest, str(request_ids[i]), stamp, found, mix))
+    boxes, counts = _flat_boxes(rows.column(DETECTIONS)) if DETECTIONS in present else (
+        _NO_BOXES, np.zeros(len(kept), np.int64))  # fmt: skip
+    for class_id, index in {(int(c), int(n)) for c, n in zip(boxes.class_ids, boxes.name_index,
+                                                                strict=True)}:  # fmt: skip
+        names.setdefault(class_id, boxes.names[index])
+    owner = np.repeat(np.arange(len(kept)), counts)
+    usefulness = np.maximum(
+        uncertainties(boxes.scores, owner, len(kept), threshold),
+        confusions(boxes.class_ids, boxes.scores, boxes.boxes, owner, len(kept)),
+    )
     if focus.weights:
-        drift = focus.scores(focus.distances(frame, len(kept)))
-        usefulness = 0.5 * usefulness + 0.5 * drift
+        usefulness = 0.5 * usefulness + 0.5 * focus.scores(focus.distances(frame, len(kept)))
+    stamps = rows.column(TIMESTAMP).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    micros = stamps.to_numpy(zero_copy_only=False)
+    requests = rows.column(REQUEST_ID).to_pylist() if REQUEST_ID in present else [""] * len(kept)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    items, tiebreak = [], np.zeros(len(kept))
+    for j, i in enumerate(kept):
+        key = str(keys[i])
+        digest = _digest(key)
+        tiebreak[j] = _uniform(seed, digest)
+        items.append(_Candidate(key, digest, str(requests[j]), int(micros[j]), boxes,
+                                int(starts[j]), int(counts[j])))  # fmt: skip
     pool.add(items, features, usefulness, tiebreak)
+
+
+def _flat_boxes(column: pa.Array) -> tuple[_Boxes, np.ndarray]:
+    """The detections of a slice's records, one row per box, and the number of boxes per record
+    (a record without detections has none)."""
+    import pyarrow as pa  # pyarrow: loaded only where the log is read
+    import pyarrow.compute as pc  # pyarrow: loaded only where the log is read
+
+    counts = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+    flat = column.flatten()  # null lists hold no boxes
+    if not len(flat):
+        return _NO_BOXES, counts.astype(np.int64)
+    scores = pc.fill_null(flat.field("score").cast(pa.float64()), 0.0).to_numpy()
+    class_ids = pc.fill_null(flat.field("class_id").cast(pa.int64()), -1).to_numpy()
+    coordinates = flat.field("box")
+    if pc.all(pc.equal(pc.fill_null(pc.list_value_length(coordinates), 0), 4)).as_py():
+        boxes = coordinates.flatten().cast(pa.float64()).to_numpy().reshape(-1, 4)
+    else:  # a malformed box counts as an empty one
+        boxes = np.array([b if b is not None and len(b) == 4 else [0.0] * 4
+                          for b in coordinates.to_pylist()], np.float64)  # fmt: skip
+    encoded = pc.dictionary_encode(pc.fill_null(flat.field("class_name").cast(pa.string()), ""))
+    name_index = encoded.indices.to_numpy().astype(np.int64)
+    found = _Boxes(class_ids, scores, boxes, name_index, encoded.dictionary.to_pylist())
+    return found, counts.astype(np.int64)
+
+
+def _count_models(batch: pa.RecordBatch, models: Counter[tuple[str, str]]) -> None:
+    """Records per (model name, version): the batch is labelled with the most frequent."""
+    import pyarrow as pa  # pyarrow: loaded only where the log is read
+
+    present = set(batch.schema.names)
+    if not {MODEL_NAME, MODEL_VERSION} <= present:
+        models[("", "")] += len(batch)
+        return
+    table = pa.Table.from_batches([batch.select([MODEL_NAME, MODEL_VERSION])])
+    counted = table.group_by([MODEL_NAME, MODEL_VERSION]).aggregate([([], "count_all")])
+    columns = (counted.column(c).to_pylist() for c in (MODEL_NAME, MODEL_VERSION, "count_all"))
+    for name, version, count in zip(*columns, strict=True):
+        models[(str(name or ""), str(version or ""))] += int(count)
 
 
 def _pick(
@@ -370,7 +445,7 @@ def _reasons(
         )
     else:
         reasons.append("no detection: a missed defect would hide here")
-    mix = candidate.confusion
+    mix = confusion(candidate.detections)
     if mix.value > 0:
         reasons.append(
             f"class confusion: {mix.classes[0]} {mix.scores[0]:.2f} and {mix.classes[1]} "
