@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from tests.labeling_data import T0, T1, LogContents, write_log
 from visionops.cli.app import app
 from visionops.labeling.batch import read_batch
+from visionops.labeling.candidates import NO_BOXES, Candidate, CandidatePool, uniform_key
 from visionops.labeling.scoring import (
     NUMERIC_COLUMNS,
     box_uncertainty,
@@ -24,7 +25,6 @@ from visionops.labeling.scoring import (
     confusions,
     uncertainties,
 )
-from visionops.labeling.select import _NO_BOXES, _Candidate, _Pool, _uniform
 from visionops.monitoring.compact import compact_log
 from visionops.monitoring.drift import ColumnDrift, DriftResult
 from visionops.storage import LocalStore, S3Store, s3_client
@@ -187,12 +187,12 @@ def test_the_pool_is_bounded_and_does_not_depend_on_read_order() -> None:
     digests += digests[:40]  # images sent twice
     usefulness = rng.random(len(digests))
     features = rng.random((len(digests), len(NUMERIC_COLUMNS)))
-    tiebreak = np.array([_uniform(5, d) for d in digests])
-    candidates = [_Candidate(f"images/{d}.png", d, f"r{i}", i, _NO_BOXES, 0, 0)
+    tiebreak = np.array([uniform_key(5, d) for d in digests])
+    candidates = [Candidate(f"images/{d}.png", d, f"r{i}", i, NO_BOXES, 0, 0)
                   for i, d in enumerate(digests)]  # fmt: skip
 
     def pooled(order: np.ndarray) -> tuple[list[str], np.ndarray]:
-        pool = _Pool(40)
+        pool = CandidatePool(40)
         for chunk in np.array_split(order, 7):
             pool.add([candidates[i] for i in chunk], features[chunk], usefulness[chunk],
                      tiebreak[chunk])  # fmt: skip

@@ -4,9 +4,8 @@ The window is read once, through the log's own reader (`visionops.monitoring.col
 JSON lines and compacted parts, a bounded chunk at a time), for the columns a choice needs: the
 record's identity, `image_key`, the feature columns and the detections. No image is read then.
 Memory stays bounded whatever the window: the candidates are a pool of at most `POOL_ROWS`
-distinct images (by the SHA-256 the key names): the most useful half and a seeded uniform half
-(bottom-k of a hash of the seed and the digest), pruned as batches arrive, so the pool does not
-depend on the order the files are read in. The batch is then picked from the pool
+distinct images (`visionops.labeling.candidates`), and the records become Python objects a slice
+of `SLICE_ROWS` at a time. The batch is then picked from the pool
 (`visionops.labeling.scoring`), and only the picked images are fetched, one at a time, straight
 into the batch folder.
 
@@ -22,11 +21,10 @@ import io
 import json
 import logging
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +41,15 @@ from visionops.labeling.batch import (
     Window,
     image_path,
     write_manifest,
+)
+from visionops.labeling.candidates import (
+    NO_BOXES,
+    Candidate,
+    CandidatePool,
+    flat_boxes,
+    image_digest,
+    plain_key,
+    uniform_key,
 )
 from visionops.labeling.scoring import (
     NUMERIC_COLUMNS,
@@ -76,9 +83,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_KEY = "image_key"  # the record's kept image (data-loop contract, point 1)
 POOL_ROWS = 20_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SLICE_ROWS = 8192  # records turned into Python objects at once
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _EXTENSIONS = {"jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp"}
 
 
@@ -105,92 +110,6 @@ class SelectSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-@dataclass(frozen=True)
-class _Boxes:
-    """The detections of a slice of records, one row per box, shared by its candidates."""
-
-    class_ids: np.ndarray
-    scores: np.ndarray
-    boxes: np.ndarray  # (n, 4): x1, y1, x2, y2 in pixels
-    name_index: np.ndarray
-    names: list[str]  # name_index -> class name
-
-
-_NO_BOXES = _Boxes(np.zeros(0, np.int64), np.zeros(0), np.zeros((0, 4)), np.zeros(0, np.int64), [])
-
-
-@dataclass
-class _Candidate:
-    """A record that names a kept image: where it is, and its boxes (a view into its slice's)."""
-
-    key: str
-    sha256: str
-    request_id: str
-    micros: int  # timestamp, microseconds since the epoch (UTC)
-    boxes: _Boxes
-    start: int
-    count: int
-
-    @property
-    def timestamp(self) -> str:
-        return (_EPOCH + timedelta(microseconds=self.micros)).isoformat()
-
-    @property
-    def detections(self) -> list[dict[str, Any]]:
-        """The record's detections as the log holds them (box, class id and name, score)."""
-        b, span = self.boxes, range(self.start, self.start + self.count)
-        return [
-            {"box": b.boxes[i].tolist(), "class_id": int(b.class_ids[i]),
-             "class_name": b.names[int(b.name_index[i])], "score": float(b.scores[i])}
-            for i in span
-        ]  # fmt: skip
-
-
-class _Pool:
-    """At most `capacity` distinct images: the most useful half and a seeded uniform half."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.items: list[_Candidate] = []
-        self.features = np.zeros((0, len(NUMERIC_COLUMNS)))
-        self.usefulness = np.zeros(0)
-        self.tiebreak = np.zeros(0)
-        self.repeated = 0
-
-    def add(self, items: list[_Candidate], features: np.ndarray, usefulness: np.ndarray,
-            tiebreak: np.ndarray) -> None:  # fmt: skip
-        self.items.extend(items)
-        self.features = np.vstack([self.features, features])
-        self.usefulness = np.concatenate([self.usefulness, usefulness])
-        self.tiebreak = np.concatenate([self.tiebreak, tiebreak])
-        if len(self.items) > 2 * self.capacity:
-            self.prune()
-
-    def prune(self) -> None:
-        """One row per image (its most useful record, then the earliest), then the two halves;
-        kept in digest order, so nothing depends on the order the files were read in."""
-        if not self.items:
-            return
-        shas = np.array([c.sha256 for c in self.items])
-        micros = np.array([c.micros for c in self.items], np.int64)
-        requests = np.array([c.request_id for c in self.items])
-        order = np.lexsort((requests, micros, -self.usefulness, shas))
-        first = np.ones(len(order), bool)
-        first[1:] = shas[order][1:] != shas[order][:-1]
-        self.repeated += int((~first).sum())
-        index = order[first]
-        if len(index) > self.capacity:
-            half = self.capacity // 2
-            useful = index[np.lexsort((self.tiebreak[index], -self.usefulness[index]))][:half]
-            uniform = index[np.argsort(self.tiebreak[index], kind="stable")][: self.capacity - half]
-            index = np.union1d(useful, uniform)
-        ordered = index[np.argsort(shas[index], kind="stable")]
-        self.items = [self.items[i] for i in ordered]
-        self.features = self.features[ordered]
-        self.usefulness = self.usefulness[ordered]
-        self.tiebreak = self.tiebreak[ordered]
 
 
 def select_window(
@@ -226,7 +145,7 @@ def select_window(
         drifted_columns=focus.columns,
     )  # fmt: skip
 
-    pool = _Pool(max(POOL_ROWS, 4 * budget))
+    pool = CandidatePool(max(POOL_ROWS, 4 * budget))
     names: dict[int, str] = {}
     models: Counter[tuple[str, str]] = Counter()
     columns = list(dict.fromkeys([*COLLECTED_COLUMNS, DETECTIONS, IMAGE_KEY]))
@@ -279,7 +198,7 @@ def check_selection(out: Path, budget: int, threshold: float | None) -> tuple[Pa
 
 def _add_batch(
     batch: pa.RecordBatch,
-    pool: _Pool,
+    pool: CandidatePool,
     summary: SelectSummary,
     focus: DriftFocus,
     threshold: float,
@@ -294,7 +213,7 @@ def _add_batch(
     present = set(batch.schema.names)
     _count_models(batch, models)
     raw = batch.column(IMAGE_KEY).to_pylist() if IMAGE_KEY in present else [None] * len(batch)
-    keys = [_plain_key(k) for k in raw]
+    keys = [plain_key(k) for k in raw]
     kept = [i for i, key in enumerate(keys) if key]
     summary.without_image += len(batch) - len(kept)
     if not kept:
@@ -306,8 +225,8 @@ def _add_batch(
         if c in present
     }
     features = np.column_stack([frame.get(c, np.full(len(kept), np.nan)) for c in NUMERIC_COLUMNS])
-    boxes, counts = _flat_boxes(rows.column(DETECTIONS)) if DETECTIONS in present else (
-        _NO_BOXES, np.zeros(len(kept), np.int64))  # fmt: skip
+    boxes, counts = flat_boxes(rows.column(DETECTIONS)) if DETECTIONS in present else (
+        NO_BOXES, np.zeros(len(kept), np.int64))  # fmt: skip
     for class_id, index in {(int(c), int(n)) for c, n in zip(boxes.class_ids, boxes.name_index,
                                                                 strict=True)}:  # fmt: skip
         names.setdefault(class_id, boxes.names[index])
@@ -325,35 +244,11 @@ def _add_batch(
     items, tiebreak = [], np.zeros(len(kept))
     for j, i in enumerate(kept):
         key = str(keys[i])
-        digest = _digest(key)
-        tiebreak[j] = _uniform(seed, digest)
-        items.append(_Candidate(key, digest, str(requests[j]), int(micros[j]), boxes,
+        digest = image_digest(key)
+        tiebreak[j] = uniform_key(seed, digest)
+        items.append(Candidate(key, digest, str(requests[j]), int(micros[j]), boxes,
                                 int(starts[j]), int(counts[j])))  # fmt: skip
     pool.add(items, features, usefulness, tiebreak)
-
-
-def _flat_boxes(column: pa.Array) -> tuple[_Boxes, np.ndarray]:
-    """The detections of a slice's records, one row per box, and the number of boxes per record
-    (a record without detections has none)."""
-    import pyarrow as pa  # pyarrow: loaded only where the log is read
-    import pyarrow.compute as pc  # pyarrow: loaded only where the log is read
-
-    counts = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
-    flat = column.flatten()  # null lists hold no boxes
-    if not len(flat):
-        return _NO_BOXES, counts.astype(np.int64)
-    scores = pc.fill_null(flat.field("score").cast(pa.float64()), 0.0).to_numpy()
-    class_ids = pc.fill_null(flat.field("class_id").cast(pa.int64()), -1).to_numpy()
-    coordinates = flat.field("box")
-    if pc.all(pc.equal(pc.fill_null(pc.list_value_length(coordinates), 0), 4)).as_py():
-        boxes = coordinates.flatten().cast(pa.float64()).to_numpy().reshape(-1, 4)
-    else:  # a malformed box counts as an empty one
-        boxes = np.array([b if b is not None and len(b) == 4 else [0.0] * 4
-                          for b in coordinates.to_pylist()], np.float64)  # fmt: skip
-    encoded = pc.dictionary_encode(pc.fill_null(flat.field("class_name").cast(pa.string()), ""))
-    name_index = encoded.indices.to_numpy().astype(np.int64)
-    found = _Boxes(class_ids, scores, boxes, name_index, encoded.dictionary.to_pylist())
-    return found, counts.astype(np.int64)
 
 
 def _count_models(batch: pa.RecordBatch, models: Counter[tuple[str, str]]) -> None:
@@ -372,7 +267,7 @@ def _count_models(batch: pa.RecordBatch, models: Counter[tuple[str, str]]) -> No
 
 
 def _pick(
-    pool: _Pool,
+    pool: CandidatePool,
     store: Any,
     staging: Path,
     summary: SelectSummary,
@@ -431,7 +326,7 @@ def _pick(
 
 
 def _reasons(
-    candidate: _Candidate, threshold: float, drift: dict[str, float], distance: float, first: bool
+    candidate: Candidate, threshold: float, drift: dict[str, float], distance: float, first: bool
 ) -> list[str]:
     """Why an image was picked, in words a labeller's lead can check."""
     reasons = []
@@ -490,36 +385,10 @@ def _size(features: np.ndarray, index: dict[str, int], data: bytes) -> tuple[int
         return None
 
 
-def _digest(key: str) -> str:
-    """The SHA-256 an image key names (`.../<sha256>.<ext>`), else one of the key itself."""
-    stem = key.rsplit("/", 1)[-1].split(".", 1)[0]
-    return stem if _DIGEST.match(stem) else hashlib.sha256(key.encode()).hexdigest()
-
-
-def _plain_key(value: Any) -> str | None:
-    """An image key as text: a part compacted by a version that did not know the column holds
-    it as JSON text (`"images/..."`)."""
-    if not value:
-        return None
-    text = str(value)
-    if text.startswith('"'):
-        try:
-            text = str(json.loads(text))
-        except ValueError:
-            return None
-    return text or None
-
-
 def _extension(key: str) -> str:
     name = key.rsplit("/", 1)[-1]
     ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
     return ext if ext in _EXTENSIONS else "bin"
-
-
-def _uniform(seed: int, digest: str) -> float:
-    """A number in [0, 1) fixed by the seed and the image: the uniform half's sampling key."""
-    value = hashlib.sha256(f"{seed}:{digest}".encode()).digest()[:8]
-    return int.from_bytes(value, "big") / 2**64
 
 
 def read_class_names(path: Path) -> list[str]:
