@@ -1,4 +1,5 @@
-"""The monitoring pipeline: compact -> collect -> drift check -> retrain on drift | record it.
+"""The monitoring pipeline: compact -> collect -> drift check -> retrain on drift | record it;
+beside them, the prediction log's kept images past their retention are deleted.
 
 python -m pipelines.monitoring                   # compile to pipelines/monitoring.yaml
 visionops pipeline run monitoring --local -p new_data=/path/to/labeled/drifted/data
@@ -11,6 +12,7 @@ from kfp import dsl
 from components.collect import collect
 from components.compact import compact
 from components.drift_check import drift_check
+from components.prune_images import prune_images
 from components.record import record_decision
 from components.retrain import retrain
 from pipelines import compile_pipeline, step
@@ -46,13 +48,22 @@ def monitoring_pipeline(
     imgsz: int = 0,
     weights: str = "",
     training_params: str = "{}",
+    image_retention_days: int = -1,
 ) -> None:
     """`log_location`: the prediction log (s3://bucket/prefix or folder; empty: the configured
     one); the window is [start, end) or the last `hours`; `reference`: `champion`, models:/... or
     a feature table; `drift_share`/`min_rows` of 0 use the settings. On drift, training runs on
     `dataset` plus `new_data` (labeled images of the drifted window) with `epochs`, `imgsz`,
     `weights` (0/empty: training defaults) and any other training parameter in
-    `training_params` (JSON)."""
+    `training_params` (JSON). Kept request images older than `image_retention_days` (negative:
+    `VISIONOPS_LOG_IMAGES_RETENTION_DAYS`; 0: forever) are deleted, whole days at a time."""
+    step(
+        prune_images(log_location=log_location, retention_days=image_retention_days),
+        "Delete expired images",
+        cpu="250m",
+        memory="512Mi",
+        retries=2,
+    )
     compacted = step(
         compact(log_location=log_location, start=start, end=end, hours=hours),
         "Compact the prediction log",

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from visionops.monitoring.log_layout import LOSS_REASONS
+from visionops.monitoring.log_layout import IMAGE_LOSS_REASONS, LOSS_REASONS
 
 if TYPE_CHECKING:
     from visionops.monitoring.prediction_log import PredictionLogWriter
@@ -115,8 +115,33 @@ class PredictionLogMetrics(Collector):
             "visionops_prediction_log_oldest_unwritten_age_seconds",
             "Age of the oldest prediction log record not in the store yet (0: none waiting).",
         )
+        images = CounterMetricFamily(
+            "visionops_prediction_log_images_retained",
+            "Request images kept in the store (original bytes; spooled ones once shipped).",
+        )
+        image_bytes = CounterMetricFamily(
+            "visionops_prediction_log_images_retained_bytes",
+            "Bytes of the request images kept in the store.",
+        )
+        repeated = CounterMetricFamily(
+            "visionops_prediction_log_images_repeated",
+            "Records naming an image already kept that day (content-addressed: stored once).",
+        )
+        images_dropped = CounterMetricFamily(
+            "visionops_prediction_log_images_dropped",
+            "Request images the retention policy wanted and the log could not keep, by reason: "
+            "queue_full (the byte bound), store_behind (images waiting for the store fill the "
+            "bound), spool_full, no_features, shutdown_timeout. Their records name no image, "
+            "except spool_full (the image went missing after its record was cut).",
+            labels=["reason"],
+        )
         lost = dict.fromkeys(LOSS_REASONS, 0)
+        images_lost = dict.fromkeys(IMAGE_LOSS_REASONS, 0)
         if writer is not None:
+            images.add_metric([], writer.images_retained)
+            image_bytes.add_metric([], writer.image_bytes_retained)
+            repeated.add_metric([], writer.images_repeated)
+            images_lost.update(writer.images_lost)
             queued.add_metric([], writer.queued)
             pending.add_metric([], writer.pending)
             written.add_metric([], writer.written + writer.shipped)
@@ -131,11 +156,14 @@ class PredictionLogMetrics(Collector):
         else:
             for family in (queued, pending, spool_bytes, spool_records, age):
                 family.add_metric([], 0)
-            written.add_metric([], 0)
-            errors.add_metric([], 0)
+            for family in (written, errors, images, image_bytes, repeated):
+                family.add_metric([], 0)
         for reason, count in sorted(lost.items()):
             dropped.add_metric([reason], count)
+        for reason, count in sorted(images_lost.items()):
+            images_dropped.add_metric([reason], count)
         yield from (queued, pending, written, errors, dropped, spool_bytes, spool_records, age)
+        yield from (images, image_bytes, repeated, images_dropped)
 
 
 PREDICTION_LOG = PredictionLogMetrics()

@@ -2,7 +2,9 @@
 
 `preprocess` parses the request on the event loop (cheap), `predict` decodes the images and runs
 the detector in a dedicated thread pool so health checks and gRPC stay responsive, `postprocess`
-builds the response, records metrics and queues the prediction log record. `reload` builds a new
+builds the response, records metrics and queues the prediction log record with the encoded bytes
+the request sent (v1, v2 JSON, v2 binary and gRPC alike: `ParsedRequest.images`), which the log
+keeps when the image retention policy wants them. `reload` builds a new
 detector beside the serving one and swaps it in; requests already running finish on the old one.
 """
 
@@ -38,6 +40,7 @@ from visionops.detections import Detections
 from visionops.errors import InvalidImage, UsageError, VisionOpsError
 from visionops.inference import Detector, decode_image
 from visionops.models.sources import ResolvedModel, resolve_model
+from visionops.monitoring.image_retention import ImagePolicy
 from visionops.monitoring.log_spool import LogSpool
 from visionops.monitoring.prediction_log import Activity, PredictionLogWriter
 from visionops.storage import open_store
@@ -162,6 +165,7 @@ class YoloModel(Model):
             flush_every_s=settings.log_flush_every_s,
             spool=spool,
             activity=self._activity,
+            images=ImagePolicy.from_settings(settings),
         )
 
     def _failed(self, error: Exception) -> None:
@@ -305,6 +309,7 @@ class YoloModel(Model):
                 self._log.submit(
                     image,
                     detections,
+                    encoded=data,  # the bytes as sent, for image retention
                     model_version=prediction.loaded.model.version,
                     request_id=parsed.request_id,
                     image_index=index,

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = ("training", "monitoring")
 SERVICE_STEPS = {  # steps that talk to MLflow, S3, KFP or the predictor: retried
     "fetch-dataset", "fetch-dataset-2", "evaluate-model", "register-model", "deploy-model",
-    "compact", "collect", "drift-check", "retrain", "record-decision",
+    "compact", "collect", "drift-check", "retrain", "record-decision", "prune-images",
 }  # fmt: skip
 PURE_STEPS = {"validate-dataset", "convert-dataset"}  # functions of their inputs: cached
 

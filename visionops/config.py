@@ -23,6 +23,38 @@ DEFAULT_MODEL_NAME = "visionops-yolov8n"
 IMAGE_REGISTRY = "localhost:5001"
 IMAGE_TAG = "0.1.0"
 
+IMAGE_POLICIES = ("none", "all", "sample:<fraction>", "uncertain")
+
+
+def parse_image_policy(text: str) -> tuple[str, float]:
+    """(kind, sample fraction) of a `VISIONOPS_LOG_IMAGES` value; ValueError naming the problem."""
+    value = text.strip().lower()
+    if value in ("none", "all", "uncertain"):
+        return value, 1.0 if value == "all" else 0.0
+    if value.startswith("sample:"):
+        raw = value.split(":", 1)[1]
+        try:
+            fraction = float(raw)
+        except ValueError:
+            fraction = -1.0
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"sample:<fraction> needs a fraction between 0 and 1, got {raw!r}")
+        return "sample", fraction
+    raise ValueError(f"must be one of {', '.join(IMAGE_POLICIES)}; got {text!r}")
+
+
+def parse_score_band(text: str) -> tuple[float, float]:
+    """(low, high) of a score band such as `0.25,0.6`; ValueError naming the problem."""
+    try:
+        low, high = (float(p.strip()) for p in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"must be two scores 'low,high' such as '0.25,0.6', got {text!r}"
+        ) from None
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"needs 0 <= low < high <= 1, got {text!r}")
+    return low, high
+
 
 class Settings(BaseSettings):
     """VisionOps configuration; each field is the env var `VISIONOPS_<FIELD>`."""
@@ -153,6 +185,12 @@ class Settings(BaseSettings):
     log_flush_timeout_s: float = Field(
         20.0, gt=0, description="at shutdown, the log's time to write or spool what it holds"
     )
+    # Image retention (monitoring/image_retention.py): the request's original bytes, kept beside
+    # the log for labelling. `uncertain`: a detection score inside the band, or none at or above
+    # its upper end (README "Image retention" says why that is the default).
+    log_images: str = Field("uncertain", description="none, all, sample:<fraction>, uncertain")
+    log_images_uncertain_band: str = Field("0.25,0.6", description="low,high detection scores")
+    log_images_retention_days: int = Field(30, ge=0, description="days kept; 0: forever")
 
     # Label Studio (visionops/labeling/): `label export/import --to/--from label-studio` talk to it
     # with a personal access token (its API token page; `label studio` prints one); `label studio`
@@ -166,6 +204,18 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return value.expanduser().resolve() if value is not None else None
+
+    @field_validator("log_images")
+    @classmethod
+    def _image_policy(cls, value: str) -> str:
+        parse_image_policy(value)
+        return value.strip().lower()
+
+    @field_validator("log_images_uncertain_band")
+    @classmethod
+    def _uncertain_band(cls, value: str) -> str:
+        low, high = parse_score_band(value)
+        return f"{low:g},{high:g}"
 
     @field_validator("s3_endpoint", "label_studio_url")
     @classmethod

@@ -82,6 +82,18 @@ class ObjectStore(ABC):
         """Remove one object; removing one that is already gone is not an error."""
 
     @abstractmethod
+    def list_folders(self, prefix: str = "") -> list[str]:
+        """The folders (common prefixes) right below `prefix`, as keys without a trailing `/`,
+        sorted: one listing, however many objects they hold."""
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object under the folder `prefix`; returns how many there were."""
+        keys = self.list_keys(prefix)
+        for key in keys:
+            self.delete(key)
+        return len(keys)
+
+    @abstractmethod
     def upload_file(self, path: Path, key: str) -> None: ...
 
     @abstractmethod
@@ -168,6 +180,24 @@ class LocalStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def list_folders(self, prefix: str = "") -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.iterdir()
+            if p.is_dir() and not p.name.startswith(".")
+        )
+
+    def delete_prefix(self, prefix: str) -> int:
+        base = self._path(prefix)
+        if base == self.root:
+            raise StorageError(f"refusing to delete the whole store {self.root}")
+        count = super().delete_prefix(prefix)
+        shutil.rmtree(base, ignore_errors=True)  # the emptied folders
+        return count
 
     def upload_file(self, path: Path, key: str) -> None:
         target = self._path(key)
@@ -278,6 +308,37 @@ class S3Store(ObjectStore):
     def delete(self, key: str) -> None:
         with self._errors("delete", key):
             self.client.remove_object(self.bucket, _join(self.prefix, key))
+
+    def list_folders(self, prefix: str = "") -> list[str]:
+        full = _join(self.prefix, prefix)
+        with self._errors("list", prefix):
+            objects = self.client.list_objects(
+                self.bucket, prefix=f"{full}/" if full else None, recursive=False
+            )
+            names = [o.object_name.rstrip("/") for o in objects if o.object_name and o.is_dir]
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        return sorted(name[cut:] for name in names)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Batched: one request per thousand objects (S3's DeleteObjects)."""
+        from minio.deleteobjects import DeleteObject
+
+        if not _join(self.prefix, prefix):
+            raise StorageError(f"refusing to delete the whole bucket {self.uri()}")
+        keys = self.list_keys(prefix)
+        with self._errors("delete under", prefix):
+            errors = list(
+                self.client.remove_objects(
+                    self.bucket, (DeleteObject(_join(self.prefix, k)) for k in keys)
+                )
+            )
+        if errors:
+            first = errors[0]
+            raise StorageError(
+                f"S3 at {self.endpoint} refused to delete {len(errors)} objects under "
+                f"{self.uri(prefix)}: {first.code}: {first.message} ({first.name})"
+            )
+        return len(keys)
 
     def upload_file(self, path: Path, key: str) -> None:
         with self._errors("upload", key):

@@ -1,5 +1,5 @@
 """`visionops drift ...`: simulate drift, build feature tables, collect and compact the prediction
-log, check a window for drift.
+log, delete its expired images, check a window for drift.
 
 `check` prints its result as JSON on stdout (the decision is machine-readable there, and in
 `drift.json` with --report-dir) and exits 0 whatever the decision; 1 means the inputs could not be
@@ -146,6 +146,37 @@ def compact(
         err_console.print(f"[yellow]warning[/]: {line}", highlight=False)
     parts = sum(1 for h in summary.hours if h.part)
     err_console.print(f"compacted {summary.rows} rows into {parts} parts", highlight=False)
+
+
+@drift_app.command("prune-images")
+def prune_images(
+    log: LogOption = "",
+    days: Annotated[
+        int | None,
+        typer.Option(
+            "--days",
+            min=0,
+            help="Keep this many days of kept request images (default "
+            "VISIONOPS_LOG_IMAGES_RETENTION_DAYS; 0: forever).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only say which days would be deleted.")
+    ] = False,
+) -> None:
+    """Delete the prediction log's kept images of the days past the retention period."""
+    from visionops.monitoring.image_retention import prune_images as prune
+    from visionops.monitoring.log_layout import open_log
+
+    retention = get_settings().log_images_retention_days if days is None else days
+    summary = prune(open_log(log), retention, dry_run=dry_run)
+    typer.echo(json.dumps(summary.to_dict(), indent=2))
+    verb = "would delete" if dry_run else "deleted"
+    err_console.print(
+        f"{verb} {summary.objects_deleted} images of {len(summary.days_deleted)} days before "
+        f"{summary.cutoff}; kept {len(summary.days_kept)} days",
+        highlight=False,
+    )
 
 
 @drift_app.command("check")

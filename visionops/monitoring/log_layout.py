@@ -7,6 +7,7 @@ names the files it holds; collect (`visionops.monitoring.collect`) reads a windo
 
     <store>/dt=YYYY-MM-DD/hour=HH/<YYYYmmddTHHMMSSffffff>Z-<uuid>.jsonl
     <store>/dt=YYYY-MM-DD/hour=HH/compacted-<digest>.parquet
+    <store>/images/dt=YYYY-MM-DD/<sha256>.<ext>      kept request images (`image_key`)
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ REQUEST_ID = "request_id"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
 DETECTIONS = "detections"
-RECORD_COLUMNS: tuple[str, ...] = (TIMESTAMP, REQUEST_ID, MODEL_NAME, MODEL_VERSION)
+IMAGE_KEY = "image_key"
+"""The key (relative to the log's store root) of the request's original image bytes, or null
+when the image was not kept (`visionops.monitoring.image_retention`; old logs have no such key)."""
+RECORD_COLUMNS: tuple[str, ...] = (TIMESTAMP, REQUEST_ID, MODEL_NAME, MODEL_VERSION, IMAGE_KEY)
 """Columns every record has besides the features (and `detections` unless dropped)."""
+IMAGES_PREFIX = "images"
+"""Where kept images go in the store: beside the `dt=` partitions, never read as records."""
 COLLECTED_COLUMNS: tuple[str, ...] = RECORD_COLUMNS + FEATURE_COLUMNS
 
 # Why a record was lost (the `reason` label of visionops_prediction_log_dropped_total).
@@ -34,6 +40,11 @@ NO_FEATURES = "no_features"  # its feature row could not be computed
 SPOOL_FULL = "spool_full"  # the store was down and the spool had no room (or no spool)
 SHUTDOWN_TIMEOUT = "shutdown_timeout"  # still queued when close()'s deadline passed
 LOSS_REASONS = (QUEUE_FULL, NO_FEATURES, SPOOL_FULL, SHUTDOWN_TIMEOUT)
+# Why an image the policy wanted was not kept (the `reason` label of
+# visionops_prediction_log_images_dropped_total): the reasons above (its record's fate, or the
+# image's own: its bytes did not fit the queue's byte bound, no room in the spool), and
+STORE_BEHIND = "store_behind"  # images waiting for the store already fill the byte bound
+IMAGE_LOSS_REASONS = (QUEUE_FULL, NO_FEATURES, STORE_BEHIND, SPOOL_FULL, SHUTDOWN_TIMEOUT)
 
 RAW_SUFFIX = ".jsonl"
 PART_PREFIX = "compacted-"

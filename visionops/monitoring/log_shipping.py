@@ -4,12 +4,15 @@ The writer (`visionops.monitoring.prediction_log`) cuts records into batches (`B
 each under a key chosen once, so every retry, spool and re-ship writes the same object. This
 module's thread writes them to the store, oldest first. While the store refuses, batches wait in
 memory (at most `max_pending` records), the oldest beyond that go to the spool
-(`visionops.monitoring.log_spool`, on the pod's volume), and the store is tried again after a
-pause that grows with each failure (at most `MAX_RETRY_WAIT_S`). Whenever it answers, the spool
-is shipped (this process's objects and any an earlier process left on the volume), and its loss
-notes with it. `flush()` and `close()` reach the thread as a `Marker`, answered once every batch
-cut before it was written, or as soon as the store refuses. What neither the store nor the spool
-takes goes to the writer's loss counters (`on_lost`) and into a loss note.
+(`visionops.monitoring.log_spool`, on the pod's volume), and the store is tried again after a pause
+that grows with each failure (at most `MAX_RETRY_WAIT_S`). Whenever it answers, the spool is
+shipped (this process's objects and any an earlier process left on the volume), and its loss notes
+with it. Kept request images (`visionops.monitoring.image_retention`) travel the same way as
+batches without records, ahead of the records that name them; besides the record bound, the images
+waiting in memory are bounded in bytes (`max_pending_bytes`), the oldest beyond it spooled too.
+`flush()` and `close()` reach the thread as a `Marker`, answered once every batch cut before it was
+written, or as soon as the store refuses. What neither the store nor the spool takes goes to the
+writer's loss counters (`on_lost`) and into a loss note.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from visionops.monitoring.log_layout import LOSS_REASONS, SPOOL_FULL
-from visionops.monitoring.log_spool import RESCAN_EVERY_S
+from visionops.monitoring.log_layout import IMAGES_PREFIX, LOSS_REASONS, SPOOL_FULL
+from visionops.monitoring.log_spool import IMAGE_SHARE, RESCAN_EVERY_S
 from visionops.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -51,6 +54,15 @@ class Batch:
     oldest: datetime
     newest: datetime
 
+    @property
+    def is_image(self) -> bool:
+        return self.records == 0 and is_image_key(self.key)
+
+
+def is_image_key(key: str) -> bool:
+    """Whether a key is a kept request image's (`images/...`)."""
+    return key.startswith(f"{IMAGES_PREFIX}/")
+
 
 @dataclass
 class Marker:
@@ -66,7 +78,9 @@ class BatchShipper:
     """The upload thread of a prediction log writer, and the batches it has not written yet.
 
     Counts what it did: `written` (records the store took), `write_errors` (each refused try of
-    each object), `spooled` (records put in the spool), `shipped` (records shipped from it).
+    each object), `spooled` (records put in the spool), `shipped` (records shipped from it),
+    `images_written` and `image_bytes_written` (kept images the store took, spooled ones once
+    shipped). Images neither the store nor the spool takes go to `on_image_lost`.
     """
 
     def __init__(
@@ -77,16 +91,24 @@ class BatchShipper:
         max_pending: int,
         retry_every_s: float,
         on_lost: Callable[[str, int], None],
+        max_pending_bytes: int | None = None,
+        on_image_lost: Callable[[str, int], None] | None = None,
     ) -> None:
         self.store = store
         self.spool = spool
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         self.retry_every_s = retry_every_s
         self.on_lost = on_lost
+        self.on_image_lost = on_image_lost
         self.written = 0
         self.write_errors = 0
         self.spooled = 0
         self.shipped = 0
+        self.images_written = 0
+        self.image_bytes_written = 0
+        self.images_spooled = 0
+        self.pending_image_bytes = 0  # bytes of images in _pending (guarded by _cond)
         self._seq = 0
         self._pending: collections.deque[Batch] = collections.deque()
         self._requests: collections.deque[Marker] = collections.deque()
@@ -108,6 +130,8 @@ class BatchShipper:
                 self._seq += 1
                 batch.seq = self._seq
                 self._pending.append(batch)
+                if batch.is_image:
+                    self.pending_image_bytes += len(batch.body)
             self._cond.notify_all()
         if late:
             self.keep(batches, at_shutdown=True)
@@ -136,6 +160,7 @@ class BatchShipper:
         with self._cond:
             leftover = list(self._pending)
             self._pending.clear()
+            self.pending_image_bytes = 0
             self._abandoned = True
         if leftover:
             log.warning("prediction log: the store did not take %d batches in time", len(leftover))
@@ -178,6 +203,7 @@ class BatchShipper:
                 leftover = [] if self._abandoned or not stopping else list(self._pending)
                 if stopping:
                     self._pending.clear()
+                    self.pending_image_bytes = 0
             if leftover:
                 self.keep(leftover, at_shutdown=True)
             request.ok = ok
@@ -216,6 +242,10 @@ class BatchShipper:
                 if self._pending and self._pending[0] is batch:
                     self._pending.popleft()
                     self.written += batch.records
+                    if batch.is_image:
+                        self.pending_image_bytes -= len(batch.body)
+                        self.images_written += 1
+                        self.image_bytes_written += len(batch.body)
 
     def _spool_waiting(self) -> bool:
         spool = self.spool
@@ -235,6 +265,9 @@ class BatchShipper:
             try:
                 if spool.ship(entry):
                     self.shipped += entry.records
+                    if entry.records == 0 and is_image_key(entry.key):
+                        self.images_written += 1
+                        self.image_bytes_written += entry.size
                     log.info("prediction log: shipped spooled %s (%d records)", entry.key,
                              entry.records)  # fmt: skip
             except Exception as error:
@@ -252,27 +285,43 @@ class BatchShipper:
 
     def _overflow(self) -> None:
         """Keep memory bounded while the store is down: the oldest batches beyond `max_pending`
-        records move to the spool (or are counted lost without one)."""
+        records (or `max_pending_bytes` of images) move to the spool (or are counted lost without
+        one)."""
         moved = []
+        image_bound = self.max_pending_bytes
         with self._cond:
-            while self._pending and sum(b.records for b in self._pending) > self.max_pending:
-                moved.append(self._pending.popleft())
+            records = sum(b.records for b in self._pending)
+            while self._pending and (
+                records > self.max_pending
+                or (image_bound is not None and self.pending_image_bytes > image_bound)
+            ):
+                batch = self._pending.popleft()
+                records -= batch.records
+                if batch.is_image:
+                    self.pending_image_bytes -= len(batch.body)
+                moved.append(batch)
         if moved:
             self.keep(moved, at_shutdown=False)
 
     def keep(self, batches: list[Batch], *, at_shutdown: bool) -> None:
         """Spool batches the store did not take; count (and note) what the spool refuses."""
         lost: list[Batch] = []
+        kept: list[Batch] = []
         for batch in batches:
-            if self.spool is not None and self.spool.put(batch.key, batch.body):
+            spool = self.spool
+            within = int(spool.max_bytes * IMAGE_SHARE) if spool and batch.is_image else None
+            if spool is not None and spool.put(batch.key, batch.body, within=within):
                 self.spooled += batch.records
+                self.images_spooled += batch.is_image
+                kept.append(batch)
+            elif batch.is_image:
+                self._lose_image(batch)
             else:
                 lost.append(batch)
-        if self.spool is not None and batches != lost:
+        if self.spool is not None and kept:
             log.warning(
                 "prediction log: spooled %d records in %d objects to %s",
-                sum(b.records for b in batches if b not in lost), len(batches) - len(lost),
-                self.spool.dir,
+                sum(b.records for b in kept), len(kept), self.spool.dir,
             )  # fmt: skip
         if not lost:
             return
@@ -287,3 +336,13 @@ class BatchShipper:
             newest = max(b.newest for b in lost)
             # At shutdown this process's metrics die with it: the next start counts the note.
             self.spool.note_loss(count, SPOOL_FULL, oldest, newest, reported=not at_shutdown)
+
+    def _lose_image(self, batch: Batch) -> None:
+        """An image neither the store nor the spool took: counted, and named in the log (its
+        record still names the key; the image is missing from the store)."""
+        log.error(
+            "prediction log: image %s (%d bytes) lost: the store did not take it and the spool %s",
+            batch.key, len(batch.body), "is full" if self.spool is not None else "is off",
+        )  # fmt: skip
+        if self.on_image_lost is not None:
+            self.on_image_lost(SPOOL_FULL, 1)

@@ -15,9 +15,10 @@ upload and unlink, two replicas sharing one volume) writes the same object twice
 A running writer looks at the volume again every minute, so what a pod stopped during a rolling
 update spooled is shipped by the pod that replaced it. The spool is bounded (`max_bytes`, per
 process: a volume shared by replicas needs room for each); what does not fit is not silently gone:
-its count goes into a loss note. Losses at shutdown are counted again by the next start (so
-`/metrics` shows them after the process that lost them is gone), and every note is shipped to the
-store under `_lost/`, beside the log it is missing from.
+its count goes into a loss note. Kept request images spool here too, but only while the spool is
+less than half full (`IMAGE_SHARE`): the records always have the other half. Losses at shutdown are
+counted again by the next start (so `/metrics` shows them after the process that lost them is
+gone), and every note is shipped to the store under `_lost/`, beside the log it is missing from.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ LOST_PREFIX = "_lost"
 """Where loss notes go in the store: beside the `dt=` partitions, never read as records."""
 RESCAN_EVERY_S = 60.0
 """How often a running writer looks for what other processes spooled on a shared volume."""
+IMAGE_SHARE = 0.5
+"""The part of the spool kept request images may fill."""
 STALE_TEMP_S = 600.0
 """An unfinished atomic write older than this belongs to a process that died: it is removed."""
 
@@ -179,13 +182,15 @@ class LogSpool:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def put(self, key: str, body: bytes) -> bool:
-        """Keep one object; False when it does not fit in `max_bytes` or the disk refuses it."""
+    def put(self, key: str, body: bytes, *, within: int | None = None) -> bool:
+        """Keep one object; False when it does not fit in `max_bytes` (or the smaller `within`:
+        kept images may fill only part of the spool, so they never crowd out records) or the
+        disk refuses it."""
         if not self.usable:
             return False
         with self._lock:
             held = sum(e.size for k, e in self._entries.items() if k != key)
-            if held + len(body) > self.max_bytes:
+            if held + len(body) > min(self.max_bytes, within or self.max_bytes):
                 return False
             path = self.objects / key
             try:

@@ -16,6 +16,15 @@ Nothing is lost silently: every record is written, spooled, or counted in `lost`
 (a full queue, a full spool, no features). Nothing here ever raises into a request.
 The layout (record columns, partitions, loss reasons) is `visionops.monitoring.log_layout`'s;
 `visionops.monitoring.collect` reads the records of a time window back.
+
+Image retention rides on the same machinery: `submit(..., encoded=<the request's bytes>)` keeps
+them when the policy (`visionops.monitoring.image_retention.ImagePolicy`) wants the image and they
+fit the byte bound: the queued arrays, the queued image bytes and the images still waiting for the
+store together within `max_queue_bytes` (images only take the room records leave: a record is
+never dropped for an image); the features thread names the content-addressed key in the
+record (`image_key`) and hands the bytes to the uploader ahead of the record. An image that cannot
+be kept is counted in `images_lost` with a reason and its record names no key; a record is never
+dropped for its image.
 """
 
 from __future__ import annotations
@@ -38,8 +47,11 @@ import numpy as np
 
 from visionops.data.features import feature_row
 from visionops.errors import UsageError
+from visionops.monitoring.image_retention import ImagePolicy, image_key
 from visionops.monitoring.log_layout import (
     DETECTIONS,
+    IMAGE_KEY,
+    IMAGE_LOSS_REASONS,
     LOSS_REASONS,
     MODEL_NAME,
     MODEL_VERSION,
@@ -47,6 +59,7 @@ from visionops.monitoring.log_layout import (
     QUEUE_FULL,
     REQUEST_ID,
     SHUTDOWN_TIMEOUT,
+    STORE_BEHIND,
     TIMESTAMP,
     partition_key,
 )
@@ -59,6 +72,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+KNOWN_IMAGES = 100_000
+"""Keys of images already handed to the store that the writer remembers (a repeated image is
+uploaded once a day; about 10 MB of keys)."""
+
 
 @dataclass
 class _Pending:
@@ -66,6 +83,8 @@ class _Pending:
     detections: Detections | None
     timestamp: datetime
     meta: dict[str, Any]
+    encoded: bytes | None = None  # the request's image bytes, when they are to be kept
+    nbytes: int = 0  # the array's memory (what the record bound counts)
 
 
 class Activity:
@@ -102,6 +121,7 @@ class PredictionLogWriter:
     wait, at the latest `flush_every_s` after the first one arrived, and at `flush()`/`close()`.
     Batches the store refuses wait in memory up to `max_pending` records (default `max_queue`),
     then go to `spool` if there is one. The caller must not modify an image after submitting it.
+    `images` decides which request images are kept (default: none).
     """
 
     def __init__(
@@ -119,6 +139,7 @@ class PredictionLogWriter:
         spool: LogSpool | None = None,
         on_drop: Callable[[], None] | None = None,
         activity: Activity | None = None,
+        images: ImagePolicy | None = None,
     ) -> None:
         if max_queue < 1 or batch_size < 1 or flush_every_s <= 0 or max_queue_bytes < 1:
             raise UsageError("max_queue, max_queue_bytes, batch_size, flush_every_s must be > 0")
@@ -135,8 +156,15 @@ class PredictionLogWriter:
         self.activity = activity
         self.feature_errors = 0
         self.lost: collections.Counter[str] = collections.Counter(dict.fromkeys(LOSS_REASONS, 0))
+        self.images = images or ImagePolicy()
+        self.images_lost: collections.Counter[str] = collections.Counter(
+            dict.fromkeys(IMAGE_LOSS_REASONS, 0)
+        )
+        self.images_repeated = 0  # records naming an image already handed to the store today
+        self._known: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._queue: queue.Queue[_Pending | Marker] = queue.Queue(maxsize=max_queue)
-        self._queued_bytes = 0
+        self._queued_bytes = 0  # the queued arrays
+        self._queued_image_bytes = 0  # the queued bytes of images to keep
         self._lock = threading.Lock()  # submit's bookkeeping and the loss counters
         self._closed = False
         self._deadline = float("inf")  # close(): past it, queued records are counted lost
@@ -148,6 +176,8 @@ class PredictionLogWriter:
             max_pending=self.max_pending,
             retry_every_s=flush_every_s,
             on_lost=self._lose,
+            max_pending_bytes=max_queue_bytes // 2,
+            on_image_lost=self._lose_images,
         )
         self._shipper.count_earlier_losses()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -161,6 +191,7 @@ class PredictionLogWriter:
         image_bgr: np.ndarray,
         detections: Detections | None,
         *,
+        encoded: bytes | None = None,
         model_version: str | None = None,
         request_id: str | None = None,
         timestamp: datetime | None = None,
@@ -169,35 +200,62 @@ class PredictionLogWriter:
         """Queue one prediction for logging; never blocks, never raises.
 
         Returns False when the record was dropped (queue full, writer closed, bad arguments).
+        `encoded`: the image as the request sent it, kept if the image policy wants it and it fits
+        the byte bound (else counted in `images_lost`; the record is queued all the same).
         `extra` keyword values (JSON-serialisable) are stored as columns of the record.
         """
+        keep = False
         try:
+            keep = encoded is not None and self.images.enabled and self.images.wants(detections)
             nbytes = int(getattr(image_bgr, "nbytes", 0))
             with self._lock:
                 if self._closed or self._queued_bytes + nbytes > self.max_queue_bytes:
+                    self._lose_image_locked(QUEUE_FULL, keep)
                     return self._drop(QUEUE_FULL)
-                self._queue.put_nowait(
-                    _Pending(
-                        image_bgr,
-                        detections,
-                        timestamp or datetime.now(UTC),
-                        {
-                            REQUEST_ID: request_id or uuid.uuid4().hex,
-                            MODEL_NAME: self.model_name,
-                            MODEL_VERSION: model_version or self.model_version,
-                            **extra,
-                        },
-                    )
+                kept = bytes(encoded) if keep and encoded is not None else None
+                if kept is not None:  # an image only takes room the records leave
+                    queued = self._queued_bytes + nbytes + self._queued_image_bytes + len(kept)
+                    if queued > self.max_queue_bytes:
+                        kept = self._lose_image_locked(QUEUE_FULL, True)
+                    elif queued + self._shipper.pending_image_bytes > self.max_queue_bytes:
+                        kept = self._lose_image_locked(STORE_BEHIND, True)
+                pending = _Pending(
+                    image_bgr,
+                    detections,
+                    timestamp or datetime.now(UTC),
+                    {
+                        REQUEST_ID: request_id or uuid.uuid4().hex,
+                        MODEL_NAME: self.model_name,
+                        MODEL_VERSION: model_version or self.model_version,
+                        IMAGE_KEY: None,
+                        **extra,
+                    },
+                    kept,
+                    nbytes,
                 )
+                self._queue.put_nowait(pending)
                 self._queued_bytes += nbytes
+                self._queued_image_bytes += len(kept or b"")
             return True
         except queue.Full:
             with self._lock:
+                self._lose_image_locked(QUEUE_FULL, keep)
                 return self._drop(QUEUE_FULL)
         except Exception:  # the request must never fail because of logging
             log.exception("prediction log: could not queue a record")
             with self._lock:
+                self._lose_image_locked(QUEUE_FULL, keep)
                 return self._drop(QUEUE_FULL)
+
+    def _lose_image_locked(self, reason: str, wanted: bool) -> None:
+        """Count an image the policy wanted and the log cannot keep (lock held)."""
+        if wanted:
+            self.images_lost[reason] += 1
+
+    def _lose_images(self, reason: str, count: int) -> None:
+        """Count images the store and the spool did not take (the upload thread's losses)."""
+        with self._lock:
+            self.images_lost[reason] += count
 
     def _drop(self, reason: str, count: int = 1) -> bool:
         """Count lost records (lock held)."""
@@ -236,6 +294,21 @@ class PredictionLogWriter:
     def pending(self) -> int:
         """Records cut into batches that the store has not taken yet (in memory)."""
         return self._shipper.pending
+
+    @property
+    def images_retained(self) -> int:
+        """Kept images the store took (spooled ones once shipped)."""
+        return self._shipper.images_written
+
+    @property
+    def image_bytes_retained(self) -> int:
+        """Bytes of the kept images the store took."""
+        return self._shipper.image_bytes_written
+
+    @property
+    def images_dropped(self) -> int:
+        """Images the policy wanted and the log could not keep, for any reason (`images_lost`)."""
+        return sum(self.images_lost.values())
 
     @property
     def written(self) -> int:
@@ -318,8 +391,10 @@ class PredictionLogWriter:
             self.spool.note_loss(count, SHUTDOWN_TIMEOUT, oldest, newest, reported=False)
         held = self.spool.records if self.spool is not None else 0
         log.info(
-            "prediction log closed: %d records written, %d in the spool, %d lost %s",
-            self.written, held, self.dropped, dict(+self.lost),
+            "prediction log closed: %d records written, %d in the spool, %d lost %s; "
+            "%d images kept, %d in the spool, %d not kept %s",
+            self.written, held, self.dropped, dict(+self.lost), self.images_retained,
+            self._shipper.images_spooled, self.images_dropped, dict(+self.images_lost),
         )  # fmt: skip
 
     def __enter__(self) -> PredictionLogWriter:
@@ -340,9 +415,11 @@ class PredictionLogWriter:
                 item = None
             if isinstance(item, _Pending):
                 with self._lock:
-                    self._queued_bytes -= int(getattr(item.image, "nbytes", 0))
+                    self._queued_bytes -= item.nbytes
+                    self._queued_image_bytes -= len(item.encoded or b"")
                 if time.monotonic() > self._deadline:  # closing and out of time
                     with self._lock:
+                        self._lose_image_locked(SHUTDOWN_TIMEOUT, item.encoded is not None)
                         self._drop(SHUTDOWN_TIMEOUT)
                     oldest, newest, count = self._late or (item.timestamp, item.timestamp, 0)
                     self._late = (min(oldest, item.timestamp), max(newest, item.timestamp),
@@ -378,13 +455,30 @@ class PredictionLogWriter:
         except Exception as error:
             self.feature_errors += 1
             with self._lock:
+                self._lose_image_locked(NO_FEATURES, item.encoded is not None)
                 self._drop(NO_FEATURES)
             log.warning("prediction log: no features for request %s: %s", item.meta, error)
             return
         record: dict[str, Any] = {TIMESTAMP: item.timestamp.isoformat(), **item.meta, **row}
         if item.detections is not None:
             record[DETECTIONS] = item.detections.to_records(self.names)
+        if item.encoded is not None:
+            record[IMAGE_KEY] = self._keep_image(item.encoded, item.timestamp)
         self._buffer.append(record)
+
+    def _keep_image(self, data: bytes, moment: datetime) -> str:
+        """Hand the bytes to the uploader under their content-addressed key (once a day for a
+        repeated image); returns the key the record names."""
+        key = image_key(data, moment)
+        if key in self._known:
+            self._known.move_to_end(key)
+            self.images_repeated += 1
+            return key
+        self._shipper.add([Batch(0, key, data, 0, moment, moment)])
+        self._known[key] = None
+        if len(self._known) > KNOWN_IMAGES:
+            self._known.popitem(last=False)
+        return key
 
     def _cut(self) -> None:
         """Turn the buffer into batches, one per hour partition, and hand them to the uploader."""
