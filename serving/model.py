@@ -40,9 +40,10 @@ from visionops.detections import Detections
 from visionops.errors import InvalidImage, UsageError, VisionOpsError
 from visionops.inference import Detector, decode_image
 from visionops.models.sources import ResolvedModel, resolve_model
+from visionops.monitoring.activity import Activity
 from visionops.monitoring.image_retention import ImagePolicy
 from visionops.monitoring.log_spool import LogSpool
-from visionops.monitoring.prediction_log import Activity, PredictionLogWriter
+from visionops.monitoring.prediction_log import PredictionLogWriter
 from visionops.storage import open_store
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,11 @@ import pytest
 from visionops.data.features import FEATURE_COLUMNS, feature_row
 from visionops.detections import Detections
 from visionops.errors import StorageError
+from visionops.monitoring.activity import Activity
 from visionops.monitoring.collect import read_window
 from visionops.monitoring.log_layout import SPOOL_FULL
 from visionops.monitoring.log_spool import LOST_PREFIX, LogSpool
-from visionops.monitoring.prediction_log import Activity, PredictionLogWriter
+from visionops.monitoring.prediction_log import PredictionLogWriter
 from visionops.storage import LocalStore, ObjectStore, default_store
 
 NAMES = ("Cable/break", "Cable/thunderbolt", "Screw/defect")

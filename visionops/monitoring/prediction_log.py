@@ -37,8 +37,8 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -68,6 +68,7 @@ from visionops.storage import ObjectStore
 
 if TYPE_CHECKING:
     from visionops.detections import Detections
+    from visionops.monitoring.activity import Activity
     from visionops.monitoring.log_spool import LogSpool
 
 log = logging.getLogger(__name__)
@@ -85,31 +86,6 @@ class _Pending:
     meta: dict[str, Any]
     encoded: bytes | None = None  # the request's image bytes, when they are to be kept
     nbytes: int = 0  # the array's memory (what the record bound counts)
-
-
-class Activity:
-    """Counts work in progress (the predictor's inferences) so the writer can wait for a pause."""
-
-    def __init__(self) -> None:
-        self._busy = 0
-        self._changed = threading.Condition()
-
-    @contextmanager
-    def busy(self) -> Iterator[None]:
-        with self._changed:
-            self._busy += 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._busy -= 1
-                if self._busy == 0:
-                    self._changed.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """True once nothing is in progress, False if still busy after `timeout` seconds."""
-        with self._changed:
-            return self._changed.wait_for(lambda: self._busy == 0, timeout)
 
 
 class PredictionLogWriter:
