@@ -172,6 +172,32 @@ def test_an_image_over_the_byte_bound_is_dropped_and_counted_its_record_kept(tmp
     assert record[IMAGE_KEY] is None and store.list_keys("images") == []
 
 
+def test_images_hold_at_most_half_the_byte_bound_and_records_keep_the_rest(tmp_path: Path):
+    """Inference busy (the log defers its features): images are taken until they hold half of
+    `max_queue_bytes`, then dropped and counted while their records are still queued."""
+    from visionops.monitoring.activity import Activity
+
+    pixels = [_image_array(i) for i in range(8)]  # 768 bytes each
+    blobs = [np.random.default_rng(i).bytes(4000) for i in range(8)]
+    bound = 8 * pixels[0].nbytes + 3 * 4000  # images may hold 9072 bytes: two of them
+    activity = Activity()
+    writer = PredictionLogWriter(LocalStore(tmp_path), images=ALL, activity=activity,
+                                 max_queue_bytes=bound, flush_every_s=60)  # fmt: skip
+    with activity.busy():
+        accepted = [writer.submit(p, None, encoded=b, request_id=f"r{i}")
+                    for i, (p, b) in enumerate(zip(pixels, blobs, strict=True))]  # fmt: skip
+        assert accepted == [True] * 8  # every record
+        assert writer.images_lost["queue_full"] == 6  # the images beyond their half
+    writer.close()
+    assert (writer.images_retained, writer.written, writer.dropped) == (2, 8, 0)
+    keys = LocalStore(tmp_path).list_keys("images")
+    assert len(keys) == 2 and all(k.endswith(".bin") for k in keys)
+
+
+def _image_array(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+
+
 def test_s3_down_images_wait_in_the_spool_within_their_share_and_the_rest_is_counted(
     tmp_path: Path,
 ):

@@ -20,8 +20,8 @@ The layout (record columns, partitions, loss reasons) is `visionops.monitoring.l
 Image retention rides on the same machinery: `submit(..., encoded=<the request's bytes>)` keeps
 them when the policy (`visionops.monitoring.image_retention.ImagePolicy`) wants the image and they
 fit the byte bound: the queued arrays, the queued image bytes and the images still waiting for the
-store together within `max_queue_bytes` (images only take the room records leave: a record is
-never dropped for an image); the features thread names the content-addressed key in the
+store together within `max_queue_bytes`, the images within half of it (`IMAGE_SHARE`: records
+always keep the other half); the features thread names the content-addressed key in the
 record (`image_key`) and hands the bytes to the uploader ahead of the record. An image that cannot
 be kept is counted in `images_lost` with a reason and its record names no key; a record is never
 dropped for its image.
@@ -73,6 +73,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+IMAGE_SHARE = 0.5
+"""The part of `max_queue_bytes` kept images (queued, or waiting for the store) may hold."""
 KNOWN_IMAGES = 100_000
 """Keys of images already handed to the store that the writer remembers (a repeated image is
 uploaded once a day; about 10 MB of keys)."""
@@ -93,7 +95,8 @@ class PredictionLogWriter:
 
     `names` are the model's class names (stored with each detection; their count normalises the
     class entropy). The queue holds at most `max_queue` records and `max_queue_bytes` of image
-    memory; `submit` drops beyond that. Records are cut into batches when `batch_size` of them
+    memory (decoded arrays, and kept images' bytes until the store takes them, at most half of
+    it); `submit` drops beyond that. Records are cut into batches when `batch_size` of them
     wait, at the latest `flush_every_s` after the first one arrived, and at `flush()`/`close()`.
     Batches the store refuses wait in memory up to `max_pending` records (default `max_queue`),
     then go to `spool` if there is one. The caller must not modify an image after submitting it.
@@ -152,7 +155,7 @@ class PredictionLogWriter:
             max_pending=self.max_pending,
             retry_every_s=flush_every_s,
             on_lost=self._lose,
-            max_pending_bytes=max_queue_bytes // 2,
+            max_pending_bytes=max_queue_bytes // 4,  # then spooled, making room for more
             on_image_lost=self._lose_images,
         )
         self._shipper.count_earlier_losses()
@@ -185,16 +188,19 @@ class PredictionLogWriter:
             keep = encoded is not None and self.images.enabled and self.images.wants(detections)
             nbytes = int(getattr(image_bgr, "nbytes", 0))
             with self._lock:
-                if self._closed or self._queued_bytes + nbytes > self.max_queue_bytes:
+                behind = self._shipper.pending_image_bytes
+                images = self._queued_image_bytes + behind
+                held = self._queued_bytes + images + nbytes
+                if self._closed or held > self.max_queue_bytes:
                     self._lose_image_locked(QUEUE_FULL, keep)
                     return self._drop(QUEUE_FULL)
                 kept = bytes(encoded) if keep and encoded is not None else None
-                if kept is not None:  # an image only takes room the records leave
-                    queued = self._queued_bytes + nbytes + self._queued_image_bytes + len(kept)
-                    if queued > self.max_queue_bytes:
-                        kept = self._lose_image_locked(QUEUE_FULL, True)
-                    elif queued + self._shipper.pending_image_bytes > self.max_queue_bytes:
-                        kept = self._lose_image_locked(STORE_BEHIND, True)
+                if kept is not None and (
+                    images + len(kept) > self.max_queue_bytes * IMAGE_SHARE
+                    or held + len(kept) > self.max_queue_bytes
+                ):  # images never take more than their share: records keep the rest
+                    reason = STORE_BEHIND if behind > self._queued_image_bytes else QUEUE_FULL
+                    kept = self._lose_image_locked(reason, True)
                 pending = _Pending(
                     image_bgr,
                     detections,
