@@ -1,7 +1,6 @@
-"""A prediction log with kept images, written by the real writer, for the data-loop tests.
-
-Each record names its image's key (`images/dt=<day>/<sha256>.png`, the data-loop contract) and
-the bytes are stored at that key, as the predictor's image retention stores them.
+"""A prediction log with kept images, written by the real writer with image retention on (`all`),
+for the data-loop tests: each record names its image's key (`images/dt=<day>/<sha256>.png`) and
+the writer stores the bytes there, as the predictor does.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import cv2
 import numpy as np
 
 from visionops.detections import Detections
+from visionops.monitoring.image_retention import ImagePolicy, image_key
 from visionops.monitoring.prediction_log import PredictionLogWriter
 from visionops.storage import ObjectStore
 
@@ -51,30 +51,25 @@ def write_log(store: ObjectStore) -> LogContents:
     confusion, an image sent three times, two near-identical images, an image retention lost,
     images without a detection and records that kept no image."""
     contents = LogContents()
-    writer = PredictionLogWriter(store, names=NAMES, model_name="defects", model_version="4",
-                                 batch_size=8, max_queue=512)  # fmt: skip
+    writer = PredictionLogWriter(
+        store, names=NAMES, model_name="defects", model_version="4", batch_size=8,
+        max_queue=512, images=ImagePolicy.parse("all"),
+    )  # fmt: skip
     moment = [T0]
 
     def send(
-        pixels: np.ndarray,
-        boxes: list[tuple[int, float, list[float]]],
-        *,
-        keep: bool = True,
-        store_bytes: bool = True,
+        pixels: np.ndarray, boxes: list[tuple[int, float, list[float]]], *, keep: bool = True
     ) -> str:
         data = cv2.imencode(".png", pixels)[1].tobytes()
-        digest = hashlib.sha256(data).hexdigest()
-        key = f"images/dt={T0:%Y-%m-%d}/{digest}.png"
-        if keep and store_bytes:
-            store.write_bytes(key, data)
         detections = Detections(
             np.array([b[2] for b in boxes], np.float32).reshape(len(boxes), 4),
             np.array([b[1] for b in boxes], np.float32),
             np.array([b[0] for b in boxes], np.int64),
         )
-        extra = {"image_key": key} if keep else {}
         moment[0] += timedelta(seconds=60)
-        assert writer.submit(pixels, detections, timestamp=moment[0], **extra)
+        encoded = data if keep else None  # a request whose image was not kept
+        assert writer.submit(pixels, detections, timestamp=moment[0], encoded=encoded)
+        digest = hashlib.sha256(data).hexdigest()
         contents.boxes[digest] = [
             (NAMES[c], [x1, y1, x2 - x1, y2 - y1]) for c, _, (x1, y1, x2, y2) in boxes
         ]
@@ -99,7 +94,8 @@ def write_log(store: ObjectStore) -> LogContents:
         send(near, [(1, 0.255, [2.0, 2.0, 22.0, 22.0])]),
         send(twin, [(1, 0.255, [2.0, 2.0, 22.0, 22.0])]),
     )
-    contents.gone = send(_texture(500), [(0, 0.25, [1.0, 1.0, 9.0, 9.0])], store_bytes=False)
+    gone = _texture(500)
+    contents.gone = send(gone, [(0, 0.25, [1.0, 1.0, 9.0, 9.0])])
     for i in range(2):
         contents.empty.add(send(_texture(600 + i), []))
     for i in range(4):
@@ -107,4 +103,7 @@ def write_log(store: ObjectStore) -> LogContents:
         contents.without_image += 1
     writer.close()
     assert writer.written == 15 + 6 + 1 + 3 + 2 + 1 + 2 + 4
+    assert not sum(writer.images_lost.values())
+    # Retention deleted this one's bytes (its record stays): select must skip it and go on.
+    store.delete(image_key(cv2.imencode(".png", gone)[1].tobytes(), T0))
     return contents

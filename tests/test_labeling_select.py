@@ -17,7 +17,14 @@ from typer.testing import CliRunner
 from tests.labeling_data import T0, T1, LogContents, write_log
 from visionops.cli.app import app
 from visionops.labeling.batch import read_batch
-from visionops.labeling.candidates import NO_BOXES, Candidate, CandidatePool, uniform_key
+from visionops.labeling.candidates import (
+    NO_BOXES,
+    Candidate,
+    CandidatePool,
+    image_digest,
+    plain_key,
+    uniform_key,
+)
 from visionops.labeling.scoring import (
     NUMERIC_COLUMNS,
     box_uncertainty,
@@ -248,3 +255,11 @@ def test_vectorised_scores_equal_the_per_image_ones() -> None:
         expected = max((box_uncertainty(d["score"], 0.3) for d in found), default=0.5)
         assert unc[row] == pytest.approx(expected)
         assert mix[row] == pytest.approx(confusion(found).value)
+
+
+def test_image_keys_as_older_compactions_stored_them() -> None:
+    """A part compacted before `image_key` was a record column holds it as JSON text."""
+    key = "images/dt=2026-01-01/" + "a" * 64 + ".png"
+    assert plain_key(json.dumps(key)) == key == plain_key(key)
+    assert plain_key(None) is None and plain_key("") is None and plain_key('"broken') is None
+    assert image_digest(key) == "a" * 64

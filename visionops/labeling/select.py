@@ -66,6 +66,7 @@ from visionops.monitoring.log_files import CollectSummary
 from visionops.monitoring.log_layout import (
     COLLECTED_COLUMNS,
     DETECTIONS,
+    IMAGE_KEY,
     MODEL_NAME,
     MODEL_VERSION,
     REQUEST_ID,
@@ -81,7 +82,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGE_KEY = "image_key"  # the record's kept image (data-loop contract, point 1)
 POOL_ROWS = 20_000
 SLICE_ROWS = 8192  # records turned into Python objects at once
 _EXTENSIONS = {"jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp"}
