@@ -4,9 +4,10 @@
 
 A window of `--rows` predictions over one day is written once (kept in `--workdir/log-<rows>` and
 reused) by the predictor's own `PredictionLogWriter` (500 records per file), each record naming
-its kept image: a distinct 16x16 PNG stored at its key, as image retention stores it. Feature rows
-and detections are `monitoring_scale`'s (0-4 random boxes, their columns computed as the writer
-does; image columns drawn around a random pool, the feature computation replaced as there).
+its kept image: a distinct 16x16 PNG that the writer's image retention (`all`) stores at its key.
+Feature rows and detections are `monitoring_scale`'s (0-4 random boxes, their columns computed as
+the writer does; image columns drawn around a random pool, the feature computation replaced as
+there).
 Then, each in its own child process (wall time; peak RSS from `/usr/bin/time -f %M`):
 
 - anchor: `visionops drift collect` of the window, the log reader alone (select reads through it);
@@ -19,7 +20,6 @@ Ratios (select / collect) are from this one run.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import shutil
@@ -44,6 +44,7 @@ def write_log(target: Path, rows: int, seed: int = 0) -> Path:
     from visionops.data.features import FEATURE_COLUMNS, IMAGE_COLUMNS
     from visionops.detections import Detections
     from visionops.monitoring import prediction_log
+    from visionops.monitoring.image_retention import ImagePolicy
     from visionops.storage import LocalStore
 
     done = target / ".complete"
@@ -68,6 +69,7 @@ def write_log(target: Path, rows: int, seed: int = 0) -> Path:
     writer = prediction_log.PredictionLogWriter(
         store, names=NAMES, model_name="visionops-yolov8n", model_version="3", max_queue=50_000,
         max_queue_bytes=1 << 30, batch_size=RECORDS_PER_FILE, flush_every_s=3600.0,
+        images=ImagePolicy.parse("all"),
     )  # fmt: skip
     try:
         done_rows = 0
@@ -86,18 +88,17 @@ def write_log(target: Path, rows: int, seed: int = 0) -> Path:
                                                     strict=True))  # fmt: skip
                 pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
                 data = cv2.imencode(".png", pixels)[1].tobytes()
-                key = f"images/dt={DAY:%Y-%m-%d}/{hashlib.sha256(data).hexdigest()}.png"
-                store.write_bytes(key, data)
                 while writer.queued > 20_000:
                     time.sleep(0.005)
                 writer.submit(image, detections, request_id=f"{seed}-{done_rows}",
-                              timestamp=DAY + done_rows * step, image_key=key)  # fmt: skip
+                              timestamp=DAY + done_rows * step, encoded=data)  # fmt: skip
                 done_rows += 1
         writer.close(timeout=600)
     finally:
         prediction_log.feature_row = real_row
-    if writer.written != rows:
-        raise RuntimeError(f"the writer wrote {writer.written} of {rows} rows")
+    lost = sum(writer.images_lost.values())
+    if writer.written != rows or lost:
+        raise RuntimeError(f"the writer wrote {writer.written} of {rows} rows, lost {lost} images")
     done.write_text(f"{rows}\n")
     log.info("%s: %d rows in %.0fs", target.name, rows, time.perf_counter() - started)
     return target
