@@ -22,6 +22,8 @@ def drift_check(
     model_name: str = "",
     log_to_mlflow: bool = True,
     monitoring_run_id: str = "",
+    log_location: str = "",
+    current_images: str = "",
 ) -> NamedTuple("DriftOutputs", [("decision", str), ("drift_detected", bool), ("lineage", str)]):  # type: ignore[valid-type]
     """Decide drift / no_drift / not_enough_data; use `decision` in `dsl.If`.
 
@@ -36,6 +38,10 @@ def drift_check(
     and recorded in the result's metadata, it does not stop the decision. `lineage` (JSON) names
     this check's MLflow run, its window (from `current`'s metadata), the reference version and
     `monitoring_run_id`: what a retraining it starts records as where it came from.
+
+    The report's thumbnails: the reference's evaluation images, and the images the predictor kept
+    of the window, read from the prediction log at `log_location` (empty: the configured one),
+    else those below `current_images` (folders, comma-separated).
     """
     import json
     import math
@@ -49,6 +55,7 @@ def drift_check(
     settings = bootstrap()
     from visionops.data.tables import FeatureTableReader
     from visionops.monitoring.drift import REPORT_HTML, REPORT_JSON, DriftConfig
+    from visionops.monitoring.log_layout import open_log
     from visionops.monitoring.publish import CheckContext, check_and_publish
     from visionops.monitoring.reference import Reference, resolve_reference_source
 
@@ -66,6 +73,8 @@ def drift_check(
         window_end=str(current.metadata.get("end", "")),
         reference=source,
         pipeline_run=monitoring_run_id,
+        current_images=tuple(Path(p.strip()) for p in current_images.split(",") if p.strip()),
+        log=open_log(log_location),
     )
 
     config = DriftConfig.from_settings(drift_share=drift_share or None, min_rows=min_rows or None)

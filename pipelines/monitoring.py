@@ -49,6 +49,7 @@ def monitoring_pipeline(
     weights: str = "",
     training_params: str = "{}",
     image_retention_days: int = -1,
+    current_images: str = "",
 ) -> None:
     """`log_location`: the prediction log (s3://bucket/prefix or folder; empty: the configured
     one); the window is [start, end) or the last `hours`; `reference`: `champion`, models:/... or
@@ -86,6 +87,8 @@ def monitoring_pipeline(
             min_rows=min_rows,
             model_name=model_name,
             monitoring_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            log_location=log_location,
+            current_images=current_images,
         ),
         "Drift check (Evidently)",
         cpu="1",

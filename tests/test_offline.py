@@ -273,5 +273,7 @@ def test_training_serving_on_both_engines_and_drift_stay_offline(
         answered = [line for line in text.splitlines() if f"predictor on {engine} answered" in line]
         assert answered and answered[-1].split()[-4] == answered[-1].split()[-2] != "0", answered
     assert "drift check: " in text and "(MLflow run None)" not in text
+    (page,) = (work / "data").rglob("drift-check/drift_report.html")
+    assert page.read_text().count("data:image/jpeg;base64,") == 12  # reference and current strips
     assert json.loads((work / "dns-queries.json").read_text()) == []
     assert report.processes > 10  # the pipeline's steps and both predictors were all traced

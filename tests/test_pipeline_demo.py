@@ -15,7 +15,8 @@ import pytest
 
 from visionops.cli._common import console
 from visionops.cli.demo import print_summary
-from visionops.demo import DemoResult, DriftCheck, Scores, stop_process
+from visionops.demo import DemoResult, DriftCheck, Scores
+from visionops.local_predictor import stop_process
 from visionops.orchestration.local import alive
 
 

@@ -25,7 +25,8 @@ from pipelines import load_pipeline
 from tests.containers import ContainerStarts, predictor_container
 from tests.k8s import find
 from tests.servers import BIN, MlflowServer, S3Server
-from visionops.demo import DemoConfig, DemoData, DemoEvents, inference_images, prepare_data
+from visionops.demo import DemoConfig, DemoData, DemoEvents, prepare_data
+from visionops.local_predictor import inference_images
 from visionops.orchestration.docker import RUN_LABEL
 from visionops.orchestration.local import LocalRun, follow_run, read_run, runs_dir
 
@@ -174,7 +175,7 @@ def drifted_window(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[datetime, datetime]]:
     """Drifted traffic through the predictor container serving the champion, logged to S3."""
-    from visionops.demo import send_images
+    from visionops.local_predictor import send_images
     from visionops.monitoring.collect import read_window
     from visionops.storage import S3Store
 

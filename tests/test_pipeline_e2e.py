@@ -4,14 +4,16 @@ One training run (through `visionops pipeline run training --local`) makes the c
 predictor serves it and logs clean, then drifted, traffic; the monitoring pipeline then takes
 each branch: the clean window records "no drift" and submits nothing, the drifted window
 re-submits exactly one training run (a new local run in its own process, with the drifted images
-and their labels), which runs to its end. Last, a promotion is deployed to the running predictor.
-Everything is real and on 127.0.0.1; only the data is small (imgsz 64, 1 epoch).
+and their labels), which runs to its end; its drift page shows the champion's evaluation images
+beside the window's. Last, a promotion is deployed to the running predictor. Everything is real
+and on 127.0.0.1; only the data is small (imgsz 64, 1 epoch).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,15 +24,19 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines import load_pipeline
+from tests import headless_chromium
 from visionops.cli.app import app
 from visionops.demo import (
     DemoConfig,
     DemoData,
     DemoEvents,
     drift_check,
+    prepare_data,
+    thumbnail_folders,
+)
+from visionops.local_predictor import (
     inference_images,
     predictor,
-    prepare_data,
     send_images,
     served_version,
     wait_for_log,
@@ -86,10 +92,13 @@ def traffic(training: LocalRun, data: DemoData) -> Iterator[Traffic]:
         yield Traffic(url, log_dir, (start, middle), (middle, end))
 
 
-def _monitor(traffic: Traffic, data: DemoData, window: tuple[datetime, datetime]) -> LocalRun:
+def _monitor(
+    traffic: Traffic, data: DemoData, window: tuple[datetime, datetime], sent: Path
+) -> LocalRun:
     training_params = {"model_name": NAME, "batch": 8, "min_map50": 0, "deploy_target": "local",
                        "predictor_url": traffic.url}  # fmt: skip
     return run_local("monitoring", load_pipeline("monitoring"), {
+        "current_images": thumbnail_folders(sent),
         "log_location": str(traffic.log_dir), "start": window[0].isoformat(),
         "end": window[1].isoformat(), "reference": f"models:/{NAME}@champion",
         "model_name": NAME, "min_rows": 10, "dataset": str(data.vision),
@@ -140,7 +149,7 @@ def test_no_drift_records_the_decision_and_submits_nothing(
 ) -> None:
     submitted, decided = len(list_submissions()), len(list_decisions())
 
-    run = _monitor(traffic, data, traffic.clean)
+    run = _monitor(traffic, data, traffic.clean, data.vision)
 
     check = drift_check(run)
     assert check.decision == "no_drift", check.reason
@@ -152,12 +161,17 @@ def test_no_drift_records_the_decision_and_submits_nothing(
     assert check.report is not None and check.report.read_text().lstrip().startswith("<")
 
 
-def test_drift_resubmits_exactly_one_training_run_with_the_new_data(
-    traffic: Traffic, data: DemoData
-) -> None:
+@pytest.fixture(scope="module")
+def drifted(traffic: Traffic, data: DemoData) -> tuple[LocalRun, set[str]]:
+    """The monitoring run on the drifted window, and the submissions there were before it."""
     before = {s.key for s in list_submissions()}
+    return _monitor(traffic, data, traffic.drifted, data.drifted), before
 
-    run = _monitor(traffic, data, traffic.drifted)
+
+def test_drift_resubmits_exactly_one_training_run_with_the_new_data(
+    drifted: tuple[LocalRun, set[str]], traffic: Traffic, data: DemoData
+) -> None:
+    run, before = drifted
 
     check = drift_check(run)
     assert check.decision == "drift", check.reason
@@ -198,6 +212,27 @@ def test_drift_resubmits_exactly_one_training_run_with_the_new_data(
             assert promoted == (candidate - champion > margin), reason
     assert str(_champion().version) == ("2" if promoted else "1")
     assert served_version(traffic.url, NAME) == str(_champion().version)
+
+
+@headless_chromium.needs_chromium
+def test_the_drift_page_shows_the_evaluation_and_the_window_images(
+    drifted: tuple[LocalRun, set[str]], tmp_path: Path
+) -> None:
+    """Six of the champion's evaluation images (logged by its evaluation step) beside six of the
+    window's: those the predictor kept, else those the pipeline was given."""
+    report = drift_check(drifted[0]).report
+    assert report is not None
+    page = tmp_path / "drift-drifted-window.html"  # the artifact has no suffix; the demo adds it
+    shutil.copyfile(report, page)
+
+    rendered = headless_chromium.render(page, tmp_path / "chromium")
+
+    assert rendered.external() == []
+    summary = rendered.dom.split('id="visionops-drift-summary"', 1)[1].split("</div></div>")[0]
+    reference, current = summary.split("Current images")
+    assert f"Reference images <small>(evaluation images of {NAME} v1)" in reference
+    assert reference.count("data:image/jpeg;base64,") == 6
+    assert current.count("data:image/jpeg;base64,") == 6
 
 
 def test_a_promotion_is_deployed_to_the_running_predictor(

@@ -63,6 +63,16 @@ def test_cli_evaluates_and_logs_everything_to_the_run(
     reference = pd.read_parquet(out / "reference_features.parquet")
     assert len(reference) == 8 and set(FEATURE_COLUMNS) <= set(reference.columns)
     assert reference["file_name"].str.startswith("images/val/").all()
+    # Thumbnails of six of the images the table describes, spread over the split (drift pages).
+    files = list(reference["file_name"])
+    spread = [files[i] for i in (0, 1, 2, 4, 5, 6)]  # 6 of 8, evenly spaced
+    thumbnails = sorted((out / "reference_images").iterdir())
+    assert [p.name for p in thumbnails] == [
+        f"{i:02d}-{Path(n).with_suffix('').as_posix().replace('/', '__')}.jpg"
+        for i, n in enumerate(spread)
+    ]
+    for thumbnail in thumbnails:
+        assert max(read_image(thumbnail).shape[:2]) == 96
 
     run = connect(mlflow_settings).client.get_run(run_id)
     assert run.data.metrics["eval.map50_95"] == pytest.approx(metrics["map50_95"])
@@ -72,7 +82,7 @@ def test_cli_evaluates_and_logs_everything_to_the_run(
     assert {
         f"evaluation/{n}"
         for n in ("detections.json", "ground_truth.json", "metrics.json", "report.md",
-                  "report.html", "reference_features.parquet")
+                  "report.html", "reference_features.parquet", "reference_images")
     } <= logged  # fmt: skip
 
 

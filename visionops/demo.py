@@ -21,37 +21,36 @@ also on failure or Ctrl-C.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from visionops.config import Settings, get_settings
-from visionops.containers import readable_by_containers, stop_container
+from visionops.containers import readable_by_containers
 from visionops.data.convert import convert
 from visionops.data.synth import synthesize
-from visionops.errors import ModelNotFound, PipelineError, VisionOpsError
-from visionops.monitoring.collect import read_window
-from visionops.monitoring.reference import image_files
+from visionops.errors import ModelNotFound, PipelineError
+from visionops.local_predictor import (
+    inference_folders,
+    inference_images,
+    predictor,
+    send_images,
+    served_version,
+    stop_process,
+    wait_for_log,
+)
 from visionops.monitoring.simulate import simulate_split
-from visionops.orchestration.docker import predictor_in_container, run_in_containers
+from visionops.orchestration.docker import run_in_containers
 from visionops.orchestration.local import LocalRun, StepCallback, alive, follow_run, run_local
 from visionops.orchestration.resubmit import list_submissions
-from visionops.storage import LocalStore
 from visionops.tracking import mlflow_errors
 from visionops.training.evaluate import evaluate
 from visionops.training.registry import Registry
@@ -190,117 +189,13 @@ def scores(name: str, version: str, data: DemoData, settings: Settings) -> Score
     return Scores(version, result["clean"], result["drifted"])
 
 
-# ---------------------------------------------------------------- predictor and traffic
-
-
-def free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _http(url: str, body: bytes | None = None, timeout: float = 60) -> dict[str, Any]:
-    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
-    request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read() or b"{}")
-
-
-def stop_process(process: subprocess.Popen[bytes] | int, timeout: float = 20) -> None:
-    """SIGTERM the process group (then SIGKILL after `timeout`); quiet if it is gone already."""
-    pid = process if isinstance(process, int) else process.pid
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if isinstance(process, subprocess.Popen):
-            if process.poll() is not None:
-                return
-        elif not alive(pid):
-            return
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-@contextmanager
-def predictor(
-    name: str, log_dir: Path, work: Path, engine: str = "onnxruntime", docker: bool = False
-) -> Iterator[str]:
-    """The KServe predictor on `models:/<name>@champion`, on 127.0.0.1 (`docker`: the predictor
-    image); yields its URL."""
-    port, grpc = free_port(), free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = work / "predictor.log"
-    args = [
-        "--model-uri", f"models:/{name}@champion", f"--model_name={name}", "--host", "127.0.0.1",
-        f"--http_port={port}", f"--grpc_port={grpc}", "--prediction-log", str(log_dir),
-        "--engine", engine,
-    ]  # fmt: skip
-    container = None
-    if docker:
-        container, process = predictor_in_container(get_settings(), args, log_dir, log_path)
-    else:
-        with log_path.open("ab") as output:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "serving", *args], stdin=subprocess.DEVNULL, stdout=output,
-                stderr=subprocess.STDOUT, env={**os.environ, "VISIONOPS_LOG_FLUSH_EVERY_S": "1"},
-                start_new_session=True,
-            )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise PipelineError(f"the predictor exited ({process.returncode}); see {log_path}")
-            try:
-                _http(f"{url}/v2/health/ready", timeout=2)
-                break
-            except OSError as error:
-                if time.monotonic() > deadline:
-                    raise PipelineError(
-                        f"the predictor was not ready in 180 s; see {log_path}"
-                    ) from error
-                time.sleep(0.5)
-        yield url
-    finally:
-        if container is None:
-            stop_process(process)
-        else:
-            stop_container(container.name, process)
-
-
-def send_images(url: str, name: str, images: list[Path], per_request: int = 8) -> int:
-    """POST the images to the predictor (KServe v1, base64 JSON); returns how many it answered."""
-    answered = 0
-    for start in range(0, len(images), per_request):
-        chunk = images[start : start + per_request]
-        body = {
-            "instances": [
-                {"image": {"b64": base64.b64encode(p.read_bytes()).decode()}} for p in chunk
-            ]
-        }
-        reply = _http(f"{url}/v1/models/{name}:predict", json.dumps(body).encode())
-        answered += len(reply.get("predictions", []))
-    return answered
-
-
-def wait_for_log(log_dir: Path, start: datetime, end: datetime, count: int) -> None:
-    """Wait until the prediction log holds `count` records of [start, end) (it flushes often)."""
-    deadline = time.monotonic() + 60
-    while len(read_window(LocalStore(log_dir), start, end)) < count:
-        if time.monotonic() > deadline:
-            raise PipelineError(f"the prediction log in {log_dir} did not reach {count} records")
-        time.sleep(0.5)
-
-
-def inference_images(root: Path) -> list[Path]:
-    return [p for product in sorted(root.iterdir()) if (product / "inference").is_dir()
-            for p in image_files(product / "inference")]  # fmt: skip
-
-
 # ---------------------------------------------------------------- monitoring outcome
+
+
+def thumbnail_folders(*roots: Path) -> str:
+    """The monitoring pipeline's `current_images`: the inference folders of `roots`, for the
+    drift page's thumbnails when the prediction log kept no image of the window."""
+    return ",".join(str(folder) for root in roots for folder in inference_folders(root))
 
 
 def drift_check(run: LocalRun) -> DriftCheck:
@@ -469,8 +364,14 @@ def run_demo(
                 "deploy_target": "local", "predictor_url": url, "train_args": demo.train_args,
             }),
         }  # fmt: skip
-        _, clean_check = demo.monitor("clean", monitoring, clean_start, drift_start)
-        drift_run, drift_check_ = demo.monitor("drifted", monitoring, drift_start, drift_end)
+        _, clean_check = demo.monitor(
+            "clean", {**monitoring, "current_images": thumbnail_folders(data.vision)},
+            clean_start, drift_start,
+        )  # fmt: skip
+        drift_run, drift_check_ = demo.monitor(
+            "drifted", {**monitoring, "current_images": thumbnail_folders(data.drifted)},
+            drift_start, drift_end,
+        )  # fmt: skip
         training_run = str(drift_run.output("retrain", "run_name", ""))
         if not training_run:
             raise PipelineError(
@@ -491,10 +392,3 @@ def run_demo(
         clean_check=clean_check, drift_check=drift_check_, training_run=training_run,
         serving_version=serving, reports=demo.reports, timings=demo.timings, out_dir=root,
     )  # fmt: skip
-
-
-def served_version(url: str, name: str) -> str:
-    try:
-        return str(_http(f"{url}/v2/models/{name}")["parameters"]["model_version"])
-    except (OSError, KeyError, VisionOpsError) as error:
-        raise PipelineError(f"cannot ask the predictor which version it serves: {error}") from error

@@ -15,21 +15,18 @@ from typing import Any
 
 from visionops.config import Settings, get_settings
 from visionops.data.tables import load_feature_table
-from visionops.demo import (
-    DemoConfig,
-    DemoEvents,
-    DemoSession,
+from visionops.demo import DemoConfig, DemoEvents, DemoSession, prepare_data, reset_model
+from visionops.local_predictor import (
+    inference_folders,
     inference_images,
     predictor,
-    prepare_data,
-    reset_model,
     send_images,
     wait_for_log,
 )
 from visionops.monitoring.collect import read_window
 from visionops.monitoring.drift import DriftConfig
-from visionops.monitoring.publish import check_and_publish
-from visionops.monitoring.reference import resolve_reference
+from visionops.monitoring.publish import CheckContext, check_and_publish
+from visionops.monitoring.reference import resolve_reference_source
 from visionops.storage import LocalStore
 
 SMALL = DemoConfig(
@@ -80,12 +77,17 @@ def run_small_loop(
     end = datetime.now(UTC)
     wait_for_log(log_dir, start, end, sum(answered.values()))
     with demo.stage("drift check"):
-        reference = load_feature_table(resolve_reference(f"models:/{name}@champion", demo.settings))
+        source = resolve_reference_source(f"models:/{name}@champion", demo.settings)
+        context = CheckContext(
+            window_start=start.isoformat(), window_end=end.isoformat(), reference=source,
+            current_images=(*inference_folders(data.vision), *inference_folders(data.drifted)),
+            log=LocalStore(log_dir),
+        )  # fmt: skip
         check = check_and_publish(
-            reference, read_window(LocalStore(log_dir), start, end),
+            load_feature_table(source.path), read_window(LocalStore(log_dir), start, end),
             config=DriftConfig.from_settings(demo.settings, min_rows=10),
             report_dir=root / "drift-check", model_name=name, log_to_mlflow=True,
-            settings=demo.settings,
+            settings=demo.settings, context=context,
         )  # fmt: skip
     return SmallLoopResult(
         version, len(images), answered, check.result.decision, check.mlflow_run_id

@@ -79,7 +79,7 @@ def offline(
 def offline_scenario(small: Annotated[bool, typer.Option("--small")] = False) -> None:
     """What `visionops doctor offline` runs by default (inside its namespaces)."""
     from visionops.config import get_settings
-    from visionops.demo import inference_images, predictor, send_images
+    from visionops.local_predictor import inference_images, predictor, send_images
 
     if small:
         _small_loop()

@@ -218,24 +218,30 @@ def check(
         Path | None,
         typer.Option(
             "--reference-images",
-            help="Images of the reference (e.g. the evaluation split): "
-            "thumbnails on the drift page.",
+            exists=True,
+            file_okay=False,
+            help="Images of the reference: thumbnails on the drift page (default: those its "
+            "evaluation kept, for a registered reference).",
         ),
     ] = None,
     current_images: Annotated[
         Path | None,
-        typer.Option("--current-images", help="Images of the window: thumbnails on the page."),
+        typer.Option(
+            "--current-images",
+            exists=True,
+            file_okay=False,
+            help="Images of the window: thumbnails on the drift page (default: those the "
+            "predictor kept, read from --log).",
+        ),
     ] = None,
+    log: LogOption = "",
 ) -> None:
     """Decide drift / no drift / not enough data; the result is JSON on stdout (exit 0)."""
     # cv2, numpy, and MLflow or Evidently when used: loaded by this command only
     from visionops.monitoring.drift import DriftConfig
+    from visionops.monitoring.log_layout import open_log
     from visionops.monitoring.publish import CheckContext, check_and_publish
-    from visionops.monitoring.reference import (
-        image_files,
-        is_registry_reference,
-        resolve_reference_source,
-    )
+    from visionops.monitoring.reference import is_registry_reference, resolve_reference_source
 
     config = DriftConfig.from_settings(drift_share=drift_share, min_rows=min_rows)
     model, origin = model_name(name)
@@ -256,8 +262,9 @@ def check(
         pushgateway=pushgateway or get_settings().pushgateway_url,
         model_name=source.model_name or model, context=CheckContext(
             reference=source,
-            reference_images=tuple(image_files(reference_images)) if reference_images else (),
-            current_images=tuple(image_files(current_images)) if current_images else (),
+            reference_images=(reference_images,) if reference_images else (),
+            current_images=(current_images,) if current_images else (),
+            log=None if current_images else open_log(log),
         ),
     )  # fmt: skip
     result = check.result

@@ -4,30 +4,34 @@ Evidently's page lists every column in feature order with rounded scores ("Drift
 p-value of 8.9e-31). Above it, this module puts what a person needs to act: the decision in words,
 the window, row counts, the reference model version, the drifted columns sorted by strength with
 their statistic in scientific notation and what it means, a small histogram per drifted column
-(reference against current, inline SVG) and, when images are given, reference and current
-thumbnails (inline JPEG). Everything is inside the one HTML file: it opens offline.
+(reference against current, inline SVG) and a strip of reference and of current thumbnails
+(inline JPEG; which images, `visionops.monitoring.drift_images`). Everything is inside the one
+HTML file: it opens offline.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import logging
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from visionops.data.files import atomic_write_text
+from visionops.data.thumbnails import THUMBNAILS, thumbnail_jpeg
+from visionops.monitoring.drift_images import PageImage, Strip
 
 if TYPE_CHECKING:
     import numpy as np
 
     from visionops.monitoring.drift import ColumnDrift, DriftResult
 
+log = logging.getLogger(__name__)
+
 MARKER = "<!-- visionops-drift-summary -->"
-THUMBNAILS = 6
-THUMBNAIL_PX = 96
 _P_VALUE_METHODS = {"ks", "chisquare", "z", "fisher_exact", "t_test", "mannw", "cramer_von_mises"}
 
 _DECISIONS = {
@@ -43,15 +47,15 @@ _DECISIONS = {
 @dataclass(frozen=True)
 class PageContext:
     """What the page says around the numbers: the window, the reference version, the samples
-    for histograms and the images for thumbnails (all optional)."""
+    for histograms and the strips of thumbnails (all optional)."""
 
     window: str = ""
     reference: str = ""  # e.g. `visionops-yolov8n v2`, or a table's path
     model_name: str = ""
     reference_values: dict[str, np.ndarray] | None = None  # drifted column -> sample
     current_values: dict[str, np.ndarray] | None = None
-    reference_images: Sequence[Path] = ()
-    current_images: Sequence[Path] = ()
+    reference_strip: Strip = field(default_factory=Strip)
+    current_strip: Strip = field(default_factory=Strip)
 
 
 def strength(column: ColumnDrift) -> float:
@@ -163,34 +167,34 @@ def histogram_svg(
 
 def _thumbnail_strips(context: PageContext) -> str:
     strips = []
-    for label, images in (("Reference", context.reference_images),
-                          ("Current", context.current_images)):  # fmt: skip
-        tags = "".join(thumbnail_tags(images))
-        if tags:
-            strips.append(f"<h3>{label} images</h3><div>{tags}</div>")
+    for label, strip in (("Reference", context.reference_strip),
+                         ("Current", context.current_strip)):  # fmt: skip
+        tags = "".join(thumbnail_tags(strip.images))
+        source = f" <small>({html.escape(strip.source)})</small>" if strip.source else ""
+        strips.append(f"<h3>{label} images{source}</h3><div>{tags}</div>")
     return "".join(strips)
 
 
-def thumbnail_tags(images: Iterable[Path], count: int = THUMBNAILS) -> list[str]:
-    """Up to `count` images as small inline JPEGs (`<img src='data:...'>`); unreadable ones are
-    left out."""
-    import cv2  # only where a page is drawn
-
+def thumbnail_tags(images: Iterable[Path | PageImage], count: int = THUMBNAILS) -> list[str]:
+    """Up to `count` images as small inline JPEGs (`<img src='data:...'>`), read one at a time
+    until `count` are shown; unreadable ones are left out."""
     tags = []
-    for path in images:
+    for image in images:
         if len(tags) >= count:
             break
-        pixels = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if pixels is None:
-            continue
-        scale = THUMBNAIL_PX / max(pixels.shape[:2])
-        small = cv2.resize(pixels, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        ok, encoded = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 80])
-        if ok:
-            data = base64.b64encode(encoded.tobytes()).decode()
+        if isinstance(image, Path):
+            try:
+                image = PageImage(image.name, image.read_bytes())
+            except OSError as error:
+                log.warning("drift page: %s not read: %s", image, error)
+                continue
+        jpeg = thumbnail_jpeg(image.data)
+        if jpeg is not None:
+            name = html.escape(image.name)
             tags.append(
-                f"<img alt='{html.escape(path.name)}' title='{html.escape(path.name)}' "
-                f"src='data:image/jpeg;base64,{data}' style='margin:2px'/>"
+                f"<img alt='{name}' title='{name}' "
+                f"src='data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}' "
+                "style='margin:2px'/>"
             )
     return tags
 

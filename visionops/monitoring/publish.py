@@ -20,12 +20,15 @@ from typing import TYPE_CHECKING, Any
 from visionops.config import Settings, get_settings
 from visionops.errors import StorageError
 from visionops.monitoring.drift import DriftConfig, DriftResult, check_drift
+from visionops.monitoring.drift_images import current_strip, reference_strip
 from visionops.monitoring.drift_page import PageContext, add_summary, drifted_values
 from visionops.monitoring.reference import Reference
 from visionops.tracking import TAG_PREFIX, connect, log_metrics, mlflow_errors
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from visionops.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +37,18 @@ log = logging.getLogger(__name__)
 class CheckContext:
     """What a check was about, beyond the two tables: the window it judged, the registered
     version its reference describes, and the pipeline run it was part of. Named in the MLflow run
-    (name and tags), the drift page, and the lineage of a retraining it starts."""
+    (name and tags), the drift page, and the lineage of a retraining it starts. The drift page's
+    thumbnails: the reference's evaluation images (or those below `reference_images`), the
+    images the predictor kept of the window, read from `log`, the prediction log it was collected
+    from (else those below `current_images`)."""
 
     window_start: str = ""
     window_end: str = ""
     reference: Reference | None = None
     pipeline_run: str = ""
-    reference_images: tuple[Path, ...] = ()  # thumbnails on the drift page
-    current_images: tuple[Path, ...] = ()
+    reference_images: tuple[Path, ...] = ()  # folders
+    current_images: tuple[Path, ...] = ()  # folders
+    log: ObjectStore | None = None
 
     @property
     def window(self) -> str:
@@ -139,6 +146,8 @@ def _add_drift_page(
     model_name: str,
 ) -> None:
     """VisionOps' summary on top of the HTML report (`visionops.monitoring.drift_page`)."""
+    from visionops.data.tables import FeatureTableReader
+
     assert result.report_html is not None
     drifted = result.drifted_columns
     seed = config.sample_seed if config is not None else 0
@@ -149,9 +158,15 @@ def _add_drift_page(
         model_name=model_name,
         reference_values=drifted_values(reference, drifted, HISTOGRAM_ROWS, seed, "reference"),
         current_values=drifted_values(current, drifted, HISTOGRAM_ROWS, seed, "current"),
-        reference_images=context.reference_images,
-        current_images=context.current_images,
-    )
+        reference_strip=reference_strip(
+            ref.images if ref is not None else (), context.reference_images,
+            context.reference_version,
+        ),
+        current_strip=current_strip(
+            current if isinstance(current, FeatureTableReader) else FeatureTableReader(current),
+            context.log, context.current_images,
+        ),
+    )  # fmt: skip
     add_summary(result.report_html, result, page)
 
 

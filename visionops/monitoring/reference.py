@@ -16,7 +16,11 @@ from visionops.data.features import image_feature_rows
 from visionops.errors import DataError, ModelNotFound
 from visionops.models.sources import find_version, parse_model_uri, run_artifact_uri
 from visionops.tracking import connect, download, mlflow_errors
-from visionops.training.evaluate import EVALUATION_ARTIFACT_DIR, REFERENCE_FEATURES
+from visionops.training.evaluate import (
+    EVALUATION_ARTIFACT_DIR,
+    REFERENCE_FEATURES,
+    REFERENCE_IMAGES,
+)
 from visionops.training.registry_versions import other_models_hint
 
 if TYPE_CHECKING:
@@ -76,12 +80,14 @@ def is_registry_reference(value: str) -> bool:
 
 @dataclass(frozen=True)
 class Reference:
-    """A reference feature table and, for a registered one, which model version it describes."""
+    """A reference feature table and, for a registered one, which model version it describes and
+    thumbnails of a few of the evaluation images the table was built from (drift pages)."""
 
     path: Path
     model_name: str | None = None
     version: str | None = None
     run_id: str | None = None
+    images: tuple[Path, ...] = ()
 
     def describe(self) -> str:
         """`NAME vN` for a registered reference, else the table's path."""
@@ -105,8 +111,10 @@ def registered_reference(
     `uri` is `champion` (the champion of model `name`, default: the configured model),
     `models:/NAME@ALIAS` or `models:/NAME/VERSION`. The table is the
     `evaluation/reference_features.parquet` artifact that `visionops evaluate` logs to the
-    version's run. ModelNotFound when the alias, version or artifact does not exist (naming the
-    models the registry does hold); RegistryError when MLflow cannot be reached.
+    version's run, with the thumbnails it logs beside it (`evaluation/reference_images/`; none
+    for a version evaluated before they were). ModelNotFound when the alias, version or artifact
+    does not exist (naming the models the registry does hold); RegistryError when MLflow cannot
+    be reached.
     """
     settings = settings or get_settings()
     if uri == CHAMPION_REFERENCE:
@@ -126,7 +134,8 @@ def registered_reference(
     with mlflow_errors(f"read the evaluation of run {version.run_id}", settings):
         run = tracking.client.get_run(version.run_id)
         found = tracking.client.list_artifacts(version.run_id, EVALUATION_ARTIFACT_DIR)
-    if artifact not in {f.path for f in found}:
+    listed = {f.path for f in found}
+    if artifact not in listed:
         raise ModelNotFound(
             f"version {version.version} of {model.name!r} has no {artifact} in run "
             f"{version.run_id}: evaluate it first (`visionops evaluate`)"
@@ -136,7 +145,13 @@ def registered_reference(
     if not path.is_file():
         downloaded = download(tracking, run_artifact_uri(run, artifact), target / ".download")
         downloaded.replace(path)
-    return Reference(path, model.name, str(version.version), version.run_id)
+    images = target / REFERENCE_IMAGES
+    thumbnails = f"{EVALUATION_ARTIFACT_DIR}/{REFERENCE_IMAGES}"
+    if thumbnails in listed and not images.is_dir():
+        downloaded = download(tracking, run_artifact_uri(run, thumbnails), target / ".images")
+        downloaded.replace(images)
+    found_images = tuple(sorted(images.glob("*.jpg"))) if images.is_dir() else ()
+    return Reference(path, model.name, str(version.version), version.run_id, found_images)
 
 
 def resolve_reference(value: str, settings: Settings | None = None) -> Path:

@@ -11,6 +11,7 @@ so the numbers describe what users get. Outputs, in one folder and in the MLflow
                                 heatmap, per-product rows, the worst images with boxes drawn
     reference_features.parquet  one feature row per image (monitoring's features): the drift
                                 reference of this model
+    reference_images/           thumbnails of six of its images: what the drift page shows of it
 
 `visionops.training.comparison` scores two models this way on the same split.
 """
@@ -29,6 +30,7 @@ from visionops.config import Settings, get_settings
 from visionops.data.features import feature_row, read_image
 from visionops.data.files import atomic_write_text
 from visionops.data.tables import write_feature_table
+from visionops.data.thumbnails import write_thumbnails
 from visionops.detections import Detections
 from visionops.errors import DataError
 from visionops.inference import Detector
@@ -60,6 +62,7 @@ METRICS_JSON = "metrics.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 REFERENCE_FEATURES = "reference_features.parquet"
+REFERENCE_IMAGES = "reference_images"  # thumbnails of a few evaluation images, for drift pages
 FILE_COLUMN = "file_name"
 EVAL_METRIC_PREFIX = "eval."
 TAG_EVAL_HASH = f"{TAG_PREFIX}eval.data_hash"
@@ -412,6 +415,7 @@ def _write_outputs(
     atomic_write_text(files["report"], result.markdown())
     atomic_write_text(files["report_html"], report_html(result.subject(), scored, dataset.names))
     write_feature_table(pd.DataFrame.from_records(rows), files["reference_features"])
+    write_thumbnails([(item.path, item.relative) for item in labeled], out / REFERENCE_IMAGES)
     return files
 
 
