@@ -192,9 +192,15 @@ def _data_uris(page: str) -> list[str]:
     return re.findall(r'<img src="(data:[^"]+)"', page)
 
 
-def test_every_evaluation_writes_a_self_contained_html_report(html_report: EvaluationResult):
+def test_every_evaluation_writes_a_self_contained_html_report(
+    html_report: EvaluationResult, trained: ObservedTraining
+):
     page = html_report.files["report_html"].read_text()
     assert html_report.files["report_html"] == html_report.out_dir / "report.html"
+    # A model directory not looked up in the registry: a candidate, named by its training run.
+    candidate = f"unregistered candidate (run {trained.result.run_id})"
+    assert f"<h1>Evaluation of {candidate}</h1>" in page
+    assert html_report.markdown().startswith(f"## Evaluation of {candidate} on `val`")
     for section in SECTIONS:
         assert f'id="{section}"' in page, section
     # Offline by construction: no URL of any kind, no script; every picture is embedded.
@@ -293,7 +299,7 @@ def test_compare_puts_two_versions_and_the_gates_decision_side_by_side(
     assert result.exit_code == 0, result.output
     assert f"wrote {out / 'report.html'}" in result.output.replace("\n", "")
     markdown = (out / "report.md").read_text()
-    assert f"| metric | models:/{name}/1 | models:/{name}/2 | change |" in markdown
+    assert f"| metric | {name} v1 | {name} v2 | change |" in markdown  # the versions, by name
     comparison = json.loads((out / "comparison.json").read_text())
     first = json.loads((out / "first" / "metrics.json").read_text())
     second = json.loads((out / "second" / "metrics.json").read_text())
@@ -307,7 +313,8 @@ def test_compare_puts_two_versions_and_the_gates_decision_side_by_side(
     page = (out / "report.html").read_text()
     for section in ("gate", "summary", "per-class", "per-product", "pr-curves", "confusion"):
         assert f'id="{section}"' in page, section
-    assert f"models:/{name}/1 stays; models:/{name}/2 would not be promoted" in page
+    assert f"{name} v1 stays; {name} v2 would not be promoted" in page
+    assert f"<h1>Evaluation of {name} v2</h1>" in (out / "second" / "report.html").read_text()
     assert reason.replace("&", "&amp;") in page
     for product in ("Cable", "Screw"):
         assert f"<td>{product}</td>" in page

@@ -14,7 +14,7 @@ from typing import Any
 
 from visionops.config import Settings, get_settings
 from visionops.data.files import atomic_write_text
-from visionops.models.sources import ResolvedModel, is_registry_uri, resolve_model
+from visionops.models.sources import is_registry_uri, resolve_model
 from visionops.progress import ProgressCallback, no_progress
 from visionops.training.dataset import load_data_yaml
 from visionops.training.evaluate import REPORT_HTML, REPORT_MD, EvaluationResult, evaluate
@@ -82,18 +82,13 @@ def compare(
     dataset = load_data_yaml(data_yaml)
     dataset.images(split)  # an unknown or empty split fails here
     resolved = [resolve_model(model, settings) for model in (first, second)]
-    labels = [
-        _label(str(model), found) for model, found in zip((first, second), resolved, strict=True)
-    ]
-    if labels[0] == labels[1]:
-        labels = [f"{labels[0]} (first)", f"{labels[1]} (second)"]
     data_hash = dataset.split_hash(split)
     out = Path(
         out_dir or settings.data_dir / "evaluations" / "compare" / f"{split}-{data_hash[:12]}"
     )
     total = 2 * len(dataset.images(split))
     results = []
-    for index, (model, label) in enumerate(zip((first, second), labels, strict=True)):
+    for index, model in enumerate((first, second)):
         offset = index * total // 2
 
         def step(done: int, _: int, offset: int = offset) -> None:
@@ -103,9 +98,12 @@ def compare(
             model, data_yaml, split=split, out_dir=out / ("first", "second")[index],
             log_run=False, progress=step, settings=settings,
         )  # fmt: skip
-        results.append(EvaluationResult(**{**result.__dict__, "model": label}))
+        results.append(result)
+    if results[0].model == results[1].model:
+        results = [EvaluationResult(**{**r.__dict__, "model": f"{r.model} ({which})"})
+                   for r, which in zip(results, ("first", "second"), strict=True)]  # fmt: skip
     a, b = results
-    version = resolved[0].version if is_registry_uri(str(first)) else labels[0]
+    version = resolved[0].version if is_registry_uri(str(first)) else a.model
     decision = gate(b.metrics.summary(), a.metrics.summary(), settings, champion_version=version)
     comparison = Comparison(a, b, decision, out)
     facts = [
@@ -129,10 +127,3 @@ def compare(
     atomic_write_text(files["report"], comparison.markdown())
     atomic_write_text(files["comparison"], json.dumps(comparison.to_dict(), indent=2) + "\n")
     return Comparison(a, b, decision, out, files)
-
-
-def _label(model: str, resolved: ResolvedModel) -> str:
-    """How a report names a model: its URI (with the version an alias stood for), or its path."""
-    if model.startswith("models:/") and "@" in model:
-        return f"{model} (v{resolved.version})"
-    return model if is_registry_uri(model) else str(resolved.path)

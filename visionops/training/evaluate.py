@@ -35,7 +35,13 @@ from visionops.detections import Detections
 from visionops.errors import DataError
 from visionops.inference import Detector
 from visionops.models.artifact import read_metadata
-from visionops.models.sources import resolve_model
+from visionops.models.sources import (
+    REGISTRY_SCHEME,
+    RUNS_SCHEME,
+    ResolvedModel,
+    parse_model_uri,
+    resolve_model,
+)
 from visionops.progress import ProgressCallback, no_progress
 from visionops.tracking import TAG_PREFIX, connect, log_metrics, mlflow_errors
 from visionops.training.dataset import LabeledImage, YoloDataset, load_data_yaml
@@ -126,13 +132,14 @@ class EvaluationResult:
     out_dir: Path
     run_id: str | None = None
     files: dict[str, Path] = field(default_factory=dict)
-    model: str = ""  # what was asked for: models:/NAME/VERSION, runs:/ID/model, a directory
+    model: str = ""  # what the reports call it (`report_label`): `NAME vN`, or a candidate
     products: list[ProductScore] = field(default_factory=list)
 
     def subject(self) -> ReportSubject:
         """This evaluation as the HTML report shows it."""
         facts = [
             ("model", self.model or str(self.model_dir)),
+            ("model files", str(self.model_dir)),
             ("MLflow run", self.run_id or "-"),
             ("data", str(self.data_yaml)),
             ("split", f"{self.split} ({self.images} images)"),
@@ -166,7 +173,8 @@ class EvaluationResult:
         """The metrics as Markdown: headline numbers, then one row per class."""
         m = self.metrics
         lines = [
-            f"## Evaluation on `{self.split}` ({self.images} images, data {self.data_hash[:12]})",
+            f"## Evaluation of {self.model or self.model_dir} on `{self.split}` ({self.images} "
+            f"images, data {self.data_hash[:12]})",
             "",
             "| mAP50 | mAP50-95 | precision | recall |",
             "| ---: | ---: | ---: | ---: |",
@@ -215,7 +223,8 @@ def evaluate(
     settings = settings or get_settings()
     dataset = load_data_yaml(data_yaml)
     labeled = dataset.labeled(split)
-    model_dir = resolve_model(model, settings).path
+    resolved = resolve_model(model, settings)
+    model_dir = resolved.path
     metadata = read_metadata(model_dir)
     if metadata.names != dataset.names:
         raise DataError(
@@ -250,7 +259,9 @@ def evaluate(
         conf=conf,
         out_dir=out_dir,
         run_id=run_id,
-        model=str(model),
+        model=report_label(
+            str(model), resolved, metadata.run_id or run_id, settings, look_up=log_run
+        ),
         products=product_scores(scored, dataset.names, conf),
     )
     files = _write_outputs(result, dataset, labeled, scored, sizes, rows)
@@ -282,6 +293,27 @@ def score_detector(
         progress=progress,
     )  # fmt: skip
     return detection_metrics(truths, detections, dataset.names, conf=settings.serve_conf)
+
+
+def report_label(
+    model: str, resolved: ResolvedModel, run_id: str | None, settings: Settings, *, look_up: bool
+) -> str:
+    """How every report names the model it is about: `NAME vN` for a registered version (`NAME
+    vN (champion)` when asked for by alias), else `unregistered candidate (run ID)`. A run or a
+    directory is looked up in the registry by its run when MLflow is in use anyway (`look_up`,
+    or a runs:/ URI): a candidate evaluated before registration is not registered yet."""
+    if model.startswith(REGISTRY_SCHEME):
+        uri = parse_model_uri(model)
+        return f"{uri.name} v{resolved.version}" + (f" ({uri.alias})" if uri.alias else "")
+    if run_id and (look_up or model.startswith(RUNS_SCHEME)):
+        with mlflow_errors(f"look up the registered versions of run {run_id}", settings):
+            found = connect(settings).client.search_model_versions(f"run_id = '{run_id}'")
+        if found:
+            found = sorted(found, key=lambda mv: (mv.name, int(mv.version)))
+            return ", ".join(f"{mv.name} v{mv.version}" for mv in found)
+    return f"unregistered candidate (run {run_id})" if run_id else (
+        f"unregistered candidate ({resolved.path})"
+    )  # fmt: skip
 
 
 def _default_out_dir(
