@@ -63,6 +63,10 @@ def _tables(current_rows: int = 120) -> tuple[pd.DataFrame, pd.DataFrame]:
          "drift num_effect_threshold must be a positive number, got 0.0"),
         ({"cat_effect_threshold": math.inf},
          "drift cat_effect_threshold must be a positive number, got inf"),
+        ({"column_effect_thresholds": {"noise_sigma": 0.0}},
+         "drift effect threshold noise_sigma must be a positive number, got 0.0"),
+        ({"column_effect_thresholds": {"noise_sigma": math.nan}},
+         "drift effect threshold noise_sigma must be a positive number, got nan"),
     ],
 )  # fmt: skip
 def test_bad_configuration_is_a_usage_error_naming_it(values: dict, message: str) -> None:
@@ -92,7 +96,8 @@ def test_settings_and_overrides() -> None:
         drift_num_method="wasserstein", drift_cat_method="psi", drift_num_threshold=0.2,
         drift_cat_threshold=0.3, drift_share=0.5, drift_min_rows=7,
         drift_columns=["sharpness", "top_class"], drift_column_methods={"sharpness": "psi"},
-        drift_column_thresholds={"sharpness": 0.4},
+        drift_column_thresholds={"sharpness": 0.4}, drift_num_effect_threshold=0.3,
+        drift_column_effect_thresholds={"sharpness": 0.9, "top_class": 0.2},
     )  # fmt: skip
     config = DriftConfig.from_settings(settings, drift_share=None, min_rows=9)
     assert (config.num_method, config.cat_method) == ("wasserstein", "psi")
@@ -102,6 +107,10 @@ def test_settings_and_overrides() -> None:
     assert (config.method_for("sharpness"), config.threshold_for("sharpness")) == ("psi", 0.4)
     assert (config.method_for("contrast"), config.threshold_for("contrast")) == ("wasserstein", 0.2)
     assert (config.method_for("top_class"), config.threshold_for("top_class")) == ("psi", 0.3)
+    assert config.effect_for("sharpness") == ("wasserstein", 0.9)  # its own
+    assert config.effect_for("contrast") == ("wasserstein", 0.3)  # the numeric one
+    assert config.effect_for("top_class") == ("psi", 0.2)  # a class column's own
+    assert DriftConfig(cat_effect_threshold=0.7).effect_for("top_class") == ("psi", 0.7)
 
 
 # -- the decision ---------------------------------------------------------------------------------
@@ -380,6 +389,68 @@ def test_a_real_change_too_small_to_matter_is_not_drift() -> None:
     shifted = result.columns[0]
     assert (shifted.significant, shifted.large, shifted.drifted) == (True, False, False)
     assert (result.decision, result.drifted_share) == ("no_drift", 0.0)
+
+
+def test_a_columns_own_effect_threshold_decides_that_column_only() -> None:
+    """Known answers: the shifted column's effect is about 10 reference standard deviations.
+    Its own threshold above that effect keeps it from drifting although the numeric threshold
+    (0.4) is far below; the same threshold given to another column changes nothing; a threshold
+    exactly at the effect is reached (an effect at least the threshold matters), one a hair above
+    is not."""
+    reference, current = _tables()
+    base = {"drift_share": 0.25, "min_rows": 10}
+    own = check_drift(
+        reference, current, config=DriftConfig(**base, column_effect_thresholds={SHIFTED: 100.0})
+    )
+    shifted = own.columns[0]
+    assert (shifted.effect_threshold, shifted.significant, shifted.large) == (100.0, True, False)
+    assert 5.0 < shifted.effect < 100.0
+    assert [c.effect_threshold for c in own.columns[1:]] == [0.4, 0.4, 0.4]
+    assert (own.decision, own.drifted_columns) == ("no_drift", [])
+
+    other = check_drift(
+        reference, current, config=DriftConfig(**base, column_effect_thresholds={"contrast": 100.0})
+    )
+    assert [c.effect_threshold for c in other.columns] == [0.4, 100.0, 0.4, 0.4]
+    assert (other.decision, other.drifted_columns) == ("drift", [SHIFTED])
+
+    at = DriftConfig(**base, column_effect_thresholds={SHIFTED: shifted.effect})
+    assert check_drift(reference, current, config=at).drifted_columns == [SHIFTED]
+    above = DriftConfig(
+        **base, column_effect_thresholds={SHIFTED: math.nextafter(shifted.effect, 1e9)}
+    )
+    assert check_drift(reference, current, config=above).drifted_columns == []
+
+
+def test_a_class_columns_own_effect_threshold() -> None:
+    """A class the reference never saw drifts `top_class` under the class default (psi 0.1) and
+    not under its own threshold far above its PSI."""
+    reference, current = _tables()
+    reference["top_class"] = np.resize([0, 1, 2, -1], len(reference))
+    current["top_class"] = 7.0
+    base = {"drift_share": 0.2, "min_rows": 10, "column_effect_thresholds": {SHIFTED: 100.0}}
+    result = check_drift(reference, current, config=DriftConfig(**base))
+    assert result.drifted_columns == ["top_class"]
+    top = result.columns[-1]
+    own = {**base["column_effect_thresholds"], "top_class": top.effect * 2}
+    quiet = check_drift(
+        reference, current, config=DriftConfig(**{**base, "column_effect_thresholds": own})
+    )
+    assert (quiet.columns[-1].effect_threshold, quiet.columns[-1].large) == (top.effect * 2, False)
+    assert (quiet.decision, quiet.drifted_columns) == ("no_drift", [])
+
+
+def test_the_environments_own_effect_thresholds_are_honoured(
+    settings_env: pytest.MonkeyPatch,
+) -> None:
+    reference, current = _tables()
+    settings_env.setenv("VISIONOPS_DRIFT_MIN_ROWS", "10")
+    settings_env.setenv("VISIONOPS_DRIFT_COLUMN_EFFECT_THRESHOLDS", json.dumps({SHIFTED: 100}))
+    result = check_drift(reference, current)
+    assert (result.columns[0].effect_threshold, result.drifted_columns) == (100.0, [])
+    settings_env.setenv("VISIONOPS_DRIFT_COLUMN_EFFECT_THRESHOLDS", "{}")
+    get_settings.cache_clear()
+    assert check_drift(reference, current).drifted_columns == [SHIFTED]
 
 
 def test_a_sample_is_seeded_and_said() -> None:

@@ -163,6 +163,11 @@ class Settings(BaseSettings):
     drift_num_effect_threshold: float = Field(0.4, gt=0, description="normed Wasserstein")
     drift_cat_effect: str = "psi"
     drift_cat_effect_threshold: float = Field(0.1, gt=0, description="population stability")
+    # Per-column effect thresholds (JSON object), for columns that harmless variation moves more
+    # than the others; calibrated, see README "Calibration".
+    drift_column_effect_thresholds: dict[str, float] = Field(
+        default_factory=dict, description='JSON object, e.g. {"noise_sigma": 0.6}'
+    )
     # The decision compares a seeded uniform sample of at most this many rows of each side.
     drift_sample_rows: int = Field(20_000, ge=100, description="rows compared, at most")
     drift_sample_seed: int = Field(0, description="seed of the row sample")

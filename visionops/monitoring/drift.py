@@ -72,6 +72,9 @@ class DriftConfig:
     column_thresholds: dict[str, float] = field(default_factory=dict)
     num_effect: str = _DEFAULTS["drift_num_effect"].default
     num_effect_threshold: float = _DEFAULTS["drift_num_effect_threshold"].default
+    column_effect_thresholds: dict[str, float] = field(
+        default_factory=lambda: dict(_DEFAULTS["drift_column_effect_thresholds"].default_factory())
+    )
     cat_effect: str = _DEFAULTS["drift_cat_effect"].default
     cat_effect_threshold: float = _DEFAULTS["drift_cat_effect_threshold"].default
     sample_rows: int = _DEFAULTS["drift_sample_rows"].default
@@ -87,6 +90,11 @@ class DriftConfig:
                             ("cat_effect_threshold", self.cat_effect_threshold)]:  # fmt: skip
             if not (value > 0 and math.isfinite(value)):
                 raise UsageError(f"drift {name} must be a positive number, got {value}")
+        for name, value in self.column_effect_thresholds.items():
+            if not (value > 0 and math.isfinite(value)):
+                raise UsageError(
+                    f"drift effect threshold {name} must be a positive number, got {value}"
+                )
         if not 0.0 < self.drift_share <= 1.0:
             raise UsageError(f"drift share must be in (0, 1], got {self.drift_share}")
         if self.min_rows < 2:
@@ -114,6 +122,7 @@ class DriftConfig:
             "column_thresholds": dict(settings.drift_column_thresholds),
             "num_effect": settings.drift_num_effect,
             "num_effect_threshold": settings.drift_num_effect_threshold,
+            "column_effect_thresholds": dict(settings.drift_column_effect_thresholds),
             "cat_effect": settings.drift_cat_effect,
             "cat_effect_threshold": settings.drift_cat_effect_threshold,
             "sample_rows": settings.drift_sample_rows,
@@ -131,9 +140,14 @@ class DriftConfig:
         return self.column_thresholds.get(column, default)
 
     def effect_for(self, column: str) -> tuple[str, float]:
+        """(effect method, threshold): a column's own threshold (`column_effect_thresholds`, set
+        where calibration found one column moving more than others under harmless variation),
+        else its kind's."""
         if column in CATEGORICAL_COLUMNS:
-            return self.cat_effect, self.cat_effect_threshold
-        return self.num_effect, self.num_effect_threshold
+            method, default = self.cat_effect, self.cat_effect_threshold
+        else:
+            method, default = self.num_effect, self.num_effect_threshold
+        return method, self.column_effect_thresholds.get(column, default)
 
 
 @dataclass
