@@ -16,6 +16,8 @@ from visionops.errors import DataError, UsageError
 from visionops.monitoring.simulate import (
     KINDS,
     Drifted,
+    drift_image,
+    jpeg_drift_quality,
     jpeg_quality,
     simulate_split,
     transform_annotation,
@@ -73,7 +75,8 @@ def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 def test_rotation_moves_boxes_and_polygons_with_the_pixels(tmp_path: Path):
     src = _split(tmp_path / "src")
-    result = simulate_split(src, tmp_path / "out", kind="rotation", severity=1.0, seed=4)
+    # 30 degrees: at 45 (severity 1) the reflected borders bring copies of the square into view
+    result = simulate_split(src, tmp_path / "out", kind="rotation", severity=2 / 3, seed=4)
     assert result.drifted == result.images == 6
     coco = load_coco(tmp_path / "out" / ANNOTATIONS_FILE)
     for entry, annotation in zip(coco["images"], coco["annotations"], strict=True):
@@ -186,3 +189,28 @@ def test_drifted_jpegs_keep_their_source_quality(tmp_path: Path):
         before = cv2.imread(str(src / name)).astype(np.int16)
         after = cv2.imread(str(tmp_path / "out" / name)).astype(np.int16)
         assert np.abs(after - before).mean() < 0.5, name
+
+
+def test_jpeg_quality_is_relative_to_the_source():
+    """Known answers of the log-step scale (README "Drift simulator"): severity 0 is the source's
+    own quality, 1 is quality 10, and a lossless source counts as quality 100."""
+    assert [jpeg_drift_quality(92, s) for s in (0, 0.05, 0.25, 0.5, 1)] == [92, 90, 81, 55, 10]
+    assert [jpeg_drift_quality(None, s) for s in (0, 0.05, 0.5, 1)] == [100, 99, 89, 10]
+    assert [jpeg_drift_quality(70, s) for s in (0, 0.05, 0.5, 1)] == [70, 67, 29, 10]
+    image = np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    drifted = drift_image(image, "jpeg", 0.05, np.random.default_rng(0), source_quality=92)
+    _, at_90 = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert np.array_equal(drifted.image, cv2.imdecode(at_90, cv2.IMREAD_COLOR))
+
+
+@pytest.mark.parametrize(("severity", "degrees"), [(0.05, 2.25), (0.5, 22.5), (1.0, 45.0)])
+def test_rotation_turns_by_45_s_degrees_without_mixing_pixels(severity: float, degrees: float):
+    """Every output pixel is one source pixel (nearest, no interpolation blur): a noise image
+    rotated keeps its set of colours exactly, and the matrix is a turn by 45 s degrees."""
+    image = np.random.default_rng(6).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    drifted = drift_image(image, "rotation", severity, np.random.default_rng(1))
+    assert not np.array_equal(drifted.image, image)
+    colours = {tuple(p) for p in image.reshape(-1, 3)}
+    assert {tuple(p) for p in drifted.image.reshape(-1, 3)} <= colours
+    angle = np.degrees(np.arctan2(-drifted.matrix[0, 1], drifted.matrix[0, 0]))
+    assert abs(angle) == pytest.approx(degrees)

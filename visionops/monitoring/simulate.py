@@ -12,9 +12,9 @@ in the README):
 | contrast | deviations from the image mean x (1 - 0.6 s) |
 | noise | Gaussian noise, sigma 25 s grey levels per pixel and channel |
 | blur | Gaussian blur, sigma 3 s pixels at 640 px (scaled with the longer side) |
-| jpeg | re-encoded at JPEG quality round(90 - 80 s) |
+| jpeg | re-encoded with quantization steps s of the way (log scale) from the source's to q10's |
 | occlusion | one flat grey rectangle over 40 s % of the image; boxes over half hidden dropped |
-| rotation | rotated by 30 s degrees (random sign) about the centre, borders reflected |
+| rotation | turned 45 s degrees (random sign) about the centre, nearest pixel, mirrored borders |
 | color-shift | white balance: red x (1 + 0.3 s), blue x (1 - 0.3 s) |
 | mixed | each drifted image gets one of the kinds above at random, same severity |
 """
@@ -59,13 +59,15 @@ STRENGTHS: dict[str, str] = {
     "contrast": "deviations from the mean x (1 - 0.6 s)",
     "noise": "Gaussian noise sigma 25 s grey levels",
     "blur": "Gaussian blur sigma 3 s px at 640 px",
-    "jpeg": "JPEG quality round(90 - 80 s)",
+    "jpeg": "quantization step s of the way (log scale) from the source's to quality 10's",
     "occlusion": "flat rectangle over 40 s % of the area",
-    "rotation": "+/- 30 s degrees, reflected borders",
+    "rotation": "+/- 45 s degrees, nearest pixel, reflected borders",
     "color-shift": "red x (1 + 0.3 s), blue x (1 - 0.3 s)",
     "mixed": "one of the above per image, same s",
 }
 JPEG_WRITE_QUALITY = 95
+JPEG_MIN_QUALITY = 10
+"""The jpeg kind's quality at severity 1."""
 """Quality of drifted .jpg images when the source's quality cannot be read from its tables."""
 OCCLUDED_DROP = 0.5
 """An annotation whose box is hidden by at least this share of the occluder is dropped."""
@@ -99,9 +101,15 @@ def check_kind(kind: str, severity: float) -> str:
 
 
 def drift_image(
-    image_bgr: np.ndarray, kind: str, severity: float, rng: np.random.Generator
+    image_bgr: np.ndarray,
+    kind: str,
+    severity: float,
+    rng: np.random.Generator,
+    source_quality: int | None = None,
 ) -> Drifted:
-    """`image_bgr` (uint8 BGR) with one kind of drift at `severity`; see the module table."""
+    """`image_bgr` (uint8 BGR) with one kind of drift at `severity`; see the module table.
+    `source_quality`: the JPEG quality the image was decoded from (None: lossless), which the jpeg
+    kind's quality is relative to."""
     kind = check_kind(kind, severity)
     if kind == "mixed":
         kind = SINGLE_KINDS[int(rng.integers(len(SINGLE_KINDS)))]
@@ -120,7 +128,7 @@ def drift_image(
         sigma = 3.0 * s * max(height, width) / 640.0
         out = cv2.GaussianBlur(pixels, (0, 0), sigma) if sigma > 0.05 else pixels
     elif kind == "jpeg":
-        quality = round(90 - 80 * s)
+        quality = jpeg_drift_quality(source_quality, s)
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
             raise InvalidImage("JPEG encoding failed")
@@ -139,10 +147,14 @@ def drift_image(
             return Drifted(out.astype(np.uint8), kind, occluder=occluder)
         return Drifted(image.copy(), kind)
     elif kind == "rotation":
-        angle = 30.0 * s * (1 if rng.random() < 0.5 else -1)
+        # s=1 is 45 degrees, the turn furthest from every axis. Each output pixel is the nearest
+        # source pixel: a turned camera samples the turned scene with its own noise and
+        # sharpness, while interpolating between pixels (bilinear) is a low-pass filter that blurs
+        # at every angle, 1 degree as much as 15 (README "Calibration").
+        angle = 45.0 * s * (1 if rng.random() < 0.5 else -1)
         matrix = cv2.getRotationMatrix2D((width / 2.0, height / 2.0), angle, 1.0)
         out = cv2.warpAffine(
-            image, matrix, (width, height), flags=cv2.INTER_LINEAR,
+            image, matrix, (width, height), flags=cv2.INTER_NEAREST,
             borderMode=cv2.BORDER_REFLECT_101,
         )  # fmt: skip
         return Drifted(out, kind, matrix=matrix)
@@ -159,6 +171,26 @@ _IJG_LUMINANCE = np.array(
      49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99],
     np.float64,
 )  # fmt: skip
+
+
+def _ijg_scale(quality: float) -> float:
+    """libjpeg's scale (percent) of its standard quantization tables at a quality."""
+    return 5000.0 / quality if quality < 50 else max(1.0, 200.0 - 2.0 * quality)
+
+
+def jpeg_drift_quality(source_quality: int | None, severity: float) -> int:
+    """The jpeg kind's quality: quantization steps `severity` of the way from the source's own
+    (None: a lossless source, quality 100) to quality 10's, on a log scale.
+
+    Relative to the source, so that a small severity is a re-encode near the source's quality
+    and harmless: on quality-92 sources, a fixed round(90 - 80 s) made s=0.05 quality 86, which
+    moved the noise estimate by 1.3 reference standard deviations (README "Calibration"). On a log
+    scale because the steps multiply: s=0.05 makes them 19% coarser (quality 92 -> 90).
+    """
+    start = _ijg_scale(100 if source_quality is None else source_quality)
+    scale = start * (_ijg_scale(JPEG_MIN_QUALITY) / start) ** severity
+    quality = 5000.0 / scale if scale > 100 else (200.0 - scale) / 2.0
+    return int(min(100, max(1, round(quality))))
 
 
 def jpeg_quality(path: Path) -> int | None:
@@ -365,8 +397,10 @@ def simulate_split(
                     progress(index + 1, len(images))
                     continue
                 height, width = image.shape[:2]
-                drifted = drift_image(image, kind, severity, np.random.default_rng([seed, index]))
-                encoded = encode_image(drifted.image, source.suffix or ".png", jpeg_quality(source))
+                quality = jpeg_quality(source)
+                rng = np.random.default_rng([seed, index])
+                drifted = drift_image(image, kind, severity, rng, source_quality=quality)
+                encoded = encode_image(drifted.image, source.suffix or ".png", quality)
                 target.write_bytes(encoded)
                 kept = [transform_annotation(a, drifted, width, height) for a in annotations]
                 result.annotations_dropped += sum(a is None for a in kept)
