@@ -1,6 +1,6 @@
 """Calibrate the drift decision: false alarms and detection per simulator kind, at every size.
 
-    python benchmarks/drift_calibration.py [--windows 30] [--sizes 50 ... 1000000] [--workdir DIR]
+    python benchmarks/drift_calibration.py [--windows 20] [--sizes 50 ... 1000000] [--workdir DIR]
 
 A synthetic VISION set (all 14 products) gives a reference (the val splits) and a pool of clean
 production images (the inference splits). Every pool image's features are computed once clean and
@@ -13,10 +13,11 @@ of 1,400 images does).
 1. Grid: per window and column, the statistics the check computes on its sample of at most
    `drift_sample_rows` rows (scipy's KS p-value and the reference-normed Wasserstein distance,
    what Evidently's `ks` and `wasserstein` compute) decide under every candidate (test threshold,
-   effect threshold); a column drifts when the test is significant and the effect large. The
-   chosen candidate meets every goal at every size (false alarms <= 1% on `--fa-windows` clean
-   windows and <= 5% at severity 0.05 of every kind, detection >= 95% at severity 0.5 of every
-   kind) with the best mean detection of the drifted tables.
+   effect threshold, and an own effect threshold for each of a few columns, `--column-taus`); a
+   column drifts when the test is significant and the effect reaches its threshold. The chosen
+   candidate meets every goal at every size (false alarms <= 1% on `--fa-windows` clean windows
+   and <= 5% at severity 0.05 of every kind, detection >= 95% at severity 0.5 of every kind) with
+   the fewest own thresholds, then the best detection; when none meets them, the nearest.
 2. Validation: the chosen defaults through `visionops.monitoring.drift.check_drift` (the real
    check, sampling included) on `--windows` seeded windows per table and size; those are the
    README's tables.

@@ -83,10 +83,15 @@ def test_edges_of_the_configuration_are_accepted() -> None:
 
 
 def test_the_defaults_are_the_calibrated_ones() -> None:
-    """README: ks 0.001 and chisquare 0.001, share 0.04, 50 rows, every column."""
+    """README: ks 0.01 and normed Wasserstein 0.5 (calibrated), chisquare 0.001 and psi 0.1,
+    share 0.04, 50 rows, every column, no column's own effect threshold."""
     config = DriftConfig()
-    assert (config.num_method, config.num_threshold) == ("ks", 0.001)
+    assert (config.num_method, config.num_threshold) == ("ks", 0.01)
+    assert (config.num_effect, config.num_effect_threshold) == ("wasserstein", 0.5)
     assert (config.cat_method, config.cat_threshold) == ("chisquare", 0.001)
+    assert (config.cat_effect, config.cat_effect_threshold, config.column_effect_thresholds) == (
+        "psi", 0.1, {}
+    )  # fmt: skip
     assert (config.drift_share, config.min_rows, config.columns) == (0.04, 50, None)
     assert DriftConfig.from_settings(Settings()) == config
 
@@ -123,7 +128,7 @@ def test_one_shifted_column_of_four_is_drift_at_a_quarter_and_not_above() -> Non
     assert result.drifted_columns == [SHIFTED] and result.drifted_share == 0.25
     assert [c.column for c in result.columns] == COLUMNS
     shifted = result.columns[0]
-    assert (shifted.kind, shifted.method, shifted.threshold) == ("numerical", "ks", 0.001)
+    assert (shifted.kind, shifted.method, shifted.threshold) == ("numerical", "ks", 0.01)
     assert shifted.score < 1e-20 and shifted.drifted
     assert all(c.score == pytest.approx(1.0) and not c.drifted for c in result.columns[1:])
     assert result.reason == (
@@ -265,7 +270,7 @@ def test_per_column_methods_and_thresholds() -> None:
     by_column = {c.column: c for c in result.columns}
     assert (by_column[SHIFTED].threshold, by_column[SHIFTED].drifted) == (1e-300, False)
     contrast = by_column["contrast"]
-    assert (contrast.method, contrast.threshold, contrast.drifted) == ("wasserstein", 0.001, False)
+    assert (contrast.method, contrast.threshold, contrast.drifted) == ("wasserstein", 0.01, False)
     assert contrast.score == pytest.approx(0.0, abs=1e-12)
     assert (result.decision, result.drifted_columns) == ("no_drift", [])
 
@@ -339,7 +344,7 @@ def test_the_environments_columns_and_thresholds_are_honoured(
     assert [(c.column, c.kind, c.threshold) for c in result.columns] == [
         ("top_class", "categorical", 0.001),
         (SHIFTED, "numerical", 1e-300),
-        ("contrast", "numerical", 0.001),
+        ("contrast", "numerical", 0.01),
     ]
     assert (result.decision, result.drifted_columns, result.min_rows) == ("no_drift", [], 10)
     assert result.notes == [
@@ -366,7 +371,7 @@ def test_what_a_result_says_beside_the_decision() -> None:
         a, b = reference[column.column].to_numpy(), current[column.column].to_numpy()
         assert column.score == pytest.approx(ks_2samp(a, b).pvalue, rel=1e-9, abs=1e-300)
         assert column.effect == pytest.approx(wasserstein_distance(a, b) / a.std(), abs=1e-9)
-        assert (column.effect_method, column.effect_threshold) == ("wasserstein", 0.4)
+        assert (column.effect_method, column.effect_threshold) == ("wasserstein", 0.5)
         for side, values in (("reference", a), ("current", b)):
             assert getattr(column, side) == pytest.approx(
                 {"rows": 120, "missing": 0, "mean": values.mean(), "std": values.std(),
@@ -394,7 +399,7 @@ def test_a_real_change_too_small_to_matter_is_not_drift() -> None:
 def test_a_columns_own_effect_threshold_decides_that_column_only() -> None:
     """Known answers: the shifted column's effect is about 10 reference standard deviations.
     Its own threshold above that effect keeps it from drifting although the numeric threshold
-    (0.4) is far below; the same threshold given to another column changes nothing; a threshold
+    (0.5) is far below; the same threshold given to another column changes nothing; a threshold
     exactly at the effect is reached (an effect at least the threshold matters), one a hair above
     is not."""
     reference, current = _tables()
@@ -405,13 +410,13 @@ def test_a_columns_own_effect_threshold_decides_that_column_only() -> None:
     shifted = own.columns[0]
     assert (shifted.effect_threshold, shifted.significant, shifted.large) == (100.0, True, False)
     assert 5.0 < shifted.effect < 100.0
-    assert [c.effect_threshold for c in own.columns[1:]] == [0.4, 0.4, 0.4]
+    assert [c.effect_threshold for c in own.columns[1:]] == [0.5, 0.5, 0.5]
     assert (own.decision, own.drifted_columns) == ("no_drift", [])
 
     other = check_drift(
         reference, current, config=DriftConfig(**base, column_effect_thresholds={"contrast": 100.0})
     )
-    assert [c.effect_threshold for c in other.columns] == [0.4, 100.0, 0.4, 0.4]
+    assert [c.effect_threshold for c in other.columns] == [0.5, 100.0, 0.5, 0.5]
     assert (other.decision, other.drifted_columns) == ("drift", [SHIFTED])
 
     at = DriftConfig(**base, column_effect_thresholds={SHIFTED: shifted.effect})

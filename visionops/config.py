@@ -150,7 +150,7 @@ class Settings(BaseSettings):
     drift_min_rows: int = Field(50, ge=2, description="fewer current rows: not enough data")
     drift_num_method: str = "ks"
     drift_cat_method: str = "chisquare"
-    drift_num_threshold: float | None = Field(0.001, gt=0, description="None: method default")
+    drift_num_threshold: float | None = Field(0.01, gt=0, description="None: method default")
     drift_cat_threshold: float | None = Field(0.001, gt=0, description="None: method default")
     # 0.04: one drifted column decides, for up to 25 compared columns.
     drift_share: float = Field(0.04, gt=0, le=1, description="drifted-column share for drift")
@@ -160,7 +160,7 @@ class Settings(BaseSettings):
     # A column drifts only when the test above finds a change AND this effect size (an Evidently
     # distance method) says it is large enough to matter: big windows make tiny changes significant.
     drift_num_effect: str = "wasserstein"
-    drift_num_effect_threshold: float = Field(0.4, gt=0, description="normed Wasserstein")
+    drift_num_effect_threshold: float = Field(0.5, gt=0, description="normed Wasserstein")
     drift_cat_effect: str = "psi"
     drift_cat_effect_threshold: float = Field(0.1, gt=0, description="population stability")
     # Per-column effect thresholds (JSON object), for columns that harmless variation moves more
