@@ -3,8 +3,9 @@
 Reference: the thumbnails the evaluation kept of the images its reference table was built from
 (`visionops.monitoring.reference.Reference.images`), or a folder the caller names. Current: the
 images the predictor kept of the window (the prediction log's `image_key` column, read from the
-log's store), else a folder the caller names (the demo knows the images it sent). Only the few
-images a strip shows are ever read: a window of millions of rows costs one pass over one column.
+log's store), topped up from folders the caller names (the demo knows the images it sent). Only
+the few images a strip shows are ever read: a window of millions of rows costs one pass over one
+column.
 """
 
 from __future__ import annotations
