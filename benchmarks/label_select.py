@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from monitoring_scale import NAMES, RECORDS_PER_FILE, _Rows, run_child
+from monitoring_scale import _Rows, block_records, log_writer, run_child
 
 DAY = datetime(2026, 3, 2, tzinfo=UTC)
 log = logging.getLogger("label_select")
@@ -41,11 +41,8 @@ def write_log(target: Path, rows: int, seed: int = 0) -> Path:
     """A day of `rows` predictions with kept images, through the real writer (once; then reused)."""
     import cv2
 
-    from visionops.data.features import FEATURE_COLUMNS, IMAGE_COLUMNS
-    from visionops.detections import Detections
-    from visionops.monitoring import prediction_log
+    from visionops.data.features import IMAGE_COLUMNS
     from visionops.monitoring.image_retention import ImagePolicy
-    from visionops.storage import LocalStore
 
     done = target / ".complete"
     if done.is_file():
@@ -55,37 +52,14 @@ def write_log(target: Path, rows: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     pool = rng.uniform(1.0, 200.0, (1000, len(IMAGE_COLUMNS)))
     source = _Rows(pool, list(IMAGE_COLUMNS), seed)
-    store = LocalStore(target)
-    rows_for: dict[int, dict[str, float]] = {}
-
-    def pooled_row(image: np.ndarray, detections: Detections | None, num_classes: int):  # type: ignore[no-untyped-def]
-        return rows_for.pop(id(detections))
-
-    real_row = prediction_log.feature_row
-    prediction_log.feature_row = pooled_row  # the writer's only expensive step, replaced
     image = np.zeros((8, 8, 3), np.uint8)
     step = timedelta(seconds=86_400 / rows)
     started = time.perf_counter()
-    writer = prediction_log.PredictionLogWriter(
-        store, names=NAMES, model_name="visionops-yolov8n", model_version="3", max_queue=50_000,
-        max_queue_bytes=1 << 30, batch_size=RECORDS_PER_FILE, flush_every_s=3600.0,
-        images=ImagePolicy.parse("all"),
-    )  # fmt: skip
-    try:
+    with log_writer(target, images=ImagePolicy.parse("all")) as (writer, rows_for):
         done_rows = 0
         while done_rows < rows:
-            b = source.block(min(20_000, rows - done_rows))
-            ends = np.cumsum(b["_counts"])
-            features = np.column_stack([b[c] for c in FEATURE_COLUMNS])
-            for i, end in enumerate(ends):
-                begin = end - b["_counts"][i]
-                detections = Detections(
-                    b["_boxes"][begin:end].astype(np.float32),
-                    b["_scores"][begin:end].astype(np.float32),
-                    b["_classes"][begin:end],
-                )
-                rows_for[id(detections)] = dict(zip(FEATURE_COLUMNS, features[i].tolist(),
-                                                    strict=True))  # fmt: skip
+            for detections, row in block_records(source.block(min(20_000, rows - done_rows))):
+                rows_for[id(detections)] = row
                 pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
                 data = cv2.imencode(".png", pixels)[1].tobytes()
                 while writer.queued > 20_000:
@@ -94,8 +68,6 @@ def write_log(target: Path, rows: int, seed: int = 0) -> Path:
                               timestamp=DAY + done_rows * step, encoded=data)  # fmt: skip
                 done_rows += 1
         writer.close(timeout=600)
-    finally:
-        prediction_log.feature_row = real_row
     lost = sum(writer.images_lost.values())
     if writer.written != rows or lost:
         raise RuntimeError(f"the writer wrote {writer.written} of {rows} rows, lost {lost} images")

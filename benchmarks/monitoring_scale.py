@@ -32,10 +32,16 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from visionops.detections import Detections
 
 BASELINE_COMMIT = "3e72c51"  # the reading and checking code before issue 14
 DAY = datetime(2026, 3, 2, tzinfo=UTC)
@@ -128,13 +134,50 @@ class _Rows:
         }
 
 
-def write_log(target: Path, rows: int, workdir: Path, seed: int = 0) -> Path:
-    """A day of `rows` predictions through the real PredictionLogWriter (once; then reused)."""
+def block_records(block: dict[str, np.ndarray]) -> Iterator[tuple[Detections, dict[str, float]]]:
+    """Each row of a `_Rows.block` as the writer gets it: its detections and its feature row."""
     from visionops.data.features import FEATURE_COLUMNS
     from visionops.detections import Detections
+
+    ends = np.cumsum(block["_counts"])
+    features = np.column_stack([block[c] for c in FEATURE_COLUMNS])
+    for i, end in enumerate(ends):
+        begin = end - block["_counts"][i]
+        detections = Detections(
+            block["_boxes"][begin:end].astype(np.float32),
+            block["_scores"][begin:end].astype(np.float32),
+            block["_classes"][begin:end],
+        )
+        yield detections, dict(zip(FEATURE_COLUMNS, features[i].tolist(), strict=True))
+
+
+@contextmanager
+def log_writer(target: Path, **options: Any) -> Iterator[tuple[Any, dict[int, dict[str, float]]]]:
+    """The predictor's `PredictionLogWriter` into the folder `target`, and the feature rows it
+    will log, keyed by `id(detections)`: computing them from pixels is the writer's only expensive
+    step, so it takes each submitted detections' row from that dict instead."""
     from visionops.monitoring import prediction_log
     from visionops.storage import LocalStore
 
+    rows_for: dict[int, dict[str, float]] = {}
+
+    def pooled_row(image: np.ndarray, detections: Detections | None, num_classes: int):  # type: ignore[no-untyped-def]
+        return rows_for.pop(id(detections))
+
+    real_row = prediction_log.feature_row
+    prediction_log.feature_row = pooled_row
+    try:
+        yield prediction_log.PredictionLogWriter(
+            LocalStore(target), names=NAMES, model_name="visionops-yolov8n", model_version="3",
+            max_queue=50_000, max_queue_bytes=1 << 30, batch_size=RECORDS_PER_FILE,
+            flush_every_s=3600.0, **options,
+        ), rows_for  # fmt: skip
+    finally:
+        prediction_log.feature_row = real_row
+
+
+def write_log(target: Path, rows: int, workdir: Path, seed: int = 0) -> Path:
+    """A day of `rows` predictions through the real PredictionLogWriter (once; then reused)."""
     done = target / ".complete"
     if done.is_file():
         return target
@@ -143,47 +186,13 @@ def write_log(target: Path, rows: int, workdir: Path, seed: int = 0) -> Path:
     pool, columns, _ = _feature_pool(workdir)
     source = _Rows(pool, columns, seed)
     pending: list[tuple[Detections, dict[str, float]]] = []
-
-    def refill() -> None:
-        b = source.block(20_000)
-        ends = np.cumsum(b["_counts"])
-        features = np.column_stack([b[c] for c in FEATURE_COLUMNS])
-        for i, end in enumerate(ends):
-            begin = end - b["_counts"][i]
-            detections = Detections(
-                b["_boxes"][begin:end].astype(np.float32),
-                b["_scores"][begin:end].astype(np.float32),
-                b["_classes"][begin:end],
-            )
-            pending.append(
-                (detections, dict(zip(FEATURE_COLUMNS, features[i].tolist(), strict=True)))
-            )
-        pending.reverse()
-
-    rows_for: dict[int, dict[str, float]] = {}
-
-    def pooled_row(image: np.ndarray, detections: Detections | None, num_classes: int):  # type: ignore[no-untyped-def]
-        return rows_for.pop(id(detections))
-
-    real_row = prediction_log.feature_row
-    prediction_log.feature_row = pooled_row  # the writer's only expensive step, replaced
     image = np.zeros((8, 8, 3), np.uint8)
     step = timedelta(seconds=86_400 / rows)
     started = time.perf_counter()
-    writer = prediction_log.PredictionLogWriter(
-        LocalStore(target),
-        names=NAMES,
-        model_name="visionops-yolov8n",
-        model_version="3",
-        max_queue=50_000,
-        max_queue_bytes=1 << 30,
-        batch_size=RECORDS_PER_FILE,
-        flush_every_s=3600.0,
-    )
-    try:
+    with log_writer(target) as (writer, rows_for):
         for i in range(rows):
             if not pending:
-                refill()
+                pending = list(block_records(source.block(20_000)))[::-1]
             detections, row = pending.pop()
             rows_for[id(detections)] = row
             while writer.queued > 20_000:
@@ -194,8 +203,6 @@ def write_log(target: Path, rows: int, workdir: Path, seed: int = 0) -> Path:
                     "%s: %d rows queued in %.0fs", target.name, i, time.perf_counter() - started
                 )
         writer.close(timeout=600)
-    finally:
-        prediction_log.feature_row = real_row
     if writer.written != rows:
         raise RuntimeError(
             f"the writer wrote {writer.written} of {rows} rows ({writer.dropped} dropped)"
