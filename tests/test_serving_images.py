@@ -62,6 +62,15 @@ def _sum(snapshot: dict, name: str) -> float:
     return sum(value for (n, _), value in snapshot.items() if n == name)
 
 
+def _by_reason(now: dict, before: dict, name: str) -> dict[str, float]:
+    """How much counter `name` grew since `before`, per `reason` label."""
+    return {
+        dict(labels)["reason"]: value - before.get((family, labels), 0)
+        for (family, labels), value in now.items()
+        if family == name
+    }
+
+
 class Stack:
     """The predictor, its S3 store (straight at SeaweedFS) and the proxy it reaches S3 through."""
 
@@ -230,11 +239,7 @@ def test_s3_down_during_traffic_fails_no_request_and_counts_the_images_not_kept(
             timeout=60, what="images counted as not kept",
         )  # fmt: skip
         outage = _metrics(stack.http)
-        reasons = {
-            dict(labels)["reason"]: value - before.get((name, labels), 0)
-            for (name, labels), value in outage.items()
-            if name == "visionops_prediction_log_images_dropped_total"
-        }
+        reasons = _by_reason(outage, before, "visionops_prediction_log_images_dropped_total")
         # the byte bound (queue_full, store_behind) or the spool's image share (spool_full)
         assert sum(reasons.values()) > 0 and reasons["no_features"] == 0, reasons
         assert outage[("visionops_prediction_log_spool_bytes", frozenset())] <= SPOOL_MB << 20
@@ -260,11 +265,7 @@ def test_s3_down_during_traffic_fails_no_request_and_counts_the_images_not_kept(
         timeout=60, what="the spool shipped",
     )  # fmt: skip
     after = _metrics(stack.http)
-    lost = {
-        dict(labels)["reason"]: value - before.get((name, labels), 0)
-        for (name, labels), value in after.items()
-        if name == "visionops_prediction_log_dropped_total"
-    }
+    lost = _by_reason(after, before, "visionops_prediction_log_dropped_total")
     assert {r for r, n in lost.items() if n} <= {"queue_full"}, lost  # only the byte bound
     assert delta("visionops_prediction_log_written_total") + sum(lost.values()) == 40
     retained = delta("visionops_prediction_log_images_retained_total")
