@@ -7,18 +7,18 @@ a rollback is one alias move. The registered model keeps the list of past champi
 scored on never runs the model again. Which version gets which alias is decided by the gate
 (`visionops.training.gate`) in `visionops.training.promotion`, which calls this module.
 
-MLflow has no transactions, and its client repeats a POST whose answer was lost: a registration
-that is interrupted must never leave a version that looks registered. So a version is created
-with an idempotency key (tag `visionops.registration_key`, from the run and the candidate) and
-marked `pending` until its aliases moved; a retried create finds the version it made (duplicates
-the client's own retries made are deleted), a retried registration resumes it, and `gc` removes
-pending versions nobody finishes. A registration that is running says so: it renews the tag
-`visionops.registration_heartbeat` while its version is pending, so a pending version whose
-heartbeat is older than `VISIONOPS_REGISTRY_ORPHAN_AFTER_S` belongs to a registration that died.
-The next registration removes those, and waits (bounded) for younger ones to finish or go stale.
-The champion alias moves first and the history after; if the history cannot be written the alias
-moves back, and `gc` repairs what two failures in a row leave. The history never names a version
-that does not exist, and rollback goes only to versions that do.
+MLflow has no transactions, and its client repeats a POST whose answer was lost: a registration that
+is interrupted must never leave a version that looks registered. So a version is created with an
+idempotency key (tag `visionops.registration_key`, from the run and the candidate) and marked
+`pending` until its aliases moved; a retried create finds the version it made (duplicates the
+client's own retries made are deleted), a retried registration resumes it, and `gc`
+(`visionops.training.registry_gc`) removes pending versions nobody finishes. A registration that is
+running says so: it renews the tag `visionops.registration_heartbeat` while its version is pending,
+so a pending version whose heartbeat is older than `VISIONOPS_REGISTRY_ORPHAN_AFTER_S` belongs to a
+registration that died. The next registration removes those, and waits (bounded) for younger ones to
+finish or go stale. The champion alias moves first and the history after; if the history cannot be
+written the alias moves back, and `gc` repairs what two failures in a row leave. The history never
+names a version that does not exist, and rollback goes only to versions that do.
 """
 
 from __future__ import annotations
