@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 OVERLAYS = ("kind", "production")
 NAMESPACE = "visionops"
+CUSTOM_KINDS = {"InferenceService", "ServiceMonitor", "PodMonitor", "PrometheusRule"}
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
 
 Doc = dict[str, Any]
@@ -140,6 +141,9 @@ def shell_assignments(path: Path) -> dict[str, str]:
     return dict(re.findall(r"^([A-Z_][A-Z0-9_]*)=(\S+)$", path.read_text(), flags=re.M))
 
 
+VERSIONS = shell_assignments(ROOT / "hack" / "versions.env")
+
+
 def sdk_schema_problems(value: Any, type_name: str, path: str = "") -> list[str]:
     """Check `value` against an OpenAPI-generated SDK model type, strictly.
 
@@ -239,3 +243,39 @@ def _dropped_keys(given: Any, kept: Any, path: str) -> list[str]:
             for p in _dropped_keys(g, k, f"{path}[{i}]")
         ]
     return []
+
+
+def network_policies(docs: list[Doc]) -> list[Doc]:
+    return [d for d in docs if d["kind"] == "NetworkPolicy"]
+
+
+def _peers_select(peers: list[Doc], labels: dict[str, str]) -> bool:
+    """Whether a same-namespace pod with `labels` is among a rule's `from`/`to` peers."""
+    return any(
+        "namespaceSelector" not in p and "ipBlock" not in p and selects(p["podSelector"], labels)
+        for p in peers
+    )
+
+
+def _rule_ports(rule: Doc) -> set[int] | None:
+    return {p["port"] for p in rule["ports"]} if "ports" in rule else None
+
+
+def _applies(policy: Doc, labels: dict[str, str], kind: str) -> bool:
+    return kind in policy["spec"]["policyTypes"] and selects(policy["spec"]["podSelector"], labels)
+
+
+def policy_allows(
+    policies: list[Doc], direction: str, subject: dict[str, str], peer: dict[str, str] | None,
+    port: int,
+) -> bool:  # fmt: skip
+    """Whether a policy lets `subject` pods take (ingress) or make (egress) connections on `port`
+    with `peer` pods of the namespace (`None`: with anyone)."""
+    kind, key = ("Ingress", "from") if direction == "ingress" else ("Egress", "to")
+    return any(
+        (_rule_ports(rule) is None or port in _rule_ports(rule))  # type: ignore[operator]
+        and (peer is None or _peers_select(rule.get(key, []), peer))
+        for p in policies
+        if _applies(p, subject, kind)
+        for rule in p["spec"].get(direction, [])
+    )

@@ -15,21 +15,24 @@ from pathlib import Path
 import pytest
 
 from tests.k8s import (
+    CUSTOM_KINDS,
     NAMESPACE,
     OVERLAYS,
     ROOT,
+    VERSIONS,
     Doc,
     containers,
     env_file,
     example_tree,
     find,
+    network_policies,
     pod_labels,
     pod_specs,
+    policy_allows,
     run,
     selects,
     tool,
 )
-from tests.test_k8s_manifests import CUSTOM_KINDS, VERSIONS, _allowed
 
 COMPONENT = "kustomize/components/label-studio"
 
@@ -144,7 +147,7 @@ def test_credentials_come_from_a_generated_secret(docs: list[Doc], tree: Path) -
 
 
 def test_only_pipeline_steps_reach_it_and_it_reaches_nothing(docs: list[Doc]) -> None:
-    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    policies = network_policies(docs)
     studio = pod_labels(find(docs, "Deployment", "label-studio"))
     pipeline_step = {"workflows.argoproj.io/workflow": "run-1"}
     own = find(docs, "NetworkPolicy", "label-studio")
@@ -161,6 +164,6 @@ def test_only_pipeline_steps_reach_it_and_it_reaches_nothing(docs: list[Doc]) ->
     for name, labels in ((d["metadata"]["name"], pod_labels(d)) for d in docs if pod_labels(d)):
         if labels == studio:
             continue
-        assert not _allowed(policies, "ingress", studio, labels, 8080), name
+        assert not policy_allows(policies, "ingress", studio, labels, 8080), name
         for port in (9000, 5000, 8080, 9091):
-            assert not _allowed(policies, "egress", studio, labels, port), (name, port)
+            assert not policy_allows(policies, "egress", studio, labels, port), (name, port)

@@ -19,28 +19,29 @@ import pytest
 import yaml
 
 from tests.k8s import (
+    CUSTOM_KINDS,
     NAMESPACE,
     OVERLAYS,
     ROOT,
+    VERSIONS,
     Doc,
     containers,
     crd_model_problems,
     env_file,
     example_tree,
     find,
+    network_policies,
     pod_labels,
     pod_specs,
+    policy_allows,
     render,
     rendered_yaml,
     run,
     sdk_schema_problems,
     selects,
-    shell_assignments,
     tool,
 )
 
-VERSIONS = shell_assignments(ROOT / "hack" / "versions.env")
-CUSTOM_KINDS = {"InferenceService", "ServiceMonitor", "PodMonitor", "PrometheusRule"}
 SPOOL_CLAIM = "visionops-prediction-log-spool"
 
 
@@ -212,26 +213,10 @@ def _claim_templates(docs: list[Doc], where: str) -> list[Doc]:
     return doc["spec"].get("volumeClaimTemplates", []) if kind == "StatefulSet" else []
 
 
-def _policies(docs: list[Doc]) -> list[Doc]:
-    return [d for d in docs if d["kind"] == "NetworkPolicy"]
-
-
-def _peers_select(peers: list[Doc], labels: dict[str, str]) -> bool:
-    """Whether a same-namespace pod with `labels` is among a rule's `from`/`to` peers."""
-    return any(
-        "namespaceSelector" not in p and "ipBlock" not in p and selects(p["podSelector"], labels)
-        for p in peers
-    )
-
-
-def _rule_ports(rule: Doc) -> set[int] | None:
-    return {p["port"] for p in rule["ports"]} if "ports" in rule else None
-
-
 def test_network_policies_deny_by_default_and_allow_what_each_service_needs(
     docs: list[Doc],
 ) -> None:
-    policies = _policies(docs)
+    policies = network_policies(docs)
     deny = find(docs, "NetworkPolicy", "default-deny")
     assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
     workloads = {d["metadata"]["name"]: pod_labels(d) for d in docs if pod_labels(d)}
@@ -264,7 +249,7 @@ def test_network_policies_deny_by_default_and_allow_what_each_service_needs(
                 if isinstance(target_port, int)
                 else _named_port(docs, targets[0], target_port)
             )
-            assert _allowed(policies, "ingress", targets[0], None, number), (
+            assert policy_allows(policies, "ingress", targets[0], None, number), (
                 service["metadata"]["name"],
                 number,
             )
@@ -272,8 +257,8 @@ def test_network_policies_deny_by_default_and_allow_what_each_service_needs(
     for source, src_labels in workloads.items():
         for dest, dest_labels in workloads.items():
             for port in (9000, 5000, 5432, 8080, 8081):
-                out = _allowed(policies, "egress", src_labels, dest_labels, port)
-                inn = _allowed(policies, "ingress", dest_labels, src_labels, port)
+                out = policy_allows(policies, "egress", src_labels, dest_labels, port)
+                inn = policy_allows(policies, "ingress", dest_labels, src_labels, port)
                 assert out == inn, f"{source} -> {dest}:{port}: egress {out}, ingress {inn}"
 
 
@@ -286,26 +271,6 @@ def _named_port(docs: list[Doc], labels: dict[str, str], name: str) -> int:
                         if p.get("name") == name:
                             return int(p["containerPort"])
     raise AssertionError(f"no container port named {name}")
-
-
-def _applies(policy: Doc, labels: dict[str, str], kind: str) -> bool:
-    return kind in policy["spec"]["policyTypes"] and selects(policy["spec"]["podSelector"], labels)
-
-
-def _allowed(
-    policies: list[Doc], direction: str, subject: dict[str, str], peer: dict[str, str] | None,
-    port: int,
-) -> bool:  # fmt: skip
-    """Whether a policy lets `subject` pods take (ingress) or make (egress) connections on `port`
-    with `peer` pods of the namespace (`None`: with anyone)."""
-    kind, key = ("Ingress", "from") if direction == "ingress" else ("Egress", "to")
-    return any(
-        (_rule_ports(rule) is None or port in _rule_ports(rule))  # type: ignore[operator]
-        and (peer is None or _peers_select(rule.get(key, []), peer))
-        for p in policies
-        if _applies(p, subject, kind)
-        for rule in p["spec"].get(direction, [])
-    )
 
 
 def test_pipeline_rbac_is_limited_to_the_inferenceservice_and_kfp_runs(docs: list[Doc]) -> None:
