@@ -19,6 +19,7 @@ from tests.data_builders import small_dataset
 from visionops.cli.app import app
 from visionops.data.classmap import ClassMap
 from visionops.data.coco import BACKGROUND_KEY, load_coco
+from visionops.data.validate import validate
 from visionops.data.vision import open_vision
 from visionops.errors import DataError, UsageError
 from visionops.labeling.batch import (
@@ -290,7 +291,8 @@ def test_bad_manifests_name_the_problem(tmp_path: Path, edit, message: str) -> N
 
 def test_sizes_are_those_the_predictor_decodes(tmp_path: Path) -> None:
     """A JPEG whose EXIF turns it a quarter: OpenCV (the predictor) decodes it 20 wide, 40 high,
-    and the model's boxes are in that frame; the root's sizes follow."""
+    and the model's boxes are in that frame; the root's sizes follow, and `data validate` reads
+    the image in the same frame (no size mismatch, no box outside the image)."""
     from PIL import Image
 
     image = Image.fromarray(np.full((20, 40, 3), 90, np.uint8))
@@ -305,3 +307,6 @@ def test_sizes_are_those_the_predictor_decodes(tmp_path: Path) -> None:
     write_vision_root([item], CLASSES, tmp_path / "root")
     coco = load_coco(next((tmp_path / "root" / "Cable").glob("*/_annotations.coco.json")))
     assert [(i["width"], i["height"]) for i in coco["images"]] == [(20, 40)]
+    report = validate(tmp_path / "root")
+    checks = {f.check for f in report.errors + report.warnings}  # one image: splits missing
+    assert not checks & {"image_size_mismatch", "bbox_outside_image"}, report.summary()

@@ -28,7 +28,7 @@ from visionops.data.validation_report import (
 )
 from visionops.data.vision import Split, VisionDataset, open_vision
 from visionops.errors import DataError
-from visionops.inference.images import open_pil
+from visionops.inference.images import open_pil, shown_size
 from visionops.progress import ProgressCallback, no_progress
 
 log = logging.getLogger(__name__)
@@ -271,7 +271,7 @@ def _polygon_problem(segmentation: Any, width: int, height: int) -> str | None:
 
 
 def _inspect(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None]:
-    """(problem check or None, decoded size, content digest) of one image file."""
+    """(problem check or None, size as shown (EXIF orientation applied), content digest)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -281,9 +281,9 @@ def _inspect(path: Path) -> tuple[str | None, tuple[int, int] | None, str | None
     digest = hashlib.sha256(data).hexdigest()
     try:
         with open_pil(data) as image:
-            size = image.size
+            size, stored = shown_size(image), image.size
             if image.format == "JPEG":
-                image.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+                image.draft("RGB", (max(1, stored[0] // 8), max(1, stored[1] // 8)))
                 if not data.rstrip(b"\0").endswith(b"\xff\xd9"):
                     return "image_truncated", size, digest
             elif image.format == "PNG" and not data.endswith(b"IEND\xaeB`\x82"):

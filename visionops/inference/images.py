@@ -55,6 +55,20 @@ def open_pil(source: bytes | Path) -> Iterator[PILImage]:
         yield image
 
 
+_ORIENTATION = 0x0112  # EXIF tag; values 5-8 turn the stored pixels a quarter
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+
+
+def shown_size(image: PILImage) -> tuple[int, int]:
+    """(width, height) as the image is shown and decoded for training and serving: EXIF
+    orientation applied, as OpenCV's decoder and Ultralytics' `exif_size` do. Annotation tools
+    draw on the shown image, so a label's size is this one, not the stored pixels'."""
+    width, height = int(image.width), int(image.height)
+    if image.getexif().get(_ORIENTATION) in _QUARTER_TURNS:
+        return height, width
+    return width, height
+
+
 def image_size(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, int, int]:
     """(format, width, height) from the header alone; raises if it is not a supported image."""
     if not data:

@@ -51,8 +51,6 @@ log = logging.getLogger(__name__)
 
 ROOT_FILE = "vision_root.json"
 EDGE_TOLERANCE = 1.0  # px a box may cross the image border (as `data validate` allows)
-_ORIENTATION = 0x0112  # EXIF tag; 5-8 turn the stored pixels a quarter (OpenCV decodes them so)
-_QUARTER_TURNS = frozenset({5, 6, 7, 8})
 _FORMATS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "TIFF": "tif", "WEBP": "webp"}
 
 
@@ -287,13 +285,13 @@ def _image_size(path: Path, name: str) -> tuple[int, int, str]:
     """(width, height, PIL format) from the image's header, as the image is shown (EXIF
     orientation applied, like OpenCV's decoder in the predictor and Ultralytics' `exif_size`);
     DataError when it is not an image."""
-    from PIL import Image, UnidentifiedImageError  # only where label images are read
+    from PIL import UnidentifiedImageError  # only where label images are read
+
+    from visionops.inference.images import open_pil, shown_size
 
     try:
-        with Image.open(path) as image:
-            width, height = int(image.width), int(image.height)
-            if image.getexif().get(_ORIENTATION) in _QUARTER_TURNS:  # shown turned, as decoded
-                width, height = height, width
+        with open_pil(path) as image:
+            width, height = shown_size(image)
             return width, height, str(image.format or "")
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise DataError(f"{name}: {path} cannot be read as an image: {error}") from error
