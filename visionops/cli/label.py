@@ -197,9 +197,9 @@ def _label_studio_client(url: str | None, project: str | None) -> tuple[LabelStu
     settings = get_settings()
     url = url or settings.label_studio_url
     if not url:
-        raise UsageError("--to/--from label-studio needs --url (or VISIONOPS_LABEL_STUDIO_URL)")
+        raise UsageError("Label Studio: --url is needed (or VISIONOPS_LABEL_STUDIO_URL)")
     if not project:
-        raise UsageError("--to/--from label-studio needs --project NAME")
+        raise UsageError("Label Studio: --project NAME is needed")
     token = settings.label_studio_token.get_secret_value() if settings.label_studio_token else ""
     return LabelStudioClient(url, token, timeout=settings.label_studio_timeout), project
 
@@ -240,6 +240,36 @@ def _import_label_studio(
     verb = "already held" if result.root.reused else "wrote"
     err_console.print(
         f"{verb} {result.root.total} images, {result.root.boxes} boxes in {result.root.root}",
+        highlight=False,
+    )
+
+
+@label_app.command("scripted-annotator")
+def scripted_annotator_command(
+    truth: Annotated[
+        Path,
+        typer.Option(
+            "--truth", help="A VISION root whose labels are the truth (the drift simulator's)."
+        ),
+    ],
+    url: UrlOption = None,
+    project: ProjectOption = None,
+) -> None:
+    """A stand-in for people (demo, tests): correct a project's pre-annotations from known labels.
+
+    Each task not annotated yet whose image (by SHA-256) the --truth root holds gets the model's
+    boxes corrected to the truth (kept and fixed, deleted, added) and submitted through Label
+    Studio's API. Never for production images: its labels are only as good as the root's."""
+    from visionops.labeling.scripted_annotator import STAND_IN, annotate_project
+
+    client, title = _label_studio_client(url, project)
+    with client:
+        summary = annotate_project(client, title, truth)
+    _echo(summary.to_dict())
+    err_console.print(
+        f"{STAND_IN}: annotated {summary.annotated} of {summary.tasks} tasks of {title!r} "
+        f"({summary.already_annotated} already annotated, {summary.no_ground_truth} without "
+        "ground truth, left for people)",
         highlight=False,
     )
 

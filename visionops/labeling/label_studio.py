@@ -171,6 +171,31 @@ def export_to_label_studio(
     return summary
 
 
+def rectangle(
+    region: str, class_name: str, bbox: Sequence[float], width: int, height: int
+) -> dict[str, Any]:
+    """A box as a Label Studio result (a prediction's or an annotation's): `bbox` is (x, y, w, h)
+    in pixels of a `width` x `height` image, Label Studio's values are percent of it."""
+    x, y, w, h = (float(v) for v in bbox)
+    return {
+        "id": region,
+        "from_name": CONTROL_NAME,
+        "to_name": IMAGE_NAME,
+        "type": "rectanglelabels",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {
+            "x": 100.0 * x / width,
+            "y": 100.0 * y / height,
+            "width": 100.0 * w / width,
+            "height": 100.0 * h / height,
+            "rotation": 0,
+            "rectanglelabels": [class_name],
+        },
+    }
+
+
 def _names(names: Sequence[str]) -> str:
     shown = ", ".join(sorted(names)[:8])
     return f"[{shown}{', ...' if len(names) > 8 else ''}]"
@@ -190,25 +215,10 @@ def _task(item: BatchItem, url: str, batch: SelectionBatch) -> dict[str, Any]:
         data[PRODUCT_KEY] = products.pop()
     results = [
         {
-            "id": f"p{index}",
-            "from_name": CONTROL_NAME,
-            "to_name": IMAGE_NAME,
-            "type": "rectanglelabels",
-            "original_width": item.width,
-            "original_height": item.height,
-            "image_rotation": 0,
-            "value": {
-                "x": 100.0 * x / item.width,
-                "y": 100.0 * y / item.height,
-                "width": 100.0 * w / item.width,
-                "height": 100.0 * h / item.height,
-                "rotation": 0,
-                "rectanglelabels": [prediction.class_name],
-            },
-            "score": prediction.score,
+            **rectangle(f"p{index}", p.class_name, p.bbox, item.width, item.height),
+            "score": p.score,
         }
-        for index, prediction in enumerate(item.predictions)
-        for x, y, w, h in [prediction.bbox]
+        for index, p in enumerate(item.predictions)
     ]
     task: dict[str, Any] = {"data": data}
     if results:
@@ -341,7 +351,7 @@ def _labeled_image(
             raise DataError(f"{where}: the image Label Studio serves is not the one exported")
     width, height = _size(data.get("width")), _size(data.get("height"))
     boxes = tuple(
-        _box(result, width, height, known, where)
+        result_box(result, width, height, known, where)
         for result in annotation.get("result") or []
         if result.get("type") == "rectanglelabels"
     )
@@ -360,9 +370,11 @@ def _size(value: Any) -> int | None:
     return int(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
-def _box(
+def result_box(
     result: dict[str, Any], width: int | None, height: int | None, known: set[str], where: str
 ) -> LabeledBox:
+    """A Label Studio rectangle result in pixels; DataError naming `where` when it is not one
+    box of a class in `known` with a size to place it."""
     value = result.get("value") or {}
     labels = value.get("rectanglelabels") or []
     if len(labels) != 1:

@@ -159,14 +159,26 @@ class LabelStudioClient:
 
     def download(self, url: str, target: Path) -> None:
         """A file Label Studio serves (a task's image), streamed to `target`."""
-        parsed = urlparse(url)
-        if parsed.netloc and f"{parsed.scheme}://{parsed.netloc}" != self.url:
-            raise DataError(f"image {url} is not stored in Label Studio at {self.url}")
-        path = parsed.path + (f"?{parsed.query}" if parsed.query else "")
-        response = self.request("GET", path, stream=True)
+        response = self.request("GET", self._served_path(url), stream=True)
         with target.open("wb") as out:
             for chunk in response.iter_content(1 << 20):
                 out.write(chunk)
+
+    def content(self, url: str) -> bytes:
+        """A file Label Studio serves (a task's image), whole: for small files."""
+        return self.request("GET", self._served_path(url)).content
+
+    def annotate(self, task_id: int, result: list[dict[str, Any]]) -> int:
+        """Submit an annotation of task `task_id` (Label Studio results); its id."""
+        body = {"result": result, "was_cancelled": False, "ground_truth": False}
+        return int(self.json("POST", f"/api/tasks/{task_id}/annotations/", json=body)["id"])
+
+    def _served_path(self, url: str) -> str:
+        """The path of `url` (absolute, or relative as tasks hold it) on this Label Studio."""
+        parsed = urlparse(url)
+        if parsed.netloc and f"{parsed.scheme}://{parsed.netloc}" != self.url:
+            raise DataError(f"image {url} is not stored in Label Studio at {self.url}")
+        return parsed.path + (f"?{parsed.query}" if parsed.query else "")
 
 
 def _reason(error: Exception) -> str:
