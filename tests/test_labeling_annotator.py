@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.servers import LabelStudio
-from tests.test_labeling_studio import _cli, _export, _import, _root_boxes, _summary
+from tests.studio_cli import ls_cli, ls_export, ls_import, root_boxes, summary_json
 from visionops.data.classmap import build_class_map
 from visionops.data.coco import ANNOTATIONS_FILE, write_coco
 from visionops.data.vision import open_vision
@@ -114,8 +114,8 @@ def _batch(folder: Path, data: dict[str, bytes]) -> SelectionBatch:
 
 
 def _annotator(studio: LabelStudio, truth: Path, project: str) -> tuple[int, str]:
-    return _cli(studio, "label", "scripted-annotator", "--truth", truth, "--url", studio.url,
-                "--project", project)  # fmt: skip
+    return ls_cli(studio, "label", "scripted-annotator", "--truth", truth, "--url", studio.url,
+                  "--project", project)  # fmt: skip
 
 
 def test_the_stand_in_corrects_pre_annotations_to_the_ground_truth(
@@ -123,11 +123,11 @@ def test_the_stand_in_corrects_pre_annotations_to_the_ground_truth(
 ) -> None:
     data = _truth_root(tmp_path / "truth")
     batch = _batch(tmp_path / "batch", data)
-    assert _export(label_studio, tmp_path / "batch", "stand-in")[0] == 0
+    assert ls_export(label_studio, tmp_path / "batch", "stand-in")[0] == 0
 
     code, output = _annotator(label_studio, tmp_path / "truth", "stand-in")
     assert code == 0, output
-    summary = _summary(output)
+    summary = summary_json(output)
     assert "stand-in for people" in summary["annotator"] and STAND_IN in output
     assert (summary["tasks"], summary["annotated"], summary["no_ground_truth"]) == (6, 5, 1)
     assert summary["boxes"] == {
@@ -143,14 +143,14 @@ def test_the_stand_in_corrects_pre_annotations_to_the_ground_truth(
     regions = [r["id"] for r in tasks[0]["annotations"][0]["result"]]
     assert regions == [tasks[0]["predictions"][0]["result"][0]["id"]]
 
-    code, output = _import(label_studio, "stand-in", tmp_path / "root")
+    code, output = ls_import(label_studio, "stand-in", tmp_path / "root")
     assert code == 0, output
-    imported = _summary(output)
+    imported = summary_json(output)
     assert (imported["labelled"], imported["unfinished"]) == (5, 1)
     # The background image: the model named Screw on it, so it is a background image of Screw.
     assert (imported["total_images"], imported["background"], imported["boxes"]) == (5, 1, 5)
 
-    got = _root_boxes(tmp_path / "root")
+    got = root_boxes(tmp_path / "root")
     class_map = build_class_map(open_vision(tmp_path / "root"))
     assert class_map.names == sorted(NAMES)
     digests = {name: hashlib.sha256(content).hexdigest() for name, content in data.items()}
@@ -166,7 +166,7 @@ def test_the_stand_in_corrects_pre_annotations_to_the_ground_truth(
     # Again: every task is annotated already, nothing is submitted.
     code, output = _annotator(label_studio, tmp_path / "truth", "stand-in")
     assert code == 0, output
-    again = _summary(output)
+    again = summary_json(output)
     assert (again["annotated"], again["already_annotated"], again["no_ground_truth"]) == (0, 5, 1)
 
 
@@ -175,7 +175,7 @@ def test_a_true_class_the_project_lacks_is_refused_before_anything_is_submitted(
 ) -> None:
     data = _truth_root(tmp_path / "truth", extra_class="torn-apart")
     _batch(tmp_path / "batch", data)
-    assert _export(label_studio, tmp_path / "batch", "lacks-a-class")[0] == 0
+    assert ls_export(label_studio, tmp_path / "batch", "lacks-a-class")[0] == 0
 
     code, output = _annotator(label_studio, tmp_path / "truth", "lacks-a-class")
     assert code == 1

@@ -16,11 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from tests.servers import LabelStudio, free_port
-from visionops.cli.app import app
-from visionops.config import get_settings
+from tests.studio_cli import ls_cli, ls_export, ls_import, root_boxes, summary_json
 from visionops.data.classmap import build_class_map
 from visionops.data.vision import open_vision
 from visionops.labeling.batch import (
@@ -45,8 +43,6 @@ IMAGES = [
     (80, 60, []),  # nothing found, nothing drawn: no product to place it, left out
 ]  # fmt: skip
 CLEARED = 3  # the image whose box the annotator removes: a background image of Screw
-
-runner = CliRunner()
 
 
 def _batch(folder: Path, images: list = IMAGES, *, seed: int = 0) -> SelectionBatch:
@@ -80,32 +76,6 @@ def _batch(folder: Path, images: list = IMAGES, *, seed: int = 0) -> SelectionBa
     return batch
 
 
-def _cli(studio: LabelStudio, *args: object, token: str | None = None) -> tuple[int, str]:
-    env = {"VISIONOPS_LABEL_STUDIO_TOKEN": studio.token if token is None else token}
-    get_settings.cache_clear()  # the token is read from the environment of this invocation
-    try:
-        result = runner.invoke(app, [str(a) for a in args], env=env)
-    finally:
-        get_settings.cache_clear()
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result.exit_code, result.output
-
-
-def _export(studio: LabelStudio, batch: Path, project: str, **kw: str) -> tuple[int, str]:
-    return _cli(studio, "label", "export", batch, "--to", "label-studio", "--url", studio.url,
-                "--project", project, **kw)  # fmt: skip
-
-
-def _import(studio: LabelStudio, project: str, out: Path, *extra: str) -> tuple[int, str]:
-    return _cli(studio, "label", "import", "--from", "label-studio", "--url", studio.url,
-                "--project", project, "--out", out, *extra)  # fmt: skip
-
-
-def _summary(output: str) -> dict:
-    return json.loads(output[output.index("{") : output.rindex("}") + 1])
-
-
 @pytest.fixture
 def client(label_studio: LabelStudio) -> Iterator[LabelStudioClient]:
     with LabelStudioClient(label_studio.url, label_studio.token) as api:
@@ -128,31 +98,13 @@ def _annotate(client: LabelStudioClient, project: str, *, accept: int, skip: int
                        json={"result": [], "was_cancelled": True})  # fmt: skip
 
 
-def _root_boxes(root: Path) -> dict[str, list[tuple[int, list[float]]]]:
-    """Image digest -> (class id in the root's class map, [x, y, w, h]) of every box."""
-    class_map = build_class_map(open_vision(root))
-    boxes: dict[str, list[tuple[int, list[float]]]] = {}
-    for coco_file in sorted(root.glob("*/*/_annotations.coco.json")):
-        product = coco_file.parts[-3]
-        coco = json.loads(coco_file.read_text())
-        categories = {c["id"]: c["name"] for c in coco["categories"]}
-        for image in coco["images"]:
-            assert (coco_file.parent / image["file_name"]).is_file()
-            boxes[image["file_name"].split(".")[0]] = [
-                (class_map.class_id(product, categories[a["category_id"]]), a["bbox"])
-                for a in coco["annotations"]
-                if a["image_id"] == image["id"]
-            ]
-    return boxes
-
-
 def test_accepted_pre_annotations_come_back_within_half_a_pixel(
     label_studio: LabelStudio, client: LabelStudioClient, tmp_path: Path
 ) -> None:
     batch = _batch(tmp_path / "batch")
-    code, output = _export(label_studio, tmp_path / "batch", "round-trip")
+    code, output = ls_export(label_studio, tmp_path / "batch", "round-trip")
     assert code == 0, output
-    summary = _summary(output)
+    summary = summary_json(output)
     assert (summary["tasks_created"], summary["already_there"], summary["boxes"]) == (5, 0, 5)
     assert summary["project_created"] is True
     project = client.find_project("round-trip")
@@ -170,13 +122,13 @@ def test_accepted_pre_annotations_come_back_within_half_a_pixel(
             assert result["value"]["x"] == pytest.approx(100 * prediction.bbox[0] / item.width)
 
     _annotate(client, "round-trip", accept=5)
-    code, output = _import(label_studio, "round-trip", tmp_path / "root")
+    code, output = ls_import(label_studio, "round-trip", tmp_path / "root")
     assert code == 0, output
-    imported = _summary(output)
+    imported = summary_json(output)
     assert (imported["labelled"], imported["unfinished"], imported["boxes"]) == (5, 0, 4)
     assert (imported["background"], imported["unplaced"], imported["total_images"]) == (1, 1, 4)
 
-    got = _root_boxes(tmp_path / "root")
+    got = root_boxes(tmp_path / "root")
     class_map = build_class_map(open_vision(tmp_path / "root"))
     assert class_map.names == sorted(NAMES)
     assert set(got) == {item.sha256 for item in batch.items[:4]}
@@ -193,8 +145,8 @@ def test_accepted_pre_annotations_come_back_within_half_a_pixel(
 
     # Import again: the same root, nothing rewritten.
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "root").rglob("*")}
-    code, output = _import(label_studio, "round-trip", tmp_path / "root")
-    assert code == 0 and _summary(output)["reused"] is True, output
+    code, output = ls_import(label_studio, "round-trip", tmp_path / "root")
+    assert code == 0 and summary_json(output)["reused"] is True, output
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "root").rglob("*")} == before
 
 
@@ -202,18 +154,18 @@ def test_re_export_adds_only_new_images(
     label_studio: LabelStudio, client: LabelStudioClient, tmp_path: Path
 ) -> None:
     _batch(tmp_path / "batch")
-    assert _export(label_studio, tmp_path / "batch", "again")[0] == 0
-    code, output = _export(label_studio, tmp_path / "batch", "again")
+    assert ls_export(label_studio, tmp_path / "batch", "again")[0] == 0
+    code, output = ls_export(label_studio, tmp_path / "batch", "again")
     assert code == 0, output
-    summary = _summary(output)
+    summary = summary_json(output)
     assert (summary["tasks_created"], summary["already_there"]) == (0, 5)
     assert summary["project_created"] is False and summary["config_updated"] is False
 
     # A later batch sharing two images with the first: only its new image becomes a task.
     _batch(tmp_path / "later", [*IMAGES[:2], (96, 72, [])], seed=0)
-    code, output = _export(label_studio, tmp_path / "later", "again")
+    code, output = ls_export(label_studio, tmp_path / "later", "again")
     assert code == 0, output
-    assert (_summary(output)["tasks_created"], _summary(output)["already_there"]) == (1, 2)
+    assert (summary_json(output)["tasks_created"], summary_json(output)["already_there"]) == (1, 2)
     digests = [t["data"]["visionops_sha256"] for t in client.tasks(summary["project_id"])]
     assert len(digests) == len(set(digests)) == 6
 
@@ -222,19 +174,19 @@ def test_unfinished_tasks_are_counted_or_refused(
     label_studio: LabelStudio, client: LabelStudioClient, tmp_path: Path
 ) -> None:
     _batch(tmp_path / "batch")
-    assert _export(label_studio, tmp_path / "batch", "partial")[0] == 0
+    assert ls_export(label_studio, tmp_path / "batch", "partial")[0] == 0
     _annotate(client, "partial", accept=2, skip=1)
 
-    code, output = _import(label_studio, "partial", tmp_path / "strict", "--require-complete")
+    code, output = ls_import(label_studio, "partial", tmp_path / "strict", "--require-complete")
     assert code == 1
     (line,) = [x for x in output.splitlines() if x.startswith("error:")]
     assert "3 of 5 tasks of project 'partial' are not labelled yet" in line
     assert not (tmp_path / "strict").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["batch"]  # no download folder left either
 
-    code, output = _import(label_studio, "partial", tmp_path / "root")
+    code, output = ls_import(label_studio, "partial", tmp_path / "root")
     assert code == 0, output
-    summary = _summary(output)
+    summary = summary_json(output)
     assert (summary["labelled"], summary["unfinished"], summary["skipped"]) == (2, 3, 1)
     assert summary["total_images"] == 2 and summary["boxes"] == 3
     assert "left out 3 unfinished tasks (1 skipped)" in output
@@ -245,7 +197,7 @@ def test_a_project_labelled_with_other_classes_is_refused(
 ) -> None:
     client.create_project("other-classes", label_config(["Wood/knot", "Cable/break"]))
     _batch(tmp_path / "batch")
-    code, output = _export(label_studio, tmp_path / "batch", "other-classes")
+    code, output = ls_export(label_studio, tmp_path / "batch", "other-classes")
     assert code == 1
     assert output.strip().splitlines() == [
         "error: project 'other-classes' at "
@@ -266,13 +218,13 @@ def test_wrong_token_and_unreachable_are_one_line_and_write_nothing(
         "AAAA" if not label_studio.token.endswith("AAAA") else "BBBB"
     )
     for token in (forged, "0123456789abcdef0123456789abcdef01234567"):  # a JWT, a legacy key
-        code, output = _cli(label_studio, "label", "export", tmp_path / "batch", "--to",
-                            "label-studio", "--url", label_studio.url, "--project", "never",
-                            token=token)  # fmt: skip
+        code, output = ls_cli(label_studio, "label", "export", tmp_path / "batch", "--to",
+                              "label-studio", "--url", label_studio.url, "--project", "never",
+                              token=token)  # fmt: skip
         assert code == 1
         (line,) = output.strip().splitlines()
         assert line.startswith(f"error: Label Studio at {label_studio.url} refused the token")
-    code, output = _import(label_studio, "never", tmp_path / "root")
+    code, output = ls_import(label_studio, "never", tmp_path / "root")
     assert code == 1 and "no project titled 'never'" in output  # the forged ones made none
 
     dead = f"http://127.0.0.1:{free_port()}"
@@ -280,16 +232,16 @@ def test_wrong_token_and_unreachable_are_one_line_and_write_nothing(
         ["export", tmp_path / "batch", "--to", "label-studio"],
         ["import", "--from", "label-studio", "--out", tmp_path / "root"],
     ):
-        code, output = _cli(label_studio, "label", *args, "--url", dead, "--project", "p")
+        code, output = ls_cli(label_studio, "label", *args, "--url", dead, "--project", "p")
         assert code == 1
         assert output.strip().splitlines() == [
             f"error: Label Studio is unreachable at {dead}: connection refused"
         ]
     assert not (tmp_path / "root").exists()
 
-    code, output = _cli(label_studio, "label", "export", tmp_path / "batch", "--to",
-                        "label-studio", "--url", label_studio.url, "--project", "p",
-                        token="")  # fmt: skip
+    code, output = ls_cli(label_studio, "label", "export", tmp_path / "batch", "--to",
+                          "label-studio", "--url", label_studio.url, "--project", "p",
+                          token="")  # fmt: skip
     assert code == 1 and "no Label Studio token: set VISIONOPS_LABEL_STUDIO_TOKEN" in output
 
 
@@ -333,7 +285,7 @@ def test_label_studio_command_serves_offline_with_a_generated_admin(
 
 def test_label_studio_command_refuses_a_busy_port(label_studio: LabelStudio) -> None:
     port = label_studio.url.rsplit(":", 1)[1]
-    code, output = _cli(label_studio, "label", "studio", "--port", port)
+    code, output = ls_cli(label_studio, "label", "studio", "--port", port)
     assert code == 2
     assert f"port {port} on 127.0.0.1 is in use; choose another --port" in output
 
