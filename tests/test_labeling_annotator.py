@@ -28,6 +28,7 @@ from visionops.labeling.batch import (
     image_path,
     write_manifest,
 )
+from visionops.labeling.label_studio import config_labels
 from visionops.labeling.label_studio_client import LabelStudioClient
 from visionops.labeling.scripted_annotator import STAND_IN, Truth, correct
 from visionops.labeling.vision_root import LabeledBox
@@ -170,29 +171,65 @@ def test_the_stand_in_corrects_pre_annotations_to_the_ground_truth(
     assert (again["annotated"], again["already_annotated"], again["no_ground_truth"]) == (0, 5, 1)
 
 
-def test_a_true_class_the_project_lacks_is_refused_before_anything_is_submitted(
+def test_a_true_class_the_project_lacks_is_added_to_its_labels(
     label_studio: LabelStudio, tmp_path: Path
 ) -> None:
+    """The batch offered the classes the model reported; a defect of another class is labelled
+    all the same, once the stand-in (as a project manager would) added its label."""
     data = _truth_root(tmp_path / "truth", extra_class="torn-apart")
     _batch(tmp_path / "batch", data)
     assert ls_export(label_studio, tmp_path / "batch", "lacks-a-class")[0] == 0
 
     code, output = _annotator(label_studio, tmp_path / "truth", "lacks-a-class")
-    assert code == 1
-    (line,) = output.strip().splitlines()
-    assert line.startswith("error: Label Studio project 'lacks-a-class' task ")
-    assert "has class Cable/torn-apart, which project 'lacks-a-class' does not label" in line
-    assert line.endswith("nothing submitted")
+    assert code == 0, output
+    summary = summary_json(output)
+    assert summary["labels_added"] == ["Cable/torn-apart"] and summary["annotated"] == 5
     with LabelStudioClient(label_studio.url, label_studio.token) as client:
         found = client.find_project("lacks-a-class")
+    assert found is not None
+    assert config_labels(found["label_config"]) == [*NAMES, "Cable/torn-apart"]
+
+    assert ls_import(label_studio, "lacks-a-class", tmp_path / "root")[0] == 0
+    class_map = build_class_map(open_vision(tmp_path / "root"))
+    exact = root_boxes(tmp_path / "root")[hashlib.sha256(data["exact"]).hexdigest()]
+    assert sorted(exact) == [
+        (class_map.names.index("Cable/break"), [3.25, 4.5, 20.75, 11.125]),
+        (class_map.names.index("Cable/torn-apart"), [1.0, 1.0, 5.0, 5.0]),
+    ]
+
+
+def test_bad_ground_truth_or_project_is_one_line_and_submits_nothing(
+    label_studio: LabelStudio, tmp_path: Path
+) -> None:
+    data = _truth_root(tmp_path / "truth")
+    _batch(tmp_path / "batch", data)
+    assert ls_export(label_studio, tmp_path / "batch", "bad-truth")[0] == 0
+    # The "exact" image again in another split, with other boxes: which is the truth?
+    copy = tmp_path / "truth" / "Cable" / "val"
+    (copy / "again.png").parent.mkdir(parents=True)
+    (copy / "again.png").write_bytes(data["exact"])
+    write_coco(copy / ANNOTATIONS_FILE, {
+        "categories": [{"id": 1, "name": "break"}],
+        "images": [{"id": 0, "file_name": "again.png", "width": 64, "height": 48}],
+        "annotations": [],
+    })  # fmt: skip
+
+    code, output = _annotator(label_studio, tmp_path / "truth", "bad-truth")
+    assert code == 1
+    (line,) = output.strip().splitlines()
+    assert line.startswith("error: ") and line.endswith("are the same image with other boxes")
+    code, output = _annotator(label_studio, tmp_path / "nowhere", "bad-truth")
+    assert code == 1 and output.startswith("error: dataset folder not found"), output
+    (copy / ANNOTATIONS_FILE).unlink()
+    (copy / "again.png").unlink()
+    code, output = _annotator(label_studio, tmp_path / "truth", "no-such-project")
+    assert code == 1 and "no project titled 'no-such-project'" in output
+
+    with LabelStudioClient(label_studio.url, label_studio.token) as client:
+        found = client.find_project("bad-truth")
         assert found is not None
         tasks = list(client.tasks(int(found["id"]), full=True))
     assert len(tasks) == 6 and all(not t["annotations"] for t in tasks)
-
-    code, output = _annotator(label_studio, tmp_path / "nowhere", "lacks-a-class")
-    assert code == 1 and output.startswith("error: dataset folder not found"), output
-    code, output = _annotator(label_studio, tmp_path / "truth", "no-such-project")
-    assert code == 1 and "no project titled 'no-such-project'" in output
 
 
 def test_correct_matches_best_overlaps_first() -> None:

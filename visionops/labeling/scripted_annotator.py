@@ -13,9 +13,11 @@ class; a predicted box on nothing is deleted; a true box that nothing predicted 
 result is submitted as the task's annotation, which `label import` then reads like any other.
 
 A task whose image the ground truth does not hold is left alone and counted (a person would have
-to label it). Everything is read and checked before the first annotation is submitted: a true
-class that the project does not label is a LabelStudioError and nothing is submitted. Tasks that
-already have an annotation are left as they are, so a second run submits nothing.
+to label it). Everything is read and checked before the first annotation is submitted. A true
+class the project does not label yet (the batch offered only the classes the model reported in
+the window) is added to the project's labelling config first, as the project's manager does when
+people meet a defect the model never reported; the summary names it. Tasks that already have an
+annotation are left as they are, so a second run submits nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from visionops.errors import DataError, LabelStudioError
 from visionops.labeling.label_studio import (
     IMAGE_NAME,
     config_labels,
+    label_config,
     rectangle,
     result_box,
 )
@@ -177,6 +180,7 @@ class ScriptedAnnotation:
     deleted: int = 0
     added: int = 0
     background: int = 0  # annotated with no box: the image shows no defect
+    labels_added: list[str] = field(default_factory=list)  # true classes the project lacked
     annotation_ids: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,6 +201,7 @@ class ScriptedAnnotation:
                 "added": self.added,
             },
             "background": self.background,
+            "labels_added": self.labels_added,
         }
 
 
@@ -226,15 +231,13 @@ def annotate_project(
         if truth is None:
             summary.no_ground_truth += 1
             continue
-        unknown = sorted({b.class_name for b in truth.boxes} - set(labels))
-        if unknown:
-            raise LabelStudioError(
-                f"{where}: the ground truth ({truth.source}) has class {', '.join(unknown)}, which "
-                f"project {project!r} does not label; export with the model's class names "
-                "(label select --classes); nothing submitted"
-            )
+        missing = {b.class_name for b in truth.boxes} - set(labels) - set(summary.labels_added)
+        summary.labels_added += sorted(missing)
         planned.append(correct(int(task["id"]), _predicted(task, truth, set(labels), where), truth))
-    for correction in planned:  # every task checked: now submit
+    if summary.labels_added:  # every task checked: first the labels people need, then submit
+        client.set_label_config(project_id, label_config([*labels, *summary.labels_added]))
+        log.info("project %r labels %s too now", project, ", ".join(summary.labels_added))
+    for correction in planned:
         summary.annotation_ids.append(client.annotate(correction.task_id, correction.result))
         summary.annotated += 1
         summary.background += not correction.result
