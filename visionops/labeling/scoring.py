@@ -176,6 +176,13 @@ def read_drift_result(path: Path) -> DriftFocus:
         raise DataError(f"drift result not found: {path}") from error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DataError(f"cannot read drift result {path}: {error}") from error
+    return drift_focus(data, str(path))
+
+
+def drift_focus(data: Any, source: str = "the drift result") -> DriftFocus:
+    """`read_drift_result` of a drift result already read (the drift check's JSON as a dict);
+    `source` names it in errors."""
+    path = source
     columns = data.get("columns") if isinstance(data, dict) else None
     if not isinstance(columns, list):
         raise DataError(f"{path} is not a drift result (`visionops drift check` JSON): no columns")
