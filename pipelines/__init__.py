@@ -19,7 +19,7 @@ from kfp import dsl, kubernetes
 from visionops.errors import UsageError
 from visionops.orchestration.compile import compile_pipeline
 
-__all__ = ["PIPELINES", "compile_pipeline", "load_pipeline", "step"]
+__all__ = ["PIPELINES", "compile_pipeline", "load_pipeline", "retrain_step", "step"]
 
 SETTINGS_CONFIG_MAP = "visionops-settings"
 SETTINGS_KEYS = (
@@ -37,10 +37,16 @@ S3_SECRET_ENV = {
     "AWS_SECRET_ACCESS_KEY": "VISIONOPS_S3_SECRET_KEY",
 }
 RETRY_BACKOFF = "10s"
+# Label Studio, for the steps that export to it or harvest from it (optional: without them the
+# labels go out as COCO): its URL in the settings ConfigMap, its API token in this Secret.
+LABEL_STUDIO_URL_KEY = "VISIONOPS_LABEL_STUDIO_URL"
+LABEL_STUDIO_SECRET = "label-studio-pipeline"
+LABEL_STUDIO_SECRET_ENV = {"VISIONOPS_LABEL_STUDIO_TOKEN": "VISIONOPS_LABEL_STUDIO_TOKEN"}
 
 PIPELINES: dict[str, str] = {
     "training": "pipelines.training:training_pipeline",
     "monitoring": "pipelines.monitoring:monitoring_pipeline",
+    "harvest": "pipelines.harvest:harvest_pipeline",
 }
 
 
@@ -53,6 +59,7 @@ def step(
     memory_limit: str | None = None,
     retries: int = 0,
     cache: bool = False,
+    label_studio: bool = False,
 ) -> dsl.PipelineTask:
     """Configure `task` for the cluster (see the module docstring); returns it."""
     task.set_display_name(display_name)
@@ -64,12 +71,26 @@ def step(
         task.set_retry(num_retries=retries, backoff_duration=RETRY_BACKOFF, backoff_factor=2.0)
     kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, {k: k for k in SETTINGS_KEYS})
     kubernetes.use_secret_as_env(task, S3_SECRET, S3_SECRET_ENV)
+    if label_studio:
+        url = {LABEL_STUDIO_URL_KEY: LABEL_STUDIO_URL_KEY}
+        kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, url, optional=True)
+        kubernetes.use_secret_as_env(task, LABEL_STUDIO_SECRET, LABEL_STUDIO_SECRET_ENV, True)
     return task
 
 
+def retrain_step(monitoring_run_id: Any, drift: Any, lineage: Any, **params: Any) -> Any:
+    """The `retrain` task (monitoring and harvest pipelines): training re-submitted once per
+    monitoring run, whatever retries the step."""
+    from components.retrain import retrain  # the components import the library, lazily here
+
+    task = retrain(monitoring_run_id=monitoring_run_id, drift=drift, lineage=lineage, **params)
+    return step(task, "Re-submit training", cpu="250m", memory="512Mi", retries=2)
+
+
 def load_pipeline(name: str) -> Any:
-    """The pipeline object registered as `name` (`training`, `monitoring`): what the CLI and the
-    demo hand to `visionops.orchestration`. UsageError naming the choices for any other name."""
+    """The pipeline object registered as `name` (`training`, `monitoring`, `harvest`): what the
+    CLI and the demo hand to `visionops.orchestration`. UsageError naming the choices for any
+    other name."""
     if name not in PIPELINES:
         raise UsageError(f"unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}")
     module, attribute = PIPELINES[name].split(":")

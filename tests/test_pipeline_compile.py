@@ -18,11 +18,13 @@ from typer.testing import CliRunner
 from visionops.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
-PIPELINES = ("training", "monitoring")
-SERVICE_STEPS = {  # steps that talk to MLflow, S3, KFP or the predictor: retried
+PIPELINES = ("training", "monitoring", "harvest")
+SERVICE_STEPS = {  # steps that talk to MLflow, S3, KFP, Label Studio or the predictor: retried
     "fetch-dataset", "fetch-dataset-2", "evaluate-model", "register-model", "deploy-model",
     "compact", "collect", "drift-check", "retrain", "record-decision", "prune-images",
+    "request-labels", "harvest-labels",
 }  # fmt: skip
+LABEL_STUDIO_STEPS = {"request-labels", "harvest-labels"}  # Label Studio's URL and token too
 PURE_STEPS = {"validate-dataset", "convert-dataset"}  # functions of their inputs: cached
 
 
@@ -144,12 +146,22 @@ def test_settings_and_credentials_come_from_the_manifests_objects(compiled: Path
         g["name"] for g in overlay["secretGenerator"] if g.get("namespace") == "kubeflow"
     ]
     platform = _docs(compiled / f"{name}.yaml")[1]["platforms"]["kubernetes"]
-    for executor in platform["deploymentSpec"]["executors"].values():
-        (from_map,) = executor["configMapAsEnv"]
+    for label, executor in platform["deploymentSpec"]["executors"].items():
+        from_map, *label_studio_url = executor["configMapAsEnv"]
         assert from_map["configMapName"] == config_map
         assert {e["configMapKey"] for e in from_map["keyToEnv"]} == set(data)
         assert all(e["configMapKey"] == e["envVar"] for e in from_map["keyToEnv"])
-        (from_secret,) = executor["secretAsEnv"]
+        from_secret, *label_studio_token = executor["secretAsEnv"]
+        if label.removeprefix("exec-") in LABEL_STUDIO_STEPS:
+            # Optional: without Label Studio (no URL) the window goes out as COCO.
+            (url,) = label_studio_url
+            assert (url["configMapName"], url["optional"]) == (config_map, True)
+            assert [e["envVar"] for e in url["keyToEnv"]] == ["VISIONOPS_LABEL_STUDIO_URL"]
+            (token,) = label_studio_token
+            assert (token["secretName"], token["optional"]) == ("label-studio-pipeline", True)
+            assert [e["envVar"] for e in token["keyToEnv"]] == ["VISIONOPS_LABEL_STUDIO_TOKEN"]
+        else:
+            assert label_studio_url == label_studio_token == [], label
         assert from_secret["secretName"] in kubeflow_secrets
         assert {e["secretKey"] for e in from_secret["keyToEnv"]} == secret_keys
         assert {e["envVar"] for e in from_secret["keyToEnv"]} == {
