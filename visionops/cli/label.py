@@ -1,5 +1,6 @@
 """`visionops label ...`: the data loop. Pick the images of a window worth labelling, export them
-with the model's boxes to an annotation tool, import the corrected labels as a VISION root.
+with the model's boxes to an annotation tool, import the corrected labels as a VISION root; list
+the requests the monitoring pipeline made on drift and harvest one (import + retrain, once).
 
 Each command prints its summary as JSON on stdout. Exit codes: 0 ok, 1 bad input (an unreadable
 log, a batch or COCO file that does not hold together, a box outside its image, an unknown class,
@@ -270,6 +271,72 @@ def scripted_annotator_command(
         f"{STAND_IN}: annotated {summary.annotated} of {summary.tasks} tasks of {title!r} "
         f"({summary.already_annotated} already annotated, {summary.no_ground_truth} without "
         "ground truth, left for people)",
+        highlight=False,
+    )
+
+
+@label_app.command("requests")
+def requests_command() -> None:
+    """List the labelling requests the monitoring pipeline made on drift, with their status:
+    requested (waiting for labels), harvested, training submitted, or empty (no kept image)."""
+    from visionops.orchestration.label_loop import list_requests
+
+    found = list_requests()
+    _echo({"requests": [{**_request_line(r), "status": status} for r, status in found]})
+    for request, status in found:
+        err_console.print(
+            f"{request.monitoring_run_id}  {status:<18} {request.images:>4} images  "
+            f"{request.where or '-'}",
+            highlight=False,
+        )
+    if not found:
+        err_console.print("no labelling requests yet", highlight=False)
+
+
+def _request_line(request: Any) -> dict[str, Any]:
+    keys = ("monitoring_run_id", "requested_at", "model_name", "target", "images", "project",
+            "batch", "labels", "window")  # fmt: skip
+    return {**{k: getattr(request, k) for k in keys}, "where": request.where}
+
+
+@label_app.command("harvest")
+def harvest_command(
+    run_id: Annotated[str, typer.Argument(help="The monitoring run whose request to harvest.")],
+    labels: Annotated[
+        str,
+        typer.Option(
+            "--labels",
+            help="A COCO file of the labels (path or s3:// URI; default for a COCO request: "
+            "labelling/<run id>/labels.json in the store).",
+        ),
+    ] = "",
+    require_complete: Annotated[
+        bool,
+        typer.Option("--require-complete", help="Refuse (write nothing) while a task is open."),
+    ] = False,
+    seed: SeedOption = 0,
+    mode: Annotated[
+        str, typer.Option("--mode", help="Where training runs: auto, cluster, local, docker.")
+    ] = "auto",
+) -> None:
+    """Import the finished labels of a request into the store and re-submit training with them,
+    once per monitoring run (what the `harvest` pipeline does, from here)."""
+    from visionops.orchestration.label_loop import harvest_labels
+
+    harvest = harvest_labels(
+        run_id, labels=labels, require_complete=require_complete, seed=seed, mode=mode
+    )
+    _echo(harvest.to_dict())
+    if harvest.unfinished:
+        err_console.print(
+            f"[yellow]left out[/] {harvest.unfinished} unfinished tasks", highlight=False
+        )
+    submission = harvest.submission
+    run = f"{submission.run_name} ({submission.url or submission.run_dir})" if submission else ""
+    verb = "was submitted before" if harvest.already else "submitted"
+    err_console.print(
+        f"{harvest.images} labelled images ({harvest.boxes} boxes) in {harvest.root}; "
+        f"training {run} {verb}",
         highlight=False,
     )
 
