@@ -98,12 +98,12 @@ def bad_dataset(tmp_path: Path) -> str:
     return str(folder)
 
 
-def _monitor(log: Path, tables: DriftTables, dataset: str) -> LocalRun:
+def _monitor(log: Path, tables: DriftTables, dataset: str, **more: object) -> LocalRun:
     return run_local("monitoring", load_pipeline("monitoring"), {
         "log_location": str(log), "start": T0.isoformat(),
         "end": (T0 + timedelta(hours=1)).isoformat(), "reference": str(tables.reference),
         "model_name": MODEL, "min_rows": 10, "dataset": dataset, "epochs": 1, "imgsz": 64,
-        "image_retention_days": 0, "label_budget": BUDGET,
+        "image_retention_days": 0, "label_budget": BUDGET, **more,
     })  # fmt: skip
 
 
@@ -202,6 +202,31 @@ def test_drift_asks_label_studio_and_the_harvest_retrains_once(
     code, output = _cli("label", "harvest", run_id)
     assert code == 0 and "was submitted before" in output, output
     assert read_submission(run_id).pid == submission.pid
+
+
+def test_labels_the_caller_has_retrain_at_once_and_the_request_is_only_recorded(
+    drifted_log: Path, tables: DriftTables, bad_dataset: str, local_kfp: Path,
+    settings_env: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """`new_data` given (the demo's drift simulator carries labels): today's behaviour, retrain
+    in the same run; the request is made too (as COCO: no Label Studio configured here), and a
+    harvest then finds the training submitted and submits nothing."""
+    settings_env.delenv("VISIONOPS_LABEL_STUDIO_URL", raising=False)
+    before = {s.key for s in list_submissions()}
+
+    run = _monitor(drifted_log, tables, bad_dataset, new_data=bad_dataset, label_budget=2)
+
+    assert run.steps["request-labels"].state == run.steps["retrain"].state == "succeeded"
+    (submission,) = [s for s in list_submissions() if s.key not in before]
+    assert submission.params["extra_data"] == bad_dataset
+    request = read_request(submission.key)
+    assert request is not None and (request.target, request.images) == ("coco", 2)
+    decision = read_decision(submission.key)
+    assert decision["training_run"] == submission.run_name
+    assert decision["labelling"]["coco"] == request.coco
+    _wait_for_summary(Path(submission.run_dir))
+    _, harvest = harvest_root(submission.key)
+    assert harvest.already and harvest.submission.run_name == submission.run_name
 
 
 def test_label_studio_unreachable_or_a_wrong_token_is_one_line_and_writes_nothing(
