@@ -2,9 +2,11 @@
 
 Each side is read once, in batches (`visionops.monitoring.drift_sample`): every row's streaming
 statistics and a seeded uniform sample of at most `sample_rows` usable rows. The columns are
-compared on the samples with two Evidently statistics each: a test (KS p-value by default) that
-says whether the change is real, and an effect size (normed Wasserstein by default) that says
-whether it is large enough to matter; a column drifted only when both say so. With windows of
+compared on the samples with two of Evidently's statistics each (computed by
+`visionops.monitoring.drift_stats` with scipy, Evidently being imported only for its report): a
+test (KS p-value by default) that says whether the change is real, and an effect size (normed
+Wasserstein by default) that says whether it is large enough to matter; a column drifted only
+when both say so. With windows of
 millions of rows a test alone flags changes of a few thousandths of a standard deviation; the
 effect size alone is noisy on small windows. Drift when the share of drifted columns reaches
 `drift_share`. Below `min_rows` usable current rows the answer is "not enough data" instead of a
@@ -33,6 +35,7 @@ from visionops.data.files import atomic_write_text
 from visionops.data.tables import FeatureTableReader
 from visionops.errors import DriftCheckError, UsageError
 from visionops.monitoring.drift_sample import Side, read_side
+from visionops.monitoring.drift_stats import Kind, StatTest, stattest
 
 if TYPE_CHECKING:
     import pandas as pd  # heavy (about a second): only where a table is read
@@ -335,44 +338,29 @@ def check_drift(
     return result
 
 
-def _stattest(method: str, kind: str) -> Any:
-    # Evidently takes seconds to import: only a check that compares anything loads it.
-    from evidently.legacy.calculations.stattests.registry import get_registered_stattest
-    from evidently.legacy.core import ColumnType
-
-    try:
-        return get_registered_stattest(method, ColumnType(kind))
-    except Exception as error:  # StatTestNotFoundError, StatTestInvalidFeatureTypeError
-        message = f"drift method {method!r} cannot compare {kind} columns: {error}"
-        raise UsageError(message) from error
-
-
-def _statistic(method: str, threshold: float | None, kind: str):  # type: ignore[no-untyped-def]
-    """(Evidently's stattest, its threshold) for a method name; None: the method's default."""
-    stattest = _stattest(method, kind)
-    return stattest, stattest.default_threshold if threshold is None else threshold
+def _statistic(method: str, threshold: float | None, kind: Kind) -> tuple[StatTest, float]:
+    """(the statistic, its threshold) for a method name; None: the method's default."""
+    test = stattest(method, kind)
+    return test, test.default_threshold if threshold is None else threshold
 
 
 def _decide(
     result: DriftResult, ref: Side, cur: Side, columns: list[str], config: DriftConfig
 ) -> None:
     """Each column: the test and the effect size on the samples; drifted when both say so."""
-    # Evidently takes seconds to import: only a check that compares anything loads it.
-    from evidently.legacy.core import ColumnType
-
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # constant columns: zero spread
         for column in columns:
             categorical = column in CATEGORICAL_COLUMNS
-            kind = "cat" if categorical else "num"
+            kind: Kind = "cat" if categorical else "num"
             test, threshold = _statistic(
                 config.method_for(column), config.threshold_for(column), kind
             )
             effect_method, effect_threshold = config.effect_for(column)
             effect_test, _ = _statistic(effect_method, effect_threshold, kind)
             a, b = ref.sample[column], cur.sample[column]
-            score, significant = test.func(a, b, ColumnType(kind), threshold)
-            effect, large = effect_test.func(a, b, ColumnType(kind), effect_threshold)
+            score, significant = test.func(a, b, kind, threshold)
+            effect, large = effect_test.func(a, b, kind, effect_threshold)
             result.columns.append(
                 ColumnDrift(
                     column=column,
