@@ -262,3 +262,38 @@ def test_collect_and_compact_on_s3_with_a_failing_read(s3_settings, tmp_path: Pa
     code, payload, output = _collect(store.uri(), tmp_path / "c.parquet")
     assert (code, payload["rows"], payload["compacted_parts"]) == (0, 180, 3), output
     pd.testing.assert_frame_equal(_rows(tmp_path / "w.parquet"), _rows(tmp_path / "c.parquet"))
+
+
+def test_the_writer_thread_stops_at_the_first_failure_on_either_side(tmp_path: Path):
+    """Collect writes in a thread of its own while it reads: a batch the writer refuses, or a
+    read that fails, is raised to the caller (who deletes the temporary file), the reading stops
+    there, and no writer thread is left behind."""
+    import threading
+
+    import pyarrow as pa
+
+    from visionops.monitoring.collect import write_behind
+    from visionops.monitoring.log_files import output_schema
+
+    schema = output_schema()
+    good = pa.RecordBatch.from_pylist([], schema=schema)
+    other = pa.RecordBatch.from_pydict({"timestamp": pa.array([1], pa.int64())})
+    read: list[int] = []
+
+    def batches(failure: Exception | None = None):  # type: ignore[no-untyped-def]
+        for i, batch in enumerate([good, other, *[good] * 50]):
+            read.append(i)
+            if failure is not None and i == 1:
+                raise failure
+            yield batch
+
+    with pq.ParquetWriter(tmp_path / "a.parquet", schema) as writer:
+        with pytest.raises(ValueError, match="schema"):
+            write_behind(writer, batches())
+    assert len(read) < 52  # stopped after the refused batch, not read to the end
+    read.clear()
+    with pq.ParquetWriter(tmp_path / "b.parquet", schema) as writer:
+        with pytest.raises(StorageError, match="the store went away"):
+            write_behind(writer, batches(StorageError("the store went away")))
+    assert read == [0, 1]
+    assert not [t for t in threading.enumerate() if t.name == "collect-writer"]

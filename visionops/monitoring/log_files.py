@@ -353,7 +353,9 @@ def read_part(
         present = set(parquet.schema_arrow.names)
         read = [c for c in columns if c in present]
         seen = covered & set(sources)
-        batches = list(parquet.iter_batches(65_536, columns=[*read, SOURCE]))
+        with_source = bool(seen) or not read  # `_source` only to drop rows read before
+        wanted = [*read, SOURCE] if with_source else read
+        batches = list(parquet.iter_batches(65_536, columns=wanted))
     except (OSError, ValueError, pa.ArrowException, StorageError) as error:
         summary.skip(key, f"unreadable Parquet part: {error}")
         return
@@ -364,7 +366,7 @@ def read_part(
             keep = pc.invert(pc.is_in(batch.column(SOURCE), pa.array(sorted(seen))))
             summary.duplicate_rows += len(batch) - pc.sum(keep).as_py()
             batch = batch.filter(keep)
-        yield batch.drop_columns([SOURCE])
+        yield batch.drop_columns([SOURCE]) if with_source else batch
 
 
 def conform_batch(batch: pa.RecordBatch, columns: Sequence[str]) -> pa.RecordBatch:
