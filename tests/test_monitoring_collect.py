@@ -287,13 +287,18 @@ def test_the_writer_thread_stops_at_the_first_failure_on_either_side(tmp_path: P
                 raise failure
             yield batch
 
-    with pq.ParquetWriter(tmp_path / "a.parquet", schema) as writer:
-        with pytest.raises(ValueError, match="schema"):
-            write_behind(writer, batches())
+    with (
+        pq.ParquetWriter(tmp_path / "a.parquet", schema) as writer,
+        pytest.raises(ValueError, match="schema"),
+    ):
+        write_behind(writer, batches())
     assert len(read) < 52  # stopped after the refused batch, not read to the end
     read.clear()
-    with pq.ParquetWriter(tmp_path / "b.parquet", schema) as writer:
-        with pytest.raises(StorageError, match="the store went away"):
-            write_behind(writer, batches(StorageError("the store went away")))
+    failing = batches(StorageError("the store went away"))
+    with (
+        pq.ParquetWriter(tmp_path / "b.parquet", schema) as writer,
+        pytest.raises(StorageError, match="the store went away"),
+    ):
+        write_behind(writer, failing)
     assert read == [0, 1]
     assert not [t for t in threading.enumerate() if t.name == "collect-writer"]
