@@ -298,3 +298,28 @@ def tables_result(tables: DriftTables) -> str:
     result = check_drift(tables.reference, tables.drifted, config=DriftConfig(min_rows=10))
     assert result.decision == "drift"
     return json.dumps(result.to_dict())
+
+
+def test_the_batch_offers_the_classes_of_the_model_the_window_was_compared_with(
+    tmp_path: Path,
+) -> None:
+    """So that people can label a class the model did not report in the window."""
+    from visionops.models.artifact import ModelMetadata, write_metadata
+    from visionops.orchestration.label_loop import model_classes
+    from visionops.tracking import connect
+
+    names = ["Cable/break", "Cable/thunderbolt", "Wood/knot"]
+    (tmp_path / "model").mkdir()
+    write_metadata(tmp_path / "model", ModelMetadata(names=names, imgsz=64))
+    tracking = connect()
+    run = tracking.client.create_run(tracking.experiment_id)
+    tracking.client.log_artifacts(run.info.run_id, str(tmp_path / "model"), "model")
+    tracking.client.create_registered_model("loop-classes")
+    version = tracking.client.create_model_version(
+        "loop-classes", f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+    ).version
+
+    assert model_classes(json.dumps({"drift_reference": f"loop-classes v{version}"})) == names
+    assert model_classes(json.dumps({"drift_reference": "loop-classes v99"})) == []  # unknown
+    assert model_classes(json.dumps({"drift_window": "a .. b"})) == []  # a feature table
+    assert model_classes("") == []

@@ -42,6 +42,7 @@ from typing import Any
 from visionops.config import Settings, get_settings
 from visionops.data.files import dir_is_empty, replace_dir
 from visionops.errors import DataError, LabelStudioError, StorageError, UsageError
+from visionops.errors import VisionOpsError as Failure
 from visionops.orchestration import safe_key
 from visionops.orchestration.decisions import record_decision
 from visionops.orchestration.resubmit import Submission, read_submission, retrain_after_drift
@@ -152,6 +153,34 @@ def drift_window(lineage: str) -> tuple[str, str]:
     return (start if start != "?" else ""), (end if end != "?" else "")
 
 
+def model_classes(lineage: str, settings: Settings | None = None) -> list[str]:
+    """The classes of the registered version the drift check compared with (its lineage's
+    `drift_reference`, `NAME vN`), so people can also label a class the model did not report in
+    the window; [] when the reference is no registered version or MLflow cannot say (the batch
+    then offers the classes the window's detections name)."""
+    try:
+        reference = str(json.loads(lineage or "{}").get("drift_reference", ""))
+    except (ValueError, AttributeError):
+        return []
+    name, _, version = reference.rpartition(" v")
+    if not name or not version.isdigit():
+        return []
+    from visionops.models.artifact import METADATA_JSON, MODEL_ARTIFACT_DIR
+    from visionops.training.registry import Registry  # MLflow: only for a registered reference
+
+    try:
+        registry = Registry(name, settings)
+        run_id = registry.version(version).run_id
+        metadata = registry.run_json(run_id, f"{MODEL_ARTIFACT_DIR}/{METADATA_JSON}") or {}
+    except Failure as error:
+        log.warning(
+            "the classes of %s are unknown (%s): the window's are offered", reference, error
+        )
+        return []
+    names = metadata.get("names") if isinstance(metadata, dict) else None
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
 def request_labels(
     monitoring_run_id: str,
     drift_result: dict[str, Any],
@@ -172,10 +201,11 @@ def request_labels(
     """Select the drifted window's images and export them for labelling, once per monitoring run.
 
     The window is the one the drift check judged (from `lineage`), else [start, end) or the last
-    `hours`. `target`: auto (Label Studio when VISIONOPS_LABEL_STUDIO_URL is set, else COCO),
-    label-studio or coco. `training`: the retraining's parameters (`retrain_after_drift`'s
+    `hours`. The batch offers `class_names` (default `model_classes`) and those the window's
+    detections name. `target`: auto (Label Studio when VISIONOPS_LABEL_STUDIO_URL is set, else
+    COCO), label-studio or coco. `training`: the retraining's parameters (`retrain_after_drift`'s
     dataset, products, epochs, imgsz, weights, training_params), kept for the harvest. A window
-    that kept no image is recorded as a request of 0 images (nothing to label), not an error.
+    that kept no image is a request of 0 images (nothing to label), not an error.
     LabelStudioError when Label Studio is unreachable or refuses the token: nothing recorded.
     """
     from visionops.labeling.scoring import drift_focus  # numpy: only where a batch is picked
@@ -198,6 +228,7 @@ def request_labels(
     begin, stop = begin or start, stop or end
     focus = drift_focus(drift_result, f"the drift result of {key}")
     name = model_name or settings.model_name
+    class_names = list(class_names) or model_classes(lineage, settings)
     with _workdir(store, key, settings) as work:
         selected = select_window(
             log_location, work / BATCH, budget=budget, start=begin or None, end=stop or None,
