@@ -215,7 +215,7 @@ def run_in_containers(
     finally:
         if left := remove_step_containers(run_name):
             log.warning("removed %d step container(s) of %s left running", len(left), run_name)
-    if name == "monitoring":
+    if name in ("monitoring", "harvest"):  # both may ask for a training run (`retrain`)
         start_requested_training(run, settings)
     return run
 
@@ -250,8 +250,8 @@ def stop_on_sigterm() -> None:
 
 
 def start_requested_training(run: LocalRun, settings: Settings) -> None:
-    """Start the training run a containerised monitoring run asked for (its retrain step could
-    not: it runs in a container), once: as `visionops pipeline run training --docker`."""
+    """Start the training run a containerised monitoring or harvest run asked for (its retrain
+    step could not: it runs in a container), once: as `visionops pipeline run training --docker`."""
     from visionops.orchestration.resubmit import DOCKER, SUBMITTING, list_submissions, spawn
 
     wanted = run.output("retrain", "run_name")
