@@ -167,3 +167,15 @@ def test_only_pipeline_steps_reach_it_and_it_reaches_nothing(docs: list[Doc]) ->
         assert not policy_allows(policies, "ingress", studio, labels, 8080), name
         for port in (9000, 5000, 8080, 9091):
             assert not policy_allows(policies, "egress", studio, labels, port), (name, port)
+
+
+def test_pipeline_steps_find_it_through_their_settings(docs: list[Doc]) -> None:
+    """The label steps read VISIONOPS_LABEL_STUDIO_URL from the settings ConfigMap (optional
+    there: without the component the window goes out as COCO); it names this Service."""
+    settings = find(docs, "ConfigMap", "visionops-settings")
+    service = find(docs, "Service", "label-studio")
+    (port,) = service["spec"]["ports"]
+    assert settings["data"]["VISIONOPS_LABEL_STUDIO_URL"] == (
+        f"http://{service['metadata']['name']}.{service['metadata']['namespace']}"
+        f".svc.cluster.local:{port['port']}"
+    )
