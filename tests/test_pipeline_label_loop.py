@@ -250,6 +250,10 @@ def test_label_studio_unreachable_or_a_wrong_token_is_one_line_and_writes_nothin
     get_settings.cache_clear()
     request_labels("harvest-fails", drift, log_location=str(drifted_log), start=T0.isoformat(),
                    end=(T0 + timedelta(hours=1)).isoformat(), budget=2)  # fmt: skip
+    code, output = _cli("label", "harvest", "harvest-fails")  # nobody labelled anything yet
+    (line,) = output.strip().splitlines()
+    assert code == 1 and line.startswith("error: no labelled image in "), output
+    assert "nothing written" in line and not store.exists("harvest-fails/root/vision_root.json")
     with LabelStudioClient(studio_env.url, studio_env.token) as client:
         _annotate(client, project_title(get_settings().model_name, "harvest-fails"), 2)
     settings_env.setenv("VISIONOPS_LABEL_STUDIO_TOKEN", "not-a-token")
@@ -289,6 +293,27 @@ def test_without_label_studio_the_window_goes_out_as_coco_and_comes_back(
     assert (harvest.images, harvest.boxes) == (3, len(exported["annotations"]))
     assert harvest.root == store.uri("coco-run/root")
     assert (Path(harvest.root) / "vision_root.json").is_file()
+
+
+def test_on_s3_the_batch_and_the_harvested_root_live_in_the_bucket(
+    drifted_log: Path, tables: DriftTables, s3_settings: object
+) -> None:
+    drift = json.loads(tables_result(tables))
+    request = request_labels("s3-run", drift, log_location=str(drifted_log), start=T0.isoformat(),
+                             end=(T0 + timedelta(hours=1)).isoformat(), budget=2)  # fmt: skip
+    store = labelling_store()
+    assert request.batch == store.uri("s3-run/batch") and request.batch.startswith("s3://")
+    assert request.coco == store.uri("s3-run/coco") and store.exists("s3-run/request.json")
+    exported = store.read_bytes("s3-run/coco/annotations/instances_default.json")
+    labels = store.uri("s3-run/returned/instances_default.json")
+    store.write_bytes("s3-run/returned/instances_default.json", exported)
+
+    _, harvest = harvest_root("s3-run", labels=labels)
+
+    assert harvest.root == store.uri("s3-run/root") and harvest.images == 2
+    keys = store.list_keys("s3-run/root")
+    assert "s3-run/root/vision_root.json" in keys and any(k.endswith(".coco.json") for k in keys)
+    assert read_request("s3-run").harvest["root"] == harvest.root
 
 
 def tables_result(tables: DriftTables) -> str:
