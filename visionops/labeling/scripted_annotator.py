@@ -232,7 +232,7 @@ def annotate_project(
             summary.no_ground_truth += 1
             continue
         missing = {b.class_name for b in truth.boxes} - set(labels) - set(summary.labels_added)
-        summary.labels_added += sorted(missing)
+        summary.labels_added = sorted({*summary.labels_added, *missing})
         planned.append(correct(int(task["id"]), _predicted(task, truth, set(labels), where), truth))
     if summary.labels_added:  # every task checked: first the labels people need, then submit
         client.set_label_config(project_id, label_config([*labels, *summary.labels_added]))
