@@ -69,11 +69,11 @@ tools: ## System tools the tests use (shellcheck, promtool, prometheus, pushgate
 images: ## Build the pipeline, predictor and MLflow images (hack/images.sh; IMAGES="predictor mlflow" for some)
 	hack/images.sh $(IMAGES)
 
-demo: $(STAMP) ## Generate data, train, serve and monitor on one machine
+demo: $(STAMP) $(LS_STAMP) ## Generate data, train, serve, monitor, label in Label Studio, retrain, on one machine
 	$(BIN)/visionops demo
 	@echo ">> offline by construction; to see it checked below Python (as root): make offline-check"
 
-offline-check: $(STAMP) tools ## As root: the quick demo, both engines, no network route; lists any DNS query or connection out
+offline-check: $(STAMP) $(LS_STAMP) tools ## As root: the quick demo (Label Studio too), both engines, no network route; lists any DNS query or connection out
 	$(BIN)/visionops doctor offline
 
 offline-check-images: $(STAMP) tools ## As root: the predictor and pipeline images with no network route (tests/test_offline_containers.py)

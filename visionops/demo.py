@@ -1,18 +1,24 @@
 """`visionops demo`: the whole platform on this machine, on generated VISION-like data.
 
-    1. data       synthesize a VISION-like dataset; drift a copy of it (darker, as a failing lamp
-                  would), labels carried over; YOLO views of the clean and the drifted val splits
+    1. data       synthesize a VISION-like dataset; drift a labeled copy of it (darker, as a
+                  failing lamp would) for the drifted val scores; new parts from the line, drifted
+                  the same way, for the drifted window (`visionops.demo_labels`)
     2. train      the training pipeline, locally: fetch, validate, convert, train, evaluate,
                   register (the first model becomes the champion)
-    3. serve      the KServe predictor on models:/<model>@champion, on 127.0.0.1
-    4. traffic    clean images, then drifted ones, through the predictor (its prediction log)
+    3. studio     Label Studio on 127.0.0.1, a new one for this demo
+    4. traffic    the KServe predictor on models:/<model>@champion: clean images, then the line's
+                  drifted parts (its prediction log keeps the images it was unsure about)
     5. monitor    the monitoring pipeline on the clean window (no drift: recorded) and on the
-                  drifted window (drift: it re-submits training with the drifted images and labels,
-                  as a new local run in its own process)
-    6. retrain    that run fine-tunes the champion on clean + drifted data; the gate promotes it
-                  only if it beats the champion on the same (clean + drifted) evaluation data, and
-                  its deploy step asks the predictor to reload
-    7. summary    mAP on clean and drifted val before and after, drift scores, what serves now
+                  drifted window (drift: the kept images most worth labelling go to a Label
+                  Studio project with the model's boxes)
+    6. label      the scripted annotator, the stand-in for people, corrects those boxes through
+                  Label Studio's API from the simulator's labels
+    7. harvest    the harvest pipeline imports the finished labels and re-submits training once
+    8. retrain    that run (its own process) fine-tunes the champion on clean data + the labels;
+                  the gate promotes it only if it beats the champion on the same evaluation data,
+                  and its deploy step asks the predictor to reload
+    9. summary    images kept, selected, labelled; mAP on clean and drifted val before and after,
+                  drift scores, what serves now
 
 Everything lands in `<data dir>/demo/`; the registered model is `<model name>-demo`, reset at the
 start so each demo tells the whole story. Every process the demo starts is stopped at the end,
@@ -37,7 +43,18 @@ from visionops.config import Settings, get_settings
 from visionops.containers import readable_by_containers
 from visionops.data.convert import convert
 from visionops.data.synth import synthesize
+from visionops.demo_labels import (
+    DataLoop,
+    annotate,
+    demo_studio,
+    kept_images,
+    line_window,
+    new_request,
+    window_folders,
+    window_images,
+)
 from visionops.errors import ModelNotFound, PipelineError
+from visionops.labeling.studio import executable
 from visionops.local_predictor import (
     inference_folders,
     inference_images,
@@ -68,6 +85,7 @@ class DemoConfig:
     train: int = 50  # images per product and split
     val: int = 32
     inference: int = 32
+    window: int = 48  # the line's drifted parts per product: the drifted window
     imgsz: int = 320
     epochs: int = 16
     retrain_epochs: int = 8
@@ -75,6 +93,7 @@ class DemoConfig:
     drift_kind: str = "brightness"
     drift_severity: float = 0.8
     seed: int = 0
+    label_budget: int = 0  # images of the drifted window to label at most; 0: all it kept
     min_map50: float | None = None  # the first model's gate minimum; None: the pipeline default
     out_dir: Path | None = None
     model_name: str | None = None
@@ -119,6 +138,7 @@ class DemoResult:
     drift_check: DriftCheck
     training_run: str
     serving_version: str
+    loop: DataLoop | None = None
     reports: list[tuple[str, Path]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     out_dir: Path = Path()
@@ -331,12 +351,18 @@ def run_demo(
     events: DemoEvents | None = None,
     settings: Settings | None = None,
 ) -> DemoResult:
-    """Run the whole demo (see the module docstring) with `pipelines` (`training` and
-    `monitoring`: KFP pipeline objects); returns what the summary shows."""
+    """Run the whole demo (see the module docstring) with `pipelines` (`training`, `monitoring`
+    and `harvest`: KFP pipeline objects); returns what the summary shows."""
     demo = DemoSession(config, pipelines, events or DemoEvents(), settings or get_settings())
     name, root, log_dir = demo.name, demo.root, demo.root / "prediction-log"
+    executable(demo.settings.label_studio_venv)  # before any work: `make label-studio` did it
     with demo.stage("data"):
         data = prepare_data(config, root, demo.events)
+        line = line_window(
+            root, products=config.products, parts=config.window, imgsz=config.imgsz,
+            kind=config.drift_kind, severity=config.drift_severity, seed=config.seed,
+        )  # fmt: skip
+        demo.events.info(f"{len(window_images(line))} new parts from the line, drifted, in {line}")
         if config.docker:  # the steps read it as uid 1000 (synthesis writes 0700 folders)
             readable_by_containers(data.vision), readable_by_containers(data.drifted)
         reset_model(name, demo.settings)
@@ -344,21 +370,28 @@ def run_demo(
         first_version = demo.train_first(data)
     with contextlib.ExitStack() as running:
         running.callback(demo.stop_spawned)
+        with demo.stage("label studio"):
+            studio = running.enter_context(demo_studio(root, demo.settings))
+            demo.events.info(f"Label Studio {studio.url} (admin and token in {studio.data_dir})")
         with demo.stage("serve + traffic"):
             url = running.enter_context(predictor(name, log_dir, root, docker=config.docker))
             demo.events.info(f"predictor {url} serves {name} v{first_version}")
             clean_start = datetime.now(UTC)
             sent = send_images(url, name, inference_images(data.vision))
             drift_start = datetime.now(UTC)
-            drifted = send_images(url, name, inference_images(data.drifted))
+            drifted = send_images(url, name, window_images(line))
             drift_end = datetime.now(UTC)
-            demo.events.info(f"sent {sent} clean, then {drifted} drifted images")
             wait_for_log(log_dir, clean_start, drift_end, sent + drifted)
+            loop = DataLoop(sent=drifted, kept=kept_images(log_dir, drift_start, drift_end).kept)
+            demo.events.info(
+                f"sent {sent} clean, then {drifted} drifted images; the predictor kept "
+                f"{loop.kept} of the drifted ones"
+            )
         monitoring = {
             "log_location": str(log_dir), "reference": f"models:/{name}@champion",
-            "model_name": name, "dataset": str(data.vision), "new_data": str(data.drifted),
-            "epochs": config.retrain_epochs, "imgsz": config.imgsz,
-            "weights": f"models:/{name}@champion",
+            "model_name": name, "dataset": str(data.vision), "label_target": "label-studio",
+            "label_budget": config.label_budget or drifted, "epochs": config.retrain_epochs,
+            "imgsz": config.imgsz, "weights": f"models:/{name}@champion",
             "training_params": json.dumps({
                 "model_name": name, "batch": config.batch, "seed": config.seed,
                 "deploy_target": "local", "predictor_url": url, "train_args": demo.train_args,
@@ -368,16 +401,27 @@ def run_demo(
             "clean", {**monitoring, "current_images": thumbnail_folders(data.vision)},
             clean_start, drift_start,
         )  # fmt: skip
-        drift_run, drift_check_ = demo.monitor(
-            "drifted", {**monitoring, "current_images": thumbnail_folders(data.drifted)},
-            drift_start, drift_end,
-        )  # fmt: skip
-        training_run = str(drift_run.output("retrain", "run_name", ""))
-        if not training_run:
+        with new_request(demo.settings) as asked:
+            _, drift_check_ = demo.monitor(
+                "drifted", {**monitoring, "current_images": window_folders(line)},
+                drift_start, drift_end,
+            )  # fmt: skip
+        if asked.request is None:
             raise PipelineError(
                 f"the drifted window was not judged as drift ({drift_check_.decision}: "
                 f"{drift_check_.reason}); try a stronger --drift-severity"
             )
+        loop.selected, loop.project = asked.request.images, asked.request.where
+        with demo.stage("label (scripted annotator)"):
+            loop.annotation = annotate(studio, asked.request.project, line)
+            demo.events.info(loop.annotation_line())
+        with demo.stage("harvest"):
+            harvest = demo.run_pipeline(
+                "harvest", demo.pipelines["harvest"],
+                {"monitoring_run_id": asked.request.monitoring_run_id}, on_step=demo.events.step,
+            )  # fmt: skip
+            loop.labelled = int(harvest.output("harvest-labels", "images", 0))
+            training_run = str(harvest.output("retrain", "run_name", ""))
         with demo.stage("retrain (re-submitted run)"):
             retrained_run = demo.retrain(training_run)
         serving = served_version(url, name)
@@ -390,5 +434,6 @@ def run_demo(
         promoted=bool(retrained_run.output("register-model", "promoted")),
         gate_reason=str(retrained_run.output("register-model", "reason", "")),
         clean_check=clean_check, drift_check=drift_check_, training_run=training_run,
-        serving_version=serving, reports=demo.reports, timings=demo.timings, out_dir=root,
+        serving_version=serving, loop=loop, reports=demo.reports, timings=demo.timings,
+        out_dir=root,
     )  # fmt: skip

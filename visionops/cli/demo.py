@@ -19,7 +19,9 @@ from visionops.cli.pipeline import StepPrinter, mlflow_ui_command
 if TYPE_CHECKING:
     from visionops.demo import DemoResult
 
-QUICK = {"train": 16, "imgsz": 128, "epochs": 3, "retrain_epochs": 1, "min_map50": 0.0}
+QUICK = {
+    "train": 16, "imgsz": 128, "epochs": 3, "retrain_epochs": 1, "window": 32, "min_map50": 0.0
+}  # fmt: skip
 """`--quick`: a smoke run in a few minutes; the models learn next to nothing, so the first one
 becomes the champion whatever its mAP."""
 
@@ -43,6 +45,18 @@ def demo(
     severity: Annotated[
         float, typer.Option("--drift-severity", min=0.1, max=1.0, help="Brightness drift.")
     ] = 0.8,
+    window: Annotated[
+        int,
+        typer.Option(
+            "--window", min=25, help="New drifted parts per product the line sends after the drift."
+        ),
+    ] = 48,
+    label_budget: Annotated[
+        int,
+        typer.Option(
+            "--label-budget", min=0, help="Drifted images to label at most (0: all kept)."
+        ),
+    ] = 0,
     quick: Annotated[
         bool, typer.Option("--quick", help="Tiny sizes, a few minutes (a smoke test).")
     ] = False,
@@ -56,7 +70,8 @@ def demo(
         ),
     ] = False,
 ) -> None:
-    """The whole loop on generated data: train, serve, drift, retrain, promote if better."""
+    """The whole loop on generated data: train, serve, drift, label the drifted images in Label
+    Studio (a scripted stand-in for people), retrain on those labels, promote if better."""
     from pipelines import PIPELINES, load_pipeline  # kfp: loaded by this command only
     from visionops.demo import DemoConfig, DemoEvents, run_demo  # every library module
 
@@ -68,12 +83,14 @@ def demo(
         settings = get_settings()
         require_servers(settings)
         require_images(settings.pipeline_image, settings.predictor_image)
-    sizes = {"train": train, "imgsz": imgsz, "epochs": epochs, "retrain_epochs": retrain_epochs}
+    sizes = {"train": train, "imgsz": imgsz, "epochs": epochs, "retrain_epochs": retrain_epochs,
+             "window": window}  # fmt: skip
     if quick:
         sizes = QUICK
     config = DemoConfig(
-        products=products, drift_severity=severity, seed=seed, out_dir=out, docker=docker, **sizes
-    )
+        products=products, drift_severity=severity, seed=seed, out_dir=out, docker=docker,
+        label_budget=label_budget, **sizes,
+    )  # fmt: skip
     with StepPrinter(indent="    ") as printer:
         events = DemoEvents(
             stage=lambda title: console.rule(title),
@@ -161,6 +178,17 @@ def print_summary(result: DemoResult, gate: dict[str, dict[str, float]] | None =
         highlight=False,
     )
 
+    if result.loop is not None:
+        loop = result.loop
+        labelled = loop.annotation.annotated if loop.annotation else 0
+        console.print(
+            f"data loop: the predictor kept {loop.kept} of the {loop.sent} drifted images, "
+            f"{loop.selected} selected for labelling ({loop.project}), {labelled} labelled by the "
+            f"scripted annotator (a stand-in for people), {loop.labelled} harvested for the "
+            "retraining",
+            highlight=False,
+            soft_wrap=True,
+        )
     checks = Table("window", "decision", "drifted share", "drifted columns (score)", box=None)
     for label, check in (("clean", result.clean_check), ("drifted", result.drift_check)):
         strongest = (
