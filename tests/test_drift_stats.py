@@ -104,12 +104,21 @@ def test_a_kind_a_statistic_does_not_take_is_a_usage_error() -> None:
 
 def test_another_evidently_method_comes_from_its_registry() -> None:
     reference, current = _numeric_cases()["small shift, 2,000 rows"]
-    ours = stattest("anderson", "num")
-    theirs, column_type = _evidently("anderson", "num")
-    assert (ours.name, ours.default_threshold) == ("anderson", theirs.default_threshold)
+    ours = stattest("cramer_von_mises", "num")
+    theirs, column_type = _evidently("cramer_von_mises", "num")
+    assert (ours.name, ours.default_threshold) == ("cramer_von_mises", theirs.default_threshold)
     assert ours.func(reference, current, "num", 0.05) == theirs.func(
         reference, current, column_type, 0.05
     )
+
+
+def test_anderson_darling_of_one_value_on_both_sides_is_no_change() -> None:
+    """scipy (and so Evidently) refuses a single distinct value; a fixed camera's image width is
+    one, so the check must still answer: nothing changed. One value against another is a change."""
+    same = pd.Series(np.full(300, 640.0))
+    assert stattest("anderson", "num").func(same, same.iloc[:50], "num", 0.01) == (1.0, False)
+    score, real = stattest("anderson", "num").func(same, same.iloc[:50] + 1, "num", 0.01)
+    assert (score, real) == (0.001, True)  # scipy's floor
 
 
 def _tables() -> tuple[pd.DataFrame, pd.DataFrame]:
