@@ -32,7 +32,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MARKER = "<!-- visionops-drift-summary -->"
-_P_VALUE_METHODS = {"ks", "chisquare", "z", "fisher_exact", "t_test", "mannw", "cramer_von_mises"}
+_P_VALUE_METHODS = {
+    "ks", "anderson", "chisquare", "z", "fisher_exact", "t_test", "mannw", "cramer_von_mises"
+}  # fmt: skip
+_P_VALUE_FLOORS = {"anderson": 0.001}
+"""scipy's Anderson-Darling p-value is interpolated from a table: it says 0.001 for anything
+smaller, so the page says "at most"."""
 
 _DECISIONS = {
     "drift": "Drift: production images no longer look like the data the reference model was "
@@ -66,8 +71,10 @@ def strength(column: ColumnDrift) -> float:
 def meaning(column: ColumnDrift) -> str:
     """The test's statistic in words, with the direction that means more drift."""
     if column.method in _P_VALUE_METHODS:
+        floor = _P_VALUE_FLOORS.get(column.method)
+        value = f"at most {floor:.2e}" if floor and column.score <= floor else f"{column.score:.2e}"
         return (
-            f"{column.method} p-value {column.score:.2e}: the chance of a difference at least "
+            f"{column.method} p-value {value}: the chance of a difference at least "
             f"this large if nothing changed (lower means more drift; drift below "
             f"{column.threshold:.0e})"
         )
