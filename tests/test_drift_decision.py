@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,16 @@ def _tables(current_rows: int = 120) -> tuple[pd.DataFrame, pd.DataFrame]:
          "drift effect threshold noise_sigma must be a positive number, got 0.0"),
         ({"column_effect_thresholds": {"noise_sigma": math.nan}},
          "drift effect threshold noise_sigma must be a positive number, got nan"),
+        ({"num_threshold": 0.001},
+         "drift threshold num_threshold (0.001) must be above anderson's smallest p-value "
+         "(0.001), or it never finds drift"),
+        ({"column_thresholds": {"sharpness": 0.0005}},
+         "drift threshold sharpness (0.0005) must be above anderson's smallest p-value (0.001), "
+         "or it never finds drift"),
+        ({"num_method": "ks", "column_methods": {"contrast": "anderson"},
+          "column_thresholds": {"contrast": 0.001}},
+         "drift threshold contrast (0.001) must be above anderson's smallest p-value (0.001), "
+         "or it never finds drift"),
     ],
 )  # fmt: skip
 def test_bad_configuration_is_a_usage_error_naming_it(values: dict, message: str) -> None:
@@ -80,17 +91,25 @@ def test_edges_of_the_configuration_are_accepted() -> None:
     assert (config.drift_share, config.min_rows, config.num_threshold) == (1.0, 2, None)
     exact = DriftConfig(sample_rows=50, min_rows=50, num_effect_threshold=1e-300)
     assert (exact.sample_rows, exact.min_rows, exact.num_effect_threshold) == (50, 50, 1e-300)
+    # Anderson-Darling's p-value is never below 0.001: a hair above it can find drift; KS's can
+    # be anything, and a column with its own method takes its own floor.
+    above = math.nextafter(0.001, 1.0)
+    assert DriftConfig(num_threshold=above, column_thresholds={"sharpness": above}).num_threshold
+    ks = DriftConfig(num_method="ks", num_threshold=1e-300, column_thresholds={"contrast": 1e-9})
+    assert (ks.num_threshold, ks.threshold_for("contrast")) == (1e-300, 1e-9)
+    own = DriftConfig(column_methods={"contrast": "ks"}, column_thresholds={"contrast": 1e-9})
+    assert own.threshold_for("contrast") == 1e-9
 
 
 def test_the_defaults_are_the_calibrated_ones() -> None:
-    """README: ks 0.01 and normed Wasserstein 0.5 (calibrated), chisquare 0.001 and psi 0.1,
-    share 0.04, 50 rows, every column, no column's own effect threshold."""
+    """README: Anderson-Darling 0.01 and normed Wasserstein 0.45, 0.6 for axis_alignment
+    (calibrated), chisquare 0.001 and psi 0.1, share 0.04, 50 rows, every column."""
     config = DriftConfig()
-    assert (config.num_method, config.num_threshold) == ("ks", 0.01)
-    assert (config.num_effect, config.num_effect_threshold) == ("wasserstein", 0.5)
+    assert (config.num_method, config.num_threshold) == ("anderson", 0.01)
+    assert (config.num_effect, config.num_effect_threshold) == ("wasserstein", 0.45)
     assert (config.cat_method, config.cat_threshold) == ("chisquare", 0.001)
     assert (config.cat_effect, config.cat_effect_threshold, config.column_effect_thresholds) == (
-        "psi", 0.1, {}
+        "psi", 0.1, {"axis_alignment": 0.6}
     )  # fmt: skip
     assert (config.drift_share, config.min_rows, config.columns) == (0.04, 50, None)
     assert DriftConfig.from_settings(Settings()) == config
@@ -128,9 +147,9 @@ def test_one_shifted_column_of_four_is_drift_at_a_quarter_and_not_above() -> Non
     assert result.drifted_columns == [SHIFTED] and result.drifted_share == 0.25
     assert [c.column for c in result.columns] == COLUMNS
     shifted = result.columns[0]
-    assert (shifted.kind, shifted.method, shifted.threshold) == ("numerical", "ks", 0.01)
-    assert shifted.score < 1e-20 and shifted.drifted
-    assert all(c.score == pytest.approx(1.0) and not c.drifted for c in result.columns[1:])
+    assert (shifted.kind, shifted.method, shifted.threshold) == ("numerical", "anderson", 0.01)
+    assert shifted.score == 0.001 and shifted.drifted  # scipy's floor: 10 sigma is far below
+    assert all(c.score == 0.25 and not c.drifted for c in result.columns[1:])  # and its cap
     assert result.reason == (
         f"drift: 1 of 4 columns drifted (share 0.25, drift at >= 0.25): {SHIFTED}"
     )
@@ -259,12 +278,12 @@ def test_columns_missing_on_either_side() -> None:
 
 
 def test_per_column_methods_and_thresholds() -> None:
-    """The shifted column with a threshold below its p-value does not drift; wasserstein on a
-    calm column scores 0 (the same values) under its threshold."""
+    """The shifted column with a threshold below its KS p-value (its own method) does not drift;
+    wasserstein on a calm column scores 0 (the same values) under its threshold."""
     reference, current = _tables()
     config = DriftConfig(
         drift_share=0.25, min_rows=10, column_thresholds={SHIFTED: 1e-300},
-        column_methods={"contrast": "wasserstein"},
+        column_methods={SHIFTED: "ks", "contrast": "wasserstein"},
     )  # fmt: skip
     result = check_drift(reference, current, config=config)
     by_column = {c.column: c for c in result.columns}
@@ -280,7 +299,9 @@ def test_a_threshold_of_none_is_the_methods_own_default() -> None:
     result = check_drift(
         reference, current, config=DriftConfig(num_threshold=None, drift_share=0.25, min_rows=10)
     )
-    assert {c.threshold for c in result.columns} == {0.05}  # Evidently's KS default
+    assert {c.threshold for c in result.columns} == {0.1}  # Evidently's Anderson-Darling default
+    ks = DriftConfig(num_method="ks", num_threshold=None, drift_share=0.25, min_rows=10)
+    assert {c.threshold for c in check_drift(reference, current, config=ks).columns} == {0.05}
 
 
 def test_an_unknown_method_is_a_usage_error() -> None:
@@ -333,8 +354,9 @@ def test_the_environments_columns_and_thresholds_are_honoured(
     settings_env: pytest.MonkeyPatch,
 ) -> None:
     """VISIONOPS_DRIFT_COLUMNS picks and orders the compared columns (the class first here);
-    VISIONOPS_DRIFT_COLUMN_THRESHOLDS gives the shifted one a threshold below its p-value."""
+    VISIONOPS_DRIFT_COLUMN_THRESHOLDS gives the shifted one a threshold below its KS p-value."""
     reference, current = _tables()
+    settings_env.setenv("VISIONOPS_DRIFT_NUM_METHOD", "ks")
     reference["top_class"] = np.resize([0, 1, 2], len(reference))
     current["top_class"] = np.resize([2, 1, 0], len(current))
     settings_env.setenv("VISIONOPS_DRIFT_COLUMNS", json.dumps(["top_class", SHIFTED, "contrast"]))
@@ -355,23 +377,34 @@ def test_the_environments_columns_and_thresholds_are_honoured(
     assert check_drift(reference, current).drifted_columns == [SHIFTED]
 
 
-def test_what_a_result_says_beside_the_decision() -> None:
+@pytest.mark.parametrize("method", ["anderson", "ks"])
+def test_what_a_result_says_beside_the_decision(method: str) -> None:
     """Scores and effect sizes as scipy computes them on the same columns, the statistics of
     every row as numpy computes them; a class column has no statistics."""
-    from scipy.stats import ks_2samp, wasserstein_distance
+    from scipy.stats import anderson_ksamp, ks_2samp, wasserstein_distance
+
+    def p_value(a: np.ndarray, b: np.ndarray) -> float:
+        if method == "ks":
+            return float(ks_2samp(a, b).pvalue)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # floored / capped
+            return float(anderson_ksamp([a, b], variant="midrank").pvalue)
 
     reference, current = _tables()
     reference["top_class"] = np.resize([0, 1, 2, -1], len(reference))
     current["top_class"] = np.resize([0.0, 1.0, 2.0, -1.0], len(current))
-    config = DriftConfig(drift_share=0.2, min_rows=10, sample_seed=7)
+    current[CALM[0]] += 3.0  # 0.3 sigma: p-values inside scipy's AD table (0.05), KS's 0.1
+    config = DriftConfig(num_method=method, drift_share=0.2, min_rows=10, sample_seed=7)
     result = check_drift(reference, current, config=config)
     assert (result.drift_share_threshold, result.min_rows, result.sample_seed) == (0.2, 10, 7)
     assert (result.reference_sample, result.current_sample) == (120, 120)
     for column in result.columns[:-1]:
         a, b = reference[column.column].to_numpy(), current[column.column].to_numpy()
-        assert column.score == pytest.approx(ks_2samp(a, b).pvalue, rel=1e-9, abs=1e-300)
+        assert column.score == pytest.approx(p_value(a, b), rel=1e-9, abs=1e-300)
         assert column.effect == pytest.approx(wasserstein_distance(a, b) / a.std(), abs=1e-9)
-        assert (column.effect_method, column.effect_threshold) == ("wasserstein", 0.5)
+        assert (column.method, column.effect_method, column.effect_threshold) == (
+            method, "wasserstein", 0.45
+        )  # fmt: skip
         for side, values in (("reference", a), ("current", b)):
             assert getattr(column, side) == pytest.approx(
                 {"rows": 120, "missing": 0, "mean": values.mean(), "std": values.std(),
@@ -399,7 +432,7 @@ def test_a_real_change_too_small_to_matter_is_not_drift() -> None:
 def test_a_columns_own_effect_threshold_decides_that_column_only() -> None:
     """Known answers: the shifted column's effect is about 10 reference standard deviations.
     Its own threshold above that effect keeps it from drifting although the numeric threshold
-    (0.5) is far below; the same threshold given to another column changes nothing; a threshold
+    (0.45) is far below; the same threshold given to another column changes nothing; a threshold
     exactly at the effect is reached (an effect at least the threshold matters), one a hair above
     is not."""
     reference, current = _tables()
@@ -410,13 +443,13 @@ def test_a_columns_own_effect_threshold_decides_that_column_only() -> None:
     shifted = own.columns[0]
     assert (shifted.effect_threshold, shifted.significant, shifted.large) == (100.0, True, False)
     assert 5.0 < shifted.effect < 100.0
-    assert [c.effect_threshold for c in own.columns[1:]] == [0.5, 0.5, 0.5]
+    assert [c.effect_threshold for c in own.columns[1:]] == [0.45, 0.45, 0.45]
     assert (own.decision, own.drifted_columns) == ("no_drift", [])
 
     other = check_drift(
         reference, current, config=DriftConfig(**base, column_effect_thresholds={"contrast": 100.0})
     )
-    assert [c.effect_threshold for c in other.columns] == [0.5, 100.0, 0.5, 0.5]
+    assert [c.effect_threshold for c in other.columns] == [0.45, 100.0, 0.45, 0.45]
     assert (other.decision, other.drifted_columns) == ("drift", [SHIFTED])
 
     at = DriftConfig(**base, column_effect_thresholds={SHIFTED: shifted.effect})
@@ -462,7 +495,9 @@ def test_a_sample_is_seeded_and_said() -> None:
     """Only the current window is sampled here (100 of 120 rows); the note says what was
     compared, and the same seed always compares the same rows."""
     reference, current = _tables()
-    config = DriftConfig(drift_share=0.25, min_rows=10, sample_rows=100, sample_seed=3)
+    # KS: its p-value differs with the rows compared (Anderson-Darling's is capped at 0.25).
+    base = {"num_method": "ks", "drift_share": 0.25, "min_rows": 10, "sample_rows": 100}
+    config = DriftConfig(**base, sample_seed=3)
     result = check_drift(reference.head(80), current, config=config)
     assert (result.reference_sample, result.current_sample, result.current_rows) == (80, 100, 120)
     assert result.notes == [
@@ -470,7 +505,7 @@ def test_a_sample_is_seeded_and_said() -> None:
     ]
     # Both sides sampled: the seed decides which rows, on both sides.
     both = [check_drift(reference, current, config=config).scores() for _ in range(2)]
-    other = DriftConfig(drift_share=0.25, min_rows=10, sample_rows=100, sample_seed=4)
+    other = DriftConfig(**base, sample_seed=4)
     assert both[0] == both[1] != check_drift(reference, current, config=other).scores()
 
 

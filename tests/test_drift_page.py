@@ -35,6 +35,21 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> DriftTables:
     return build_drift_tables(tmp_path_factory.mktemp("drift-page"), n_images=40)
 
 
+def test_a_p_value_at_the_tests_floor_is_said_as_at_most() -> None:
+    """scipy reports Anderson-Darling's p-value as 0.001 for anything smaller: the page says "at
+    most" there and the number elsewhere; KS has no floor, not even at 0."""
+    from visionops.monitoring.drift import ColumnDrift
+    from visionops.monitoring.drift_page import meaning
+
+    def said(method: str, score: float) -> str:
+        return meaning(ColumnDrift("contrast", "numerical", method, 0.01, score, True))
+
+    assert said("anderson", 0.001).startswith("anderson p-value at most 1.00e-03: the chance")
+    assert said("anderson", 0.0459).startswith("anderson p-value 4.59e-02: the chance")
+    assert said("ks", 0.0).startswith("ks p-value 0.00e+00: the chance")
+    assert said("ks", 0.001).startswith("ks p-value 1.00e-03: the chance")
+
+
 @headless_chromium.needs_chromium
 def test_the_drift_page_says_what_drifted_and_renders_offline(
     tables: DriftTables, tmp_path: Path
@@ -65,7 +80,8 @@ def test_the_drift_page_says_what_drifted_and_renders_offline(
     positions = [dom.index(f"<b>{c['column']}</b>") for c in drifted]
     assert positions == sorted(positions) and "brightness_mean" in [c["column"] for c in drifted]
     top = drifted[0]
-    assert f"ks p-value {top['score']:.2e}" in dom and "lower means more drift" in dom
+    assert (top["method"], top["score"]) == ("anderson", 0.001)  # scipy's floor: "at most"
+    assert "anderson p-value at most 1.00e-03" in dom and "lower means more drift" in dom
     assert dom.count("<svg") >= len(drifted)  # a histogram per drifted column
     assert dom.count("data:image/jpeg;base64,") == 12  # six reference, six current thumbnails
     assert "Reference images <small>(given: " in dom and "Current images <small>(given: " in dom

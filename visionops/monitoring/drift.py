@@ -4,9 +4,9 @@ Each side is read once, in batches (`visionops.monitoring.drift_sample`): every 
 statistics and a seeded uniform sample of at most `sample_rows` usable rows. The columns are
 compared on the samples with two of Evidently's statistics each (computed by
 `visionops.monitoring.drift_stats` with scipy, Evidently being imported only for its report): a
-test (KS p-value by default) that says whether the change is real, and an effect size (normed
-Wasserstein by default) that says whether it is large enough to matter; a column drifted only
-when both say so. With windows of
+test (Anderson-Darling p-value by default) that says whether the change is real, and an effect
+size (normed Wasserstein by default) that says whether it is large enough to matter; a column
+drifted only when both say so. With windows of
 millions of rows a test alone flags changes of a few thousandths of a standard deviation; the
 effect size alone is noisy on small windows. Drift when the share of drifted columns reaches
 `drift_share`. Below `min_rows` usable current rows the answer is "not enough data" instead of a
@@ -35,7 +35,7 @@ from visionops.data.files import atomic_write_text
 from visionops.data.tables import FeatureTableReader
 from visionops.errors import DriftCheckError, UsageError
 from visionops.monitoring.drift_sample import Side, read_side
-from visionops.monitoring.drift_stats import Kind, StatTest, stattest
+from visionops.monitoring.drift_stats import P_VALUE_FLOORS, Kind, StatTest, stattest
 
 if TYPE_CHECKING:
     import pandas as pd  # heavy (about a second): only where a table is read
@@ -61,7 +61,7 @@ class DriftConfig:
     """How columns are compared; `from_settings` reads the `VISIONOPS_DRIFT_*` settings.
 
     Unset fields take the calibrated defaults of `Settings`. A threshold of None means the method's
-    own default in Evidently (ks 0.05, wasserstein 0.1...).
+    own default in Evidently (anderson 0.1, ks 0.05, wasserstein 0.1...).
     """
 
     num_method: str = _DEFAULTS["drift_num_method"].default
@@ -109,6 +109,16 @@ class DriftConfig:
         ]:
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise UsageError(f"drift threshold {name} must be a positive number, got {value}")
+        for name, method, value in [
+            ("num_threshold", self.num_method, self.num_threshold),
+            *((c, self.method_for(c), t) for c, t in self.column_thresholds.items()),
+        ]:
+            floor = P_VALUE_FLOORS.get(method)
+            if floor is not None and value is not None and value <= floor:
+                raise UsageError(
+                    f"drift threshold {name} ({value:g}) must be above {method}'s smallest "
+                    f"p-value ({floor:g}), or it never finds drift"
+                )
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> DriftConfig:

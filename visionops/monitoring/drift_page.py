@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from visionops.data.files import atomic_write_text
 from visionops.data.thumbnails import THUMBNAILS, thumbnail_jpeg
 from visionops.monitoring.drift_images import PageImage, Strip
+from visionops.monitoring.drift_stats import P_VALUE_FLOORS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,9 +36,6 @@ MARKER = "<!-- visionops-drift-summary -->"
 _P_VALUE_METHODS = {
     "ks", "anderson", "chisquare", "z", "fisher_exact", "t_test", "mannw", "cramer_von_mises"
 }  # fmt: skip
-_P_VALUE_FLOORS = {"anderson": 0.001}
-"""scipy's Anderson-Darling p-value is interpolated from a table: it says 0.001 for anything
-smaller, so the page says "at most"."""
 
 _DECISIONS = {
     "drift": "Drift: production images no longer look like the data the reference model was "
@@ -71,7 +69,7 @@ def strength(column: ColumnDrift) -> float:
 def meaning(column: ColumnDrift) -> str:
     """The test's statistic in words, with the direction that means more drift."""
     if column.method in _P_VALUE_METHODS:
-        floor = _P_VALUE_FLOORS.get(column.method)
+        floor = P_VALUE_FLOORS.get(column.method)  # below it the test says the floor: "at most"
         value = f"at most {floor:.2e}" if floor and column.score <= floor else f"{column.score:.2e}"
         return (
             f"{column.method} p-value {value}: the chance of a difference at least "
