@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -102,25 +103,29 @@ def session_leftovers() -> list[str]:
 
 
 class ContainerStarts:
-    """Every container start with label `label`, streamed from `docker events` while it runs.
+    """Every container start with label `label` while it runs, from `docker events`.
 
     The engine answers `docker events --since` from a buffer of its last 256 events only (a
-    container's create, start, die, destroy and network events fill it fast), so a count of what
-    a long run started must be watched as it happens, not asked for afterwards.
+    container's create, start, die, destroy and network events fill it fast), so the starts are
+    streamed as they happen; a read also asks the engine for what its buffer still holds since
+    the stream began, in case the stream missed one (a loaded engine drops events for a reader
+    that falls behind). A start found by neither did not happen.
     """
 
     def __init__(self, label: str) -> None:
         self.label = label
         self._out = Path(os.environ.get("TMPDIR", "/tmp")) / f"{container_name('events')}.jsonl"
         self._process: subprocess.Popen[bytes] | None = None
+        self._since = ""
+
+    def _command(self) -> list[str]:
+        return ["docker", "events", "--filter", f"label={self.label}", "--filter", "event=start",
+                "--format", "{{json .}}"]  # fmt: skip
 
     def __enter__(self) -> ContainerStarts:
+        self._since = str(int(time.time()) - 1)
         with self._out.open("wb") as out:
-            self._process = subprocess.Popen(
-                ["docker", "events", "--filter", f"label={self.label}", "--filter", "event=start",
-                 "--format", "{{json .Actor.Attributes}}"],
-                stdout=out, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            self._process = subprocess.Popen(self._command(), stdout=out, stderr=subprocess.DEVNULL)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -133,9 +138,13 @@ class ContainerStarts:
         """The image of each container started so far whose label `label` is `value`."""
         import json
 
-        lines = self._out.read_text().splitlines()
-        started = [json.loads(line) for line in lines if line.strip()]
-        return [a["image"] for a in started if a.get(self.label) == value]
+        buffered = subprocess.run(
+            [*self._command(), "--since", self._since, "--until", str(int(time.time()) + 1)],
+            capture_output=True, text=True, timeout=60,
+        ).stdout  # fmt: skip
+        lines = self._out.read_text().splitlines() + buffered.splitlines()
+        started = {e["id"]: e["Actor"]["Attributes"] for e in map(json.loads, filter(None, lines))}
+        return [a["image"] for a in started.values() if a.get(self.label) == value]
 
 
 def images_env(**extra: str) -> dict[str, str]:
