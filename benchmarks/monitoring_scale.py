@@ -6,17 +6,23 @@ For each size, a 24-hour log is written once (kept in `--workdir/log-<rows>` and
 predictor's own `PredictionLogWriter` (its queue, thread, JSON encoding, hourly partitions and file
 names; 500 records per file): every row's image features are a real feature row of a synthetic
 VISION image with 5% jitter, its detections random (0-4 boxes) and their columns computed by the
-real `prediction_features`, so no two rows are equal. Then, each step in its own child process
-(wall time, and peak RSS from the kernel's `wait4` rusage of that child):
+real `prediction_features`, so no two rows are equal; larger logs (above `--writer-max`) are the
+largest written one expanded by DuckDB (`expand_log`). Then, each step in its own child process
+(wall time, CPU time of all its threads, and peak RSS, from the kernel's rusage of that child):
 
 - collect: `visionops drift collect` of the day (ours), beside the code VisionOps had before
   (`read_window`: a dict per row, then pandas) and the floor, DuckDB `read_json` -> Parquet with
   the same projection and window filter on the same files;
 - compact: `visionops drift compact` of the day (on a hard-linked copy, so the raw log stays);
-- collect of the compacted day;
-- check: `visionops drift check` of the collected day against a reference of 1,008 rows, beside
-  the check VisionOps had before (every row into pandas and Evidently; `git show` of
-  `BASELINE_COMMIT`).
+- collect of the compacted day, beside DuckDB reading the parts' collected columns into one
+  Parquet file;
+- check: `visionops drift check` of the collected day against a reference of 1,008 rows (the
+  decision alone, which does not import Evidently), and check + report (`--report-dir`:
+  Evidently's report too), beside the check VisionOps had before (every row into pandas and
+  Evidently; `git show` of `BASELINE_COMMIT`).
+
+`--only STEP...` times some steps again, reusing the outputs of the others (the window, the
+compacted copy of the log), and keeps the other figures of `monitoring_scale.json`.
 
 The code paths of before are skipped above `--baseline-max` rows (they hold the day in memory:
 about 2 GB per million rows to collect and 4.6 GB to check). Ratios are from this one run.
@@ -396,12 +402,13 @@ STEPS = {
 }
 
 
-def run_child(command: list[str], timeout: float = 3600) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MiB, output) of a child process, the peak from
-    `/usr/bin/time -f %M` (the kernel's maximum resident set of the child)."""
+def run_child(command: list[str], timeout: float = 3600) -> tuple[float, float, float, str]:
+    """(wall seconds, CPU seconds, peak RSS in MiB, output) of a child process, the CPU time
+    (user + system, all threads) and the peak from `/usr/bin/time` (the kernel's rusage of the
+    child). On a loaded machine the CPU time moves far less than the wall time."""
     started = time.perf_counter()
     done = subprocess.run(
-        ["/usr/bin/time", "-f", "PEAK_RSS_KB %M", *command],
+        ["/usr/bin/time", "-f", "PEAK_RSS_KB %M CPU_S %U %S", *command],
         text=True,
         capture_output=True,
         timeout=timeout,
@@ -410,8 +417,9 @@ def run_child(command: list[str], timeout: float = 3600) -> tuple[float, float, 
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{output[-3000:]}")
-    peak = [line for line in done.stderr.splitlines() if line.startswith("PEAK_RSS_KB ")][-1]
-    return seconds, int(peak.split()[1]) / 1024, done.stdout
+    usage = [line for line in done.stderr.splitlines() if line.startswith("PEAK_RSS_KB ")][-1]
+    _, peak, _, user, system = usage.split()
+    return seconds, float(user) + float(system), int(peak) / 1024, done.stdout
 
 
 # ---------------------------------------------------------------- main
@@ -435,15 +443,18 @@ def bench_size(rows: int, args: argparse.Namespace, reference: Path) -> list[dic
         source = write_log(work / f"log-{base}", base, work)
         log_dir = expand_log(source, work / f"log-{rows}", rows // base)
     out = work / f"out-{rows}"
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    if not args.only:  # else the outputs of the steps not timed are read
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(exist_ok=True)
     start, end = (t.isoformat() for t in _window())
     window = ["--start", start, "--end", end]
     records: list[dict] = []
 
     def measure(step: str, what: str, command: list[str]) -> None:
+        if args.only and step not in args.only:
+            return
         load = os.getloadavg()[0]
-        seconds, peak, output = run_child(command)
+        seconds, cpu, peak, output = run_child(command)
         try:  # our commands also say how long the work took without starting Python
             inner = float(json.loads(output)["seconds"])
         except (ValueError, KeyError, TypeError):
@@ -454,18 +465,20 @@ def bench_size(rows: int, args: argparse.Namespace, reference: Path) -> list[dic
                 "step": step,
                 "what": what,
                 "seconds": round(seconds, 2),
+                "cpu_seconds": round(cpu, 2),
                 "inner_seconds": inner,
                 "peak_mib": round(peak),
                 "load": round(load, 1),
             }
         )
         log.info(
-            "%d rows, %s, %s: %.1f s (%s in the command), %.0f MiB (load %.1f)",
+            "%d rows, %s, %s: %.1f s (%s in the command, %.1f s CPU), %.0f MiB (load %.1f)",
             rows,
             step,
             what,
             seconds,
             inner,
+            cpu,
             peak,
             load,
         )
@@ -489,23 +502,12 @@ def bench_size(rows: int, args: argparse.Namespace, reference: Path) -> list[dic
             "before",
             _self("baseline-collect", "--log", str(log_dir), "--out", str(out / "before.parquet")),
         )
-    measure(
-        "check",
-        "ours",
-        _visionops(
-            "drift",
-            "check",
-            "--reference",
-            str(reference),
-            "--current",
-            str(window_file),
-            "--report-dir",
-            str(out / "report"),
-        ),
-    )
+    check = ["drift", "check", "--reference", str(reference), "--current", str(window_file)]
+    measure("check", "ours", _visionops(*check))
+    measure("check + report", "ours", _visionops(*check, "--report-dir", str(out / "report")))
     if rows <= args.baseline_max:
         measure(
-            "check",
+            "check + report",
             "before",
             _self(
                 "baseline-check",
@@ -517,8 +519,10 @@ def bench_size(rows: int, args: argparse.Namespace, reference: Path) -> list[dic
                 str(out / "report-before"),
             ),
         )
-    copy = out / "compacted-log"
-    subprocess.run(["cp", "-al", str(log_dir), str(copy)], check=True)  # hard links: no space
+    copy = out / "compacted-log"  # kept: `--only "collect compacted"` reads it again
+    if not args.only or "compact" in args.only:
+        shutil.rmtree(copy, ignore_errors=True)
+        subprocess.run(["cp", "-al", str(log_dir), str(copy)], check=True)  # hard links
     measure("compact", "ours", _visionops("drift", "compact", "--log", str(copy), *window))
     if floors:
         measure(
@@ -528,7 +532,7 @@ def bench_size(rows: int, args: argparse.Namespace, reference: Path) -> list[dic
                 "floor-compact", "--log", str(log_dir), "--out", str(out / "floor-compact.parquet")
             ),
         )
-        (out / "floor-compact.parquet").unlink()
+        (out / "floor-compact.parquet").unlink(missing_ok=True)
     measure(
         "collect compacted",
         "ours",
@@ -542,7 +546,6 @@ def bench_size(rows: int, args: argparse.Namespace, reference: Path) -> list[dic
             "DuckDB floor",
             _self("floor-read-parts", "--log", str(copy), "--out", str(out / "fc.parquet")),
         )
-    shutil.rmtree(copy)
     return records
 
 
@@ -560,11 +563,20 @@ def markdown(records: list[dict]) -> str:
         def cell(r: dict | None) -> str:
             if r is None:
                 return "-"
-            inner = f" ({r['inner_seconds']:.1f} s of work)" if r.get("inner_seconds") else ""
-            return f"{r['seconds']:.1f} s{inner}, {r['peak_mib']} MiB (load {r['load']})"
+            inner = f", {r['inner_seconds']:.1f} s of work" if r.get("inner_seconds") else ""
+            cpu = f" ({r['cpu_seconds']:.1f} s CPU{inner})" if r.get("cpu_seconds") else ""
+            return f"{r['seconds']:.1f} s{cpu}, {r['peak_mib']} MiB (load {r['load']})"
 
-        ratio = f"{ours['seconds'] / floor['seconds']:.2f}x" if floor else "-"
-        gain = f"{before['seconds'] / ours['seconds']:.1f}x" if before else "-"
+        def times(a: dict | None, b: dict, digits: int) -> str:
+            if a is None:
+                return "-"
+            cpu = ""
+            if a.get("cpu_seconds") and b.get("cpu_seconds"):
+                cpu = f" (CPU {a['cpu_seconds'] / b['cpu_seconds']:.{digits}f}x)"
+            return f"{a['seconds'] / b['seconds']:.{digits}f}x{cpu}"
+
+        ratio = times(ours, floor, 2) if floor else "-"
+        gain = times(before, ours, 1)
         lines.append(
             f"| {rows:,} | {step} | {cell(ours)} | {cell(floor)} | {ratio} "
             f"| {cell(before)} | {gain} |"
@@ -584,6 +596,13 @@ def main() -> int:
     )
     parser.add_argument("--baseline-max", type=int, default=1_000_000)
     parser.add_argument("--floor-max", type=int, default=10_000_000)
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["collect", "check", "check + report", "compact", "collect compacted"],
+        help="time these steps only (each needs the outputs of the steps before it: collect "
+        "writes the window the checks read, compact the parts collect compacted reads)",
+    )
     parser.add_argument("--step", choices=[*STEPS, "baseline-check"], help=argparse.SUPPRESS)
     parser.add_argument("--log", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -608,7 +627,9 @@ def main() -> int:
     _, _, reference = _feature_pool(args.workdir)
     results = args.workdir / "monitoring_scale.json"
     kept = json.loads(results.read_text()) if results.is_file() else []
-    records = [r for r in kept if r["rows"] not in args.rows]  # other sizes' earlier run
+    records = [  # what this run does not time again, from earlier runs
+        r for r in kept if r["rows"] not in args.rows or (args.only and r["step"] not in args.only)
+    ]
     for rows in args.rows:
         records += bench_size(rows, args, reference)
         results.write_text(json.dumps(records, indent=2))
