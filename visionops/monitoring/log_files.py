@@ -346,7 +346,7 @@ def read_part(
         source: Any = (
             store.uri(key) if isinstance(store, LocalStore) else io.BytesIO(store.read_bytes(key))
         )
-        parquet = pq.ParquetFile(source)
+        parquet = pq.ParquetFile(source, pre_buffer=False)  # else its chunks stay in memory
         sources = part_sources(parquet.schema_arrow.metadata)
         if not sources:
             raise ValueError(f"no {SOURCES_KEY.decode()} metadata: not a compacted part")
