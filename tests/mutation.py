@@ -89,6 +89,21 @@ TARGETS: tuple[Target, ...] = (
         what="drift / no_drift / not_enough_data, the compared columns and their thresholds",
     ),
     Target(
+        "drift-statistics",
+        "visionops/monitoring/drift_stats.py",
+        ("tests/test_drift_stats.py",),
+        functions=(
+            "_ks",
+            "_wasserstein",
+            "_classes",
+            "_chisquare",
+            "_fill_zeroes",
+            "_psi",
+            "stattest",
+        ),
+        what="the statistics each column is compared with (Evidently's, without Evidently)",
+    ),
+    Target(
         "drift-cleaning",
         "visionops/monitoring/drift_sample.py",
         ("tests/test_drift_decision.py",),
@@ -215,7 +230,11 @@ EQUIVALENT: dict[str, str] = {
     "visionops.monitoring.drift.x__decide__mutmut_37": (
         "the effect's threshold goes to its test directly; the one _statistic returns is unused"
     ),
-    "visionops.monitoring.drift.x__decide__mutmut_117": (
+    **dict.fromkeys(
+        (f"visionops.monitoring.drift_stats.x_stattest__mutmut_{n}" for n in (7, 8)),
+        "the kinds joined in the refusal: only a one-kind statistic refuses, one name joins alone",
+    ),
+    "visionops.monitoring.drift.x__decide__mutmut_115": (
         "> vs >= against share - 1e-12: differs only for a share exactly 1e-12 below the threshold"
     ),
     **dict.fromkeys(

@@ -51,6 +51,14 @@ def _numeric_cases() -> dict[str, tuple[pd.Series, pd.Series]]:
             pd.Series(rng.normal(102, 10, 12_000)).round(0),
         ),
         "constant reference": (pd.Series(np.full(300, 3.0)), pd.Series(rng.normal(3, 1, 400))),
+        "20 distinct values (PSI by value)": (
+            pd.Series(np.resize(np.arange(20.0), 500)),
+            pd.Series(rng.integers(0, 22, 600).astype(float)),
+        ),
+        "21 distinct values (PSI by bins)": (
+            pd.Series(np.resize(np.arange(21.0), 500)),
+            pd.Series(rng.integers(0, 22, 600).astype(float)),
+        ),
         "few distinct values": (
             pd.Series(rng.integers(0, 5, 500).astype(float)),
             pd.Series(rng.integers(0, 7, 700).astype(float)),
@@ -71,6 +79,10 @@ def _class_cases() -> dict[str, tuple[pd.Series, pd.Series]]:
             pd.Series(np.concatenate([reference.to_numpy()[:500], ["7"] * 20])),
         ),
         "one class only": (reference, pd.Series(["0"] * 60)),
+        "a class at exactly 1 in 10,000, a class gone": (  # PSI's smallest share, at its bound
+            reference,
+            pd.Series(np.concatenate([rng.choice(labels[1:], 9_999), ["7"]])),
+        ),
     }
 
 
@@ -88,7 +100,8 @@ def test_each_statistic_is_evidentlys_on_the_same_samples(method: str, kind: str
     ours = stattest(method, kind)  # type: ignore[arg-type]
     theirs, column_type = _evidently(method, kind)
     assert (ours.name, ours.default_threshold) == (theirs.name, theirs.default_threshold)
-    for threshold in (1e-3, 0.05, 0.5):
+    exact, _ = theirs.func(reference, current, column_type, 0.05)
+    for threshold in (1e-3, 0.05, 0.5, float(exact)):  # the score itself: which side is drift
         score, verdict = ours.func(reference, current, kind, threshold)  # type: ignore[arg-type]
         expected, expected_verdict = theirs.func(reference, current, column_type, threshold)
         assert score == float(expected), (method, case, threshold)
