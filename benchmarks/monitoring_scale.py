@@ -253,24 +253,26 @@ def expand_log(source: Path, target: Path, factor: int) -> Path:
     rows = int((source / ".complete").read_text())
     step_us = 86_400_000_000 // (rows * factor)
     jitter = ", ".join(f"{c} * (0.99 + 0.02 * random()) AS {c}" for c in IMAGE_COLUMNS)
+    moment = f"timestamp + to_microseconds(k * {step_us})"
     con = connect_duckdb()
     con.execute("SET memory_limit = '2GB'")
-    con.execute(f"""
-        CREATE VIEW expanded AS
-        SELECT strftime(timestamp + to_microseconds(k * {step_us}), '%Y-%m-%dT%H:%M:%S.%f+00:00')
-                   AS timestamp,
-               request_id || '-' || k AS request_id, model_name, model_version, {jitter},
-               {", ".join(PREDICTION_COLUMNS)}, detections,
-               strftime(timestamp + to_microseconds(k * {step_us}), '%Y-%m-%d') AS dt,
-               strftime(timestamp + to_microseconds(k * {step_us}), '%H') AS hour
-        FROM read_json('{source}/*/*/*.jsonl', format = 'newline_delimited', columns = {spec}),
-             range({factor}) AS r(k)
-    """)
-    con.execute(f"""
-        COPY expanded TO '{target}' (FORMAT json, PARTITION_BY (dt, hour), FILE_EXTENSION 'jsonl',
-            FILE_SIZE_BYTES '560KB', FILENAME_PATTERN 'part-{{uuid}}', OVERWRITE_OR_IGNORE)
-    """)
+    con.execute(f"SET temp_directory = '{target}.tmp'")  # not the working directory
+    for hour in sorted(source.glob("dt=*/hour=*")):  # an hour at a time: held in memory, not
+        # spilled (a day at once spilled 11 GB); a row moved past its hour goes to the next
+        con.execute(f"""
+            COPY (
+                SELECT strftime({moment}, '%Y-%m-%dT%H:%M:%S.%f+00:00') AS timestamp,
+                       request_id || '-' || k AS request_id, model_name, model_version, {jitter},
+                       {", ".join(PREDICTION_COLUMNS)}, detections,
+                       strftime({moment}, '%Y-%m-%d') AS dt, strftime({moment}, '%H') AS hour
+                FROM read_json('{hour}/*.jsonl', format = 'newline_delimited', columns = {spec}),
+                     range({factor}) AS r(k)
+            ) TO '{target}' (FORMAT json, PARTITION_BY (dt, hour), FILE_EXTENSION 'jsonl',
+                FILE_SIZE_BYTES '560KB', FILENAME_PATTERN 'part-{{uuid}}', OVERWRITE_OR_IGNORE)
+        """)
+        log.info("%s: %s expanded", target.name, hour.relative_to(source))
     con.close()
+    shutil.rmtree(f"{target}.tmp", ignore_errors=True)
     done.write_text(f"{rows * factor}\n")
     size = sum(p.stat().st_size for p in target.rglob("*.jsonl"))
     log.info(
@@ -439,7 +441,7 @@ def bench_size(rows: int, args: argparse.Namespace, reference: Path) -> list[dic
     if rows <= args.writer_max:
         log_dir = write_log(work / f"log-{rows}", rows, work)
     else:
-        base = max(r for r in args.rows if r <= args.writer_max)
+        base = max([r for r in args.rows if r <= args.writer_max] or [args.writer_max])
         source = write_log(work / f"log-{base}", base, work)
         log_dir = expand_log(source, work / f"log-{rows}", rows // base)
     out = work / f"out-{rows}"
