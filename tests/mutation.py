@@ -94,6 +94,7 @@ TARGETS: tuple[Target, ...] = (
         ("tests/test_drift_stats.py",),
         functions=(
             "_ks",
+            "_anderson",
             "_wasserstein",
             "_classes",
             "_chisquare",
