@@ -1,25 +1,27 @@
 """Calibrate the drift decision: false alarms and detection per simulator kind, at every size.
 
-    python benchmarks/drift_calibration.py [--windows 20] [--sizes 50 ... 1000000] [--workdir DIR]
+    python benchmarks/drift_calibration.py [--sizes 50 ... 1000000] [--workdir DIR] [--seed 0]
 
-A synthetic VISION set (all 14 products) gives a reference (the val splits) and a pool of clean
-production images (the inference splits). Every pool image's features are computed once clean and
-once per (kind, severity), after `drift_image` and the same encode/decode round trip the simulator
-writes (JPEG at the source's own quality), and reused by every window. A window of N rows is a
-seeded draw of N pool rows (without replacement up to the pool's size, with replacement above:
-large windows repeat pool images, so they differ from the reference exactly as much as the pool
-of 1,400 images does).
+Two synthetic VISION sets (all 14 products): the grid calibrates on the one of `--seed`, the
+tables are reported on the one of `--report-seed` (other images, drifts and windows). Each gives
+a reference (the val splits) and a pool of clean production images (the inference splits). Every
+pool image's features are computed once clean and once per (kind, severity), after `drift_image`
+and the same encode/decode round trip the simulator writes (JPEG at the source's own quality),
+and reused by every window. A window of N rows is a seeded draw of N pool rows (without
+replacement up to the pool's size, with replacement above: large windows repeat pool images, so
+they differ from the reference exactly as much as the pool of 1,400 images does).
 
 1. Grid: per window and column, the statistics the check computes on its sample of at most
-   `drift_sample_rows` rows (scipy's KS p-value and the reference-normed Wasserstein distance,
-   what Evidently's `ks` and `wasserstein` compute) decide under every candidate (test threshold,
-   effect threshold, and an own effect threshold for each of a few columns, `--column-taus`); a
-   column drifts when the test is significant and the effect reaches its threshold. The chosen
-   candidate meets every goal at every size (false alarms <= 1% on `--fa-windows` clean windows
-   and <= 5% at severity 0.05 of every kind, detection >= 95% at severity 0.5 of every kind) with
-   the fewest own thresholds, then the best detection; when none meets them, the nearest.
-2. Validation: the chosen defaults through `visionops.monitoring.drift.check_drift` (the real
-   check, sampling included) on `--windows` seeded windows per table and size; those are the
+   `drift_sample_rows` rows (scipy's KS and Anderson-Darling p-values and the reference-normed
+   Wasserstein distance, what `drift_stats` computes) decide under every candidate (test, test
+   threshold, effect threshold, and an own effect threshold for each of a few columns,
+   `--column-taus`); a column drifts when the test is significant and the effect reaches its
+   threshold. The chosen candidate meets every goal at every size (false alarms <= 5% on clean
+   windows, the re-encode-only control and severity 0.05 of every kind; detection >= 95% at
+   severity 0.5 of every kind) with the fewest own thresholds, then the widest margin; when none
+   meets them, the nearest.
+2. Report: the chosen rule through `visionops.monitoring.drift.check_drift` (the real check,
+   sampling included) on seeded windows per table and size of the report set; those are the
    README's tables.
 
 Image features only: no detector is involved, so prediction columns are not calibrated here.
