@@ -1,4 +1,5 @@
-"""`visionops demo`'s own pieces: the summary it ends with, and stopping what it started.
+"""`visionops demo`'s own pieces: the summary it ends with, stopping what it started (its Label
+Studio too), and the drifted window it sends.
 
 The demo's stages are the pipelines, predictor and traffic of test_pipeline_e2e.py (which uses
 the demo's functions); a full `make demo` takes minutes and is not part of the suite.

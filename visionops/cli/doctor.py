@@ -6,7 +6,8 @@ and the host (`visionops/offline/`). Needs root. What it runs by default is the 
 `visionops doctor offline-scenario`: `visionops demo --quick` as a user starts it (data, the
 training pipeline with training, the INT8 accuracy guard on both engines, evaluation and
 registration, the predictor on ONNX Runtime under traffic, the monitoring pipeline with its drift
-checks, the re-submitted training run), then the predictor on OpenVINO under the same traffic.
+checks, Label Studio with the labelling request, the scripted annotator and the harvest, the
+re-submitted training run), then the predictor on OpenVINO under the same traffic.
 `--small` runs `visionops.small_loop.run_small_loop` instead (what `make test` checks).
 """
 
