@@ -39,20 +39,13 @@ def harvest_labels(
 
     from visionops.bootstrap import bootstrap
 
-    settings = bootstrap()
-    from visionops.orchestration import safe_key
-    from visionops.orchestration.label_loop import (
-        DRIFT_FILE,
-        harvest_root,
-        labelling_store,
-        retraining,
-    )
+    bootstrap()
+    from visionops.orchestration.label_loop import harvest_root, retraining, stored_drift
 
     request, harvest = harvest_root(
         monitoring_run_id, labels=labels, require_complete=require_complete, seed=seed
     )
-    stored = labelling_store(settings).read_bytes(f"{safe_key(monitoring_run_id)}/{DRIFT_FILE}")
-    Path(drift.path).write_bytes(stored)
+    Path(drift.path).write_bytes(stored_drift(monitoring_run_id))
     given = {"dataset": dataset, "products": products, "epochs": epochs, "imgsz": imgsz,
              "weights": weights, "training_params": training_params}  # fmt: skip
     params = retraining(request, given)

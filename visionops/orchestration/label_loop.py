@@ -105,6 +105,11 @@ def labelling_store(settings: Settings | None = None) -> ObjectStore:
     return default_store(LABELLING_PREFIX, settings)
 
 
+def stored_drift(monitoring_run_id: str, settings: Settings | None = None) -> bytes:
+    """The drift check's result kept with the run's request: the retraining's input."""
+    return labelling_store(settings).read_bytes(f"{safe_key(monitoring_run_id)}/{DRIFT_FILE}")
+
+
 def project_title(model_name: str, monitoring_run_id: str) -> str:
     """`<model> <run id>`, cut to Label Studio's 50 characters (the run id is kept whole up to
     36, a KFP run's UUID)."""
@@ -385,9 +390,7 @@ def harvest_labels(
     if harvest.already:
         return harvest
     params = retraining(request, training)
-    drift = json.loads(
-        labelling_store(settings).read_bytes(f"{safe_key(monitoring_run_id)}/{DRIFT_FILE}")
-    )
+    drift = json.loads(stored_drift(monitoring_run_id, settings))
     harvest.submission = retrain_after_drift(
         monitoring_run_id, drift, new_data=harvest.root, mode=mode, settings=settings,
         lineage=request.lineage, **params,
